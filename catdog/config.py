@@ -1,0 +1,57 @@
+"""The typed, frozen settings of one training run, built once from flags and passed everywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
+OnBadImage = Literal["skip", "fail"]
+
+# Google's cats_and_dogs_filtered subset of Kaggle's Dogs vs. Cats (68,606,236 bytes).
+CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
+
+# Fields that may change between a run and its resumption without invalidating its checkpoints.
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "run_dir", "export_dir", "model_name", "download", "download_url", "download_sha256"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that defines a training run; see catdog/flags.py for each field's meaning."""
+
+    data_dir: str
+    validation_split: float = 0.0
+    image_size: int = 150
+    batch_size: int = 16
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    weights: str = "imagenet"
+    flip: Flip = "horizontal"
+    rotation: float = 0.0
+    zoom: float = 0.2
+    seed: int = 42
+    on_bad_image: OnBadImage = "skip"
+    run_dir: str = "runs/catdog"
+    export_dir: str = "export"
+    model_name: str = "catdog"
+    download: bool = False
+    download_url: str = CATS_AND_DOGS_URL
+    download_sha256: str = ""
+
+    @property
+    def augments(self) -> bool:
+        """Whether any augmentation layer is active in training."""
+        return self.flip != "none" or self.rotation > 0 or self.zoom > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def changes_that_break_resume(self, previous: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ from `previous` (a saved `to_dict()`) and forbid resuming."""
+        return {
+            name: (previous.get(name), value)
+            for name, value in self.to_dict().items()
+            if name not in RESUMABLE_CHANGES and previous.get(name) != value
+        }

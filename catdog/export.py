@@ -1,0 +1,119 @@
+"""Writes a trained classifier twice: a Keras `.h5` file and a versioned SavedModel for TF Serving.
+
+    <export_dir>/<model_name>.h5        keras.models.load_model (after `import catdog.model`)
+    <export_dir>/<model_name>/<N>/      tf.saved_model.load / TF Serving, N = next free integer
+
+Every file and folder appears atomically: it is written under a temporary sibling name and
+renamed into place when complete, so a reader (TF Serving polls the base path) never sees half of
+one, and a failed export leaves the previous ones untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import keras
+import tensorflow as tf
+
+from catdog import model as model_lib
+
+CLASS_NAMES_ATTR = "catdog_class_names"
+
+
+@dataclasses.dataclass(frozen=True)
+class Exports:
+    """Where one export put its two artefacts."""
+
+    h5: Path
+    saved_model: Path
+
+
+@contextlib.contextmanager
+def _atomic_file(final: Path) -> Iterator[Path]:
+    """Yields a temporary sibling path with the same suffix; renames it to `final` on success."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=final.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def export_h5(model: keras.Model, class_names: Sequence[str], path: Path) -> Path:
+    """Saves `model` as `.h5` with the class names stored as an HDF5 attribute of the file."""
+    with _atomic_file(path) as tmp:
+        model.save(tmp)
+        with h5py.File(tmp, "a") as f:
+            f.attrs[CLASS_NAMES_ATTR] = json.dumps(list(class_names))
+    return path
+
+
+def load_h5(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
+    """The model and class names written by `export_h5`."""
+    model = keras.models.load_model(path, compile=False)
+    with h5py.File(path, "r") as f:
+        class_names = json.loads(f.attrs[CLASS_NAMES_ATTR])
+    return model, class_names
+
+
+def next_version(base: Path) -> int:
+    """One more than the highest integer-named version folder under `base` (1 if none)."""
+    versions = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _serving_archive(model: keras.Model, class_names: Sequence[str]) -> keras.export.ExportArchive:
+    """An archive whose `serving_default` maps float32 pixels to probabilities and labels.
+
+    The endpoint calls the model with training=False, so augmentation-style layers can never
+    act at serving time.
+    """
+    image_size = model.input_shape[1]
+    names = tf.constant(list(class_names))
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=model_lib.INPUT_NAME)])
+    def serve_pixels(pixels):
+        probabilities = tf.cast(model(pixels, training=False), tf.float32)
+        class_ids = tf.argmax(probabilities, axis=-1)
+        return {"probabilities": probabilities, "class_ids": class_ids,
+                "classes": tf.gather(names, class_ids)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_pixels)
+    return archive
+
+
+def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Path) -> Path:
+    """Writes the next version folder `base/<N>/` and returns its path."""
+    base.mkdir(parents=True, exist_ok=True)
+    archive = _serving_archive(model, class_names)
+    tmp = Path(tempfile.mkdtemp(dir=base, prefix=".export-"))
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        final = base / str(next_version(base))
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str | os.PathLike,
+               model_name: str) -> Exports:
+    """Writes `<export_dir>/<model_name>.h5` and a new `<export_dir>/<model_name>/<N>/`."""
+    export_dir = Path(export_dir)
+    return Exports(
+        h5=export_h5(model, class_names, export_dir / f"{model_name}.h5"),
+        saved_model=export_saved_model(model, class_names, export_dir / model_name))

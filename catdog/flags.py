@@ -1,0 +1,113 @@
+"""Command-line flags, defined and validated once, and turned into a `Config`.
+
+Every flag is checked when the command line is parsed, so a bad value stops the program before any
+work with one line naming the flag and what is valid. Only `main()` functions read flags; library
+code takes the `Config` that `config_from_flags` builds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+from absl import flags
+
+from catdog import config as config_lib
+
+FLIPS = ("horizontal", "vertical", "horizontal_and_vertical", "none")
+MIN_IMAGE_SIZE = 32  # VGG16's five 2x2 poolings need at least 32 px.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SHA256 = re.compile(r"^([0-9a-f]{64})?$")
+
+
+def _is_weights_spec(value: str) -> bool:
+    return value in ("imagenet", "none") or os.path.isfile(value)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines catdog's flags on `flag_values` (the global FLAGS unless a test passes its own)."""
+    defaults = config_lib.Config(data_dir="data/cats_and_dogs_filtered")
+    fv = flag_values
+
+    flags.DEFINE_string(
+        "data_dir", defaults.data_dir,
+        "Dataset folder: either train/ and validation/ each with one sub-folder per class, or the "
+        "class sub-folders themselves together with --validation_split.", flag_values=fv)
+    flags.DEFINE_float(
+        "validation_split", defaults.validation_split,
+        "Fraction of each class held out for validation when --data_dir has no validation/ "
+        "folder; 0 means use validation/.", lower_bound=0.0, upper_bound=0.9, flag_values=fv)
+    flags.DEFINE_integer(
+        "image_size", defaults.image_size, "Side in pixels of the square images the model sees.",
+        lower_bound=MIN_IMAGE_SIZE, upper_bound=1024, flag_values=fv)
+    flags.DEFINE_integer(
+        "batch_size", defaults.batch_size, "Global batch size (summed over all replicas).",
+        lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("epochs", defaults.epochs, "Training epochs.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam learning rate.",
+                       lower_bound=1e-9, upper_bound=1.0, flag_values=fv)
+    flags.DEFINE_string(
+        "weights", defaults.weights,
+        "VGG16 base weights: 'imagenet' (Keras downloads them on first use), 'none' (random), "
+        "or the path of a VGG16 no-top weights .h5 file.", flag_values=fv)
+    flags.DEFINE_enum("flip", defaults.flip, FLIPS, "RandomFlip mode in training.",
+                      flag_values=fv)
+    flags.DEFINE_float(
+        "rotation", defaults.rotation,
+        "RandomRotation factor, a fraction of a full turn; 0 disables.",
+        lower_bound=0.0, upper_bound=1.0, flag_values=fv)
+    flags.DEFINE_float("zoom", defaults.zoom, "RandomZoom factor; 0 disables.",
+                       lower_bound=0.0, upper_bound=0.9, flag_values=fv)
+    flags.DEFINE_integer("seed", defaults.seed,
+                         "Seed for weights, data order and augmentation.",
+                         lower_bound=0, upper_bound=2**31 - 1, flag_values=fv)
+    flags.DEFINE_enum(
+        "on_bad_image", defaults.on_bad_image, ("skip", "fail"),
+        "What to do with files that cannot be decoded: skip them (listed in the log and "
+        "summary.json) or stop before training.", flag_values=fv)
+    flags.DEFINE_string(
+        "run_dir", defaults.run_dir,
+        "Run folder: checkpoints/, logs/, tensorboard/, metrics.csv, summary.json. Starting "
+        "again with the same run_dir resumes from its last finished epoch.", flag_values=fv)
+    flags.DEFINE_string(
+        "export_dir", defaults.export_dir,
+        "Where <model_name>.h5 and the SavedModel versions <model_name>/<N>/ are written.",
+        flag_values=fv)
+    flags.DEFINE_string("model_name", defaults.model_name,
+                        "Name of the exported model (file and TF Serving model name).",
+                        flag_values=fv)
+    flags.DEFINE_bool(
+        "download", defaults.download,
+        "Download --download_url into --data_dir when --data_dir does not exist.",
+        flag_values=fv)
+    flags.DEFINE_string("download_url", defaults.download_url,
+                        "Zip archive of the dataset for --download.", flag_values=fv)
+    flags.DEFINE_string(
+        "download_sha256", defaults.download_sha256,
+        "Expected sha256 of the archive at --download_url; empty: not checked, the computed "
+        "digest is logged so it can be pinned.", flag_values=fv)
+
+    flags.register_validator(
+        "weights", _is_weights_spec,
+        message="must be 'imagenet', 'none' or the path of an existing VGG16 weights .h5 file",
+        flag_values=fv)
+    flags.register_validator(
+        "model_name", lambda v: bool(_MODEL_NAME.match(v)),
+        message="must be letters, digits, '_', '.' or '-', starting with a letter or digit",
+        flag_values=fv)
+    flags.register_validator(
+        "download_sha256", lambda v: bool(_SHA256.match(v)),
+        message="must be 64 lowercase hex digits, or empty", flag_values=fv)
+    for name in ("data_dir", "run_dir", "export_dir"):
+        flags.register_validator(name, bool, message="must not be empty", flag_values=fv)
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
+    """The `Config` that the parsed flags describe."""
+    names = [field.name for field in dataclasses.fields(config_lib.Config)]
+    return config_lib.Config(**{name: flag_values[name].value for name in names})
+
+
+define_flags()

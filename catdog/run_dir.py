@@ -1,0 +1,94 @@
+"""The run folder: where a training run keeps its state, logs and results.
+
+    <run_dir>/config.json     the settings the run started with (a resume must match them)
+    <run_dir>/checkpoints/    tf.train.CheckpointManager: last epochs; checkpoints/best/: best epoch
+    <run_dir>/logs/train.log  the run's log
+    <run_dir>/tensorboard/    tf.summary scalars per epoch
+    <run_dir>/metrics.csv     one row per finished epoch
+    <run_dir>/summary.json    written when the run ends
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from catdog.config import Config
+from catdog.errors import CatdogError
+
+METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
+                  "images_per_second")
+
+
+def write_json_atomically(path: Path, content: Any) -> None:
+    """Writes JSON to a temporary sibling and renames it, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(content, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """Paths of one run folder, and the few files the training loop reads back."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.best_checkpoint = self.checkpoints / "best"
+        self.logs = self.root / "logs"
+        self.tensorboard = self.root / "tensorboard"
+        self.metrics_csv = self.root / "metrics.csv"
+        self.summary_json = self.root / "summary.json"
+        self.config_json = self.root / "config.json"
+
+    def open(self, config: Config) -> None:
+        """Creates the folders, or checks that an existing run was started with compatible flags."""
+        if self.config_json.exists():
+            previous = json.loads(self.config_json.read_text())
+            changed = config.changes_that_break_resume(previous)
+            if changed:
+                name, (old, new) = next(iter(changed.items()))
+                raise CatdogError(
+                    f"--run_dir={self.root} holds a run started with --{name}={old}, not {new}; "
+                    f"use those flags to resume it, or a new --run_dir (differing: "
+                    f"{', '.join(changed)})")
+        for folder in (self.checkpoints, self.logs, self.tensorboard):
+            folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(self.config_json, config.to_dict())
+
+    def read_history(self, finished_epochs: int) -> list[dict[str, float]]:
+        """Rows of metrics.csv for the first `finished_epochs` epochs; later rows are dropped
+        (they belong to an epoch whose checkpoint was never written) and the file rewritten."""
+        if not self.metrics_csv.exists():
+            return []
+        with open(self.metrics_csv, newline="") as f:
+            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        for row in rows:
+            row["epoch"] = int(row["epoch"])
+        rows = [row for row in rows if row["epoch"] <= finished_epochs]
+        self._write_history(rows)
+        return rows
+
+    def append_history(self, row: dict[str, float]) -> None:
+        new_file = not self.metrics_csv.exists()
+        with open(self.metrics_csv, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _write_history(self, rows: list[dict[str, float]]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".metrics.csv.")
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.metrics_csv)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomically(self.summary_json, summary)

@@ -1,0 +1,238 @@
+"""Data: finding classes and files, bad-file detection, decoding, batches, and the download."""
+
+import functools
+import hashlib
+import http.server
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from catdog import data
+from catdog.config import Config
+from catdog.errors import CatdogError
+from conftest import CLASSES, class_image, run_catdog, write_split
+
+
+def config_for(data_dir, **overrides) -> Config:
+    return Config(data_dir=str(data_dir), **overrides)
+
+
+# --- finding files ---------------------------------------------------------------------------
+
+def test_class_names_are_sorted_folder_names_and_label_files(dataset_dir):
+    train, validation = data.find_splits(dataset_dir, 0.0, seed=0)
+    assert train.class_names == validation.class_names == CLASSES
+    assert len(train) == 32 and len(validation) == 12
+    for path, label in zip(train.paths, train.labels):
+        assert Path(path).parent.name == CLASSES[label]
+
+
+def test_validation_split_holds_out_part_of_each_class_reproducibly(tmp_path):
+    root = write_split(tmp_path / "flat", 10)
+    train, validation = data.find_splits(root, 0.2, seed=3)
+    assert validation.class_counts() == {"cats": 2, "dogs": 2}
+    assert train.class_counts() == {"cats": 8, "dogs": 8}
+    assert not set(train.paths) & set(validation.paths)
+    assert data.find_splits(root, 0.2, seed=3) == (train, validation)
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "does not exist or is not a folder"),
+    ("empty", "has no train/ and validation/ sub-folders"),
+    ("one_class", "has 1 class sub-folder(s) ['cats']; it needs one sub-folder per class and at "
+                  "least two classes"),
+    ("empty_class", "holds no images"),
+    ("mismatched", "both must have the same class sub-folders"),
+])
+def test_unusable_layouts_are_refused_with_a_clear_message(tmp_path, layout, message):
+    root = tmp_path / "d"
+    if layout == "empty":
+        root.mkdir()
+    elif layout == "one_class":
+        write_split(root, 2)
+        shutil.rmtree(root / "dogs")
+    elif layout == "empty_class":
+        write_split(root / "train", 2)
+        write_split(root / "validation", 2)
+        shutil.rmtree(root / "train" / "dogs")
+        (root / "train" / "dogs").mkdir()
+    elif layout == "mismatched":
+        write_split(root / "train", 2)
+        write_split(root / "validation", 2)
+        (root / "validation" / "dogs").rename(root / "validation" / "birds")
+    split = 0.5 if layout == "one_class" else 0.0
+    with pytest.raises(CatdogError) as error:
+        data.find_splits(root, split, seed=0)
+    assert message in str(error.value)
+
+
+# --- bad files -------------------------------------------------------------------------------
+
+def write_bad_files(folder: Path) -> dict[str, str]:
+    """One file of each unusable kind; returns {file name: expected reason fragment}."""
+    good = Path(folder / "good.jpg")
+    Image.fromarray(class_image("cats", np.random.default_rng(0))).save(good)
+    jpeg = good.read_bytes()
+    good.unlink()
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "corrupt.jpg").write_bytes(jpeg[:20] + bytes(200) + jpeg[220:])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("not an image")
+    (folder / "notes.txt").write_text("a note")
+    return {"truncated.jpg": "Invalid JPEG data", "corrupt.jpg": "", "empty.jpg": "empty",
+            "text.png": "Unknown image file format", "notes.txt": "unsupported extension '.txt'"}
+
+
+def test_each_kind_of_bad_file_is_found_and_reported_by_path(tmp_path):
+    folder = tmp_path / "cats"
+    folder.mkdir()
+    expected = write_bad_files(folder)
+    (folder / ".DS_Store").write_bytes(b"\0")  # hidden files are not candidates at all
+    paths = sorted(str(p) for p in folder.iterdir() if not p.name.startswith("."))
+    bad = {Path(item.path).name: item.reason for item in data.check_images(paths)}
+    assert set(bad) == set(expected)
+    for name, fragment in expected.items():
+        assert fragment in bad[name]
+
+
+def test_skip_drops_bad_files_and_fail_stops_naming_one(dataset_dir):
+    expected = write_bad_files(dataset_dir / "train" / "dogs")
+    splits = data.prepare_splits(config_for(dataset_dir, on_bad_image="skip"))
+    assert len(splits.bad_images) == len(expected)
+    assert len(splits.train) == 32 and len(splits.validation) == 12
+    with pytest.raises(CatdogError, match=r"5 file\(s\) under .* cannot be decoded, first .*"
+                                          r"--on_bad_image=skip"):
+        data.prepare_splits(config_for(dataset_dir, on_bad_image="fail"))
+
+
+def test_a_class_left_with_only_bad_files_stops_the_run(dataset_dir):
+    for f in (dataset_dir / "validation" / "dogs").iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(CatdogError, match="class 'dogs' has no decodable images in the "
+                                          "validation split"):
+        data.prepare_splits(config_for(dataset_dir))
+
+
+def test_check_cli_lists_bad_files_and_exits_non_zero(dataset_dir):
+    write_bad_files(dataset_dir / "validation" / "cats")
+    result = run_catdog("data", "check", str(dataset_dir))
+    assert result.returncode == 1
+    listed = [line.split(":")[0] for line in result.stdout.splitlines()]
+    assert sorted(Path(p).name for p in listed) == sorted(
+        ["corrupt.jpg", "empty.jpg", "notes.txt", "text.png", "truncated.jpg"])
+    assert "5 bad file(s)" in result.stderr
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, mode", [
+    ("gray.png", "L"), ("rgba.png", "RGBA"), ("palette.png", "P"), ("rgb.bmp", "RGB"),
+    ("anim.gif", "P"), ("cmyk.jpg", "CMYK"), ("gray.jpg", "L"),
+])
+def test_every_supported_kind_decodes_to_rgb(tmp_path, name, mode):
+    rgb = class_image("dogs", np.random.default_rng(0))
+    path = tmp_path / name
+    Image.fromarray(rgb).convert(mode).save(path)
+    image = data.load_image(tf.constant(str(path)), 32)
+    assert image.shape == (32, 32, 3) and image.dtype == tf.uint8
+    reference = np.asarray(Image.open(path).convert("RGB").resize((32, 32)), np.float32)
+    assert np.abs(image.numpy().mean(axis=(0, 1)) - reference.mean(axis=(0, 1))).max() < 12
+
+
+def test_batches_have_the_expected_shapes_dtypes_and_labels(dataset_dir):
+    train, _ = data.find_splits(dataset_dir, 0.0, seed=0)
+    decoded = data.decoded_images(train, 48)
+    batches = list(data.batches(decoded, 10))
+    assert [b[0].shape for b in batches] == [(10, 48, 48, 3)] * 3 + [(2, 48, 48, 3)]
+    images, labels = batches[0]
+    assert images.dtype == tf.float32 and labels.dtype == tf.int32
+    assert 0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255
+    all_labels = np.concatenate([b[1].numpy() for b in batches])
+    np.testing.assert_array_equal(all_labels, train.labels)
+    # Cats are tinted red, dogs blue: the decoded pixels carry the class.
+    red_minus_blue = np.concatenate(
+        [(b[0][..., 0] - b[0][..., 2]).numpy().mean(axis=(1, 2)) for b in batches])
+    assert ((red_minus_blue > 0) == (all_labels == 0)).all()
+
+
+def test_shuffle_is_seeded(dataset_dir):
+    train, _ = data.find_splits(dataset_dir, 0.0, seed=0)
+    decoded = data.decoded_images(train, 32)
+
+    def order(seed):
+        return np.concatenate([b[1].numpy() for b in data.batches(decoded, 8, shuffle_seed=seed)])
+
+    assert (order(1) == order(1)).all()
+    assert not (order(1) == order(2)).all()
+    assert sorted(order(1)) == sorted(train.labels)
+
+
+# --- download --------------------------------------------------------------------------------
+
+@pytest.fixture
+def served_zip(tmp_path):
+    """A cats_and_dogs_filtered-style zip served over HTTP on 127.0.0.1; yields (url, sha256)."""
+    source = tmp_path / "source" / "cats_and_dogs_filtered"
+    write_split(source / "train", 2)
+    write_split(source / "validation", 1)
+    archive = tmp_path / "www" / "cats_and_dogs_filtered.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(source.rglob("*")):
+            z.write(f, f.relative_to(source.parent))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(archive.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/{archive.name}"
+    yield url, hashlib.sha256(archive.read_bytes()).hexdigest()
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_fetches_checks_and_unpacks_the_dataset(tmp_path, served_zip):
+    url, sha256 = served_zip
+    target = tmp_path / "data" / "cats_and_dogs_filtered"
+    assert data.download_dataset(url, target, sha256) == target
+    train, validation = data.find_splits(target, 0.0, seed=0)
+    assert (len(train), len(validation)) == (4, 2)
+    assert [p.name for p in target.parent.iterdir()] == ["cats_and_dogs_filtered"]
+
+
+def test_download_with_wrong_sha256_leaves_nothing_behind(tmp_path, served_zip):
+    url, _ = served_zip
+    target = tmp_path / "data" / "cats_and_dogs_filtered"
+    with pytest.raises(CatdogError, match="does not match --download_sha256=0000"):
+        data.download_dataset(url, target, "0" * 64)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_a_failed_download_is_a_clear_error(tmp_path, served_zip):
+    url, sha256 = served_zip
+    with pytest.raises(CatdogError, match="could not download http://127.0.0.1:.*/missing.zip"):
+        data.download_dataset(url.rsplit("/", 1)[0] + "/missing.zip", tmp_path / "d", sha256)
+
+
+def test_training_run_downloads_a_missing_data_dir(tmp_path, served_zip):
+    url, sha256 = served_zip
+    target = tmp_path / "data" / "cats_and_dogs_filtered"
+    splits = data.prepare_splits(config_for(target, download=True, download_url=url,
+                                            download_sha256=sha256))
+    assert splits.class_names == CLASSES and len(splits.train) == 4
+
+
+def test_download_cli(tmp_path, served_zip):
+    url, sha256 = served_zip
+    target = tmp_path / "cats_and_dogs_filtered"
+    result = run_catdog("data", "download", f"--data_dir={target}", f"--download_url={url}",
+                        f"--download_sha256={sha256}")
+    assert result.returncode == 0, result.stderr
+    assert (target / "train" / "dogs").is_dir()

@@ -1,0 +1,72 @@
+"""Flags: defaults match the seed, every bad value is refused with a message naming the flag."""
+
+import subprocess
+
+import pytest
+from absl import flags
+
+from catdog import flags as catdog_flags
+from conftest import run_catdog
+
+
+def parse(*args: str) -> flags.FlagValues:
+    fv = flags.FlagValues()
+    catdog_flags.define_flags(fv)
+    fv(["prog", *args])
+    return fv
+
+
+def test_defaults_are_the_seed_notebooks_settings():
+    config = catdog_flags.config_from_flags(parse())
+    assert (config.image_size, config.batch_size, config.epochs) == (150, 16, 10)
+    assert (config.weights, config.flip, config.zoom) == ("imagenet", "horizontal", 0.2)
+    assert config.learning_rate == 1e-3
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--batch_size=0", "flag --batch_size=0: 0 is not a positive integer"),
+    ("--epochs=0", "flag --epochs=0: 0 is not a positive integer"),
+    ("--image_size=16", "flag --image_size=16: 16 is not an integer in the range [32, 1024]"),
+    ("--learning_rate=0", "flag --learning_rate=0"),
+    ("--validation_split=0.95", "flag --validation_split=0.95"),
+    ("--flip=up", "flag --flip=up: value should be one of <horizontal|vertical|"),
+    ("--rotation=-0.1", "flag --rotation=-0.1"),
+    ("--zoom=1.5", "flag --zoom=1.5"),
+    ("--seed=-1", "flag --seed=-1"),
+    ("--on_bad_image=ignore", "flag --on_bad_image=ignore: value should be one of <skip|fail>"),
+    ("--weights=/no/such/weights.h5",
+     "flag --weights=/no/such/weights.h5: must be 'imagenet', 'none' or the path of an existing"),
+    ("--model_name=a/b", "flag --model_name=a/b: must be letters, digits"),
+    ("--download_sha256=abc", "flag --download_sha256=abc: must be 64 lowercase hex digits"),
+    ("--run_dir=", "flag --run_dir=: must not be empty"),
+])
+def test_bad_value_is_refused_naming_the_flag(arg, message):
+    with pytest.raises(flags.IllegalFlagValueError) as error:
+        parse(arg)
+    assert message in str(error.value)
+
+
+def test_command_line_overrides_flagfile(tmp_path):
+    flagfile = tmp_path / "run.flags"
+    flagfile.write_text("--epochs=7\n--batch_size=8\n")
+    config = catdog_flags.config_from_flags(parse(f"--flagfile={flagfile}", "--epochs=2"))
+    assert (config.epochs, config.batch_size) == (2, 8)
+
+
+def test_shipped_flagfiles_parse():
+    for name in ("quickstart", "seed"):
+        parse(f"--flagfile=configs/{name}.flags")
+
+
+def test_seed_flagfile_keeps_the_seed_settings():
+    config = catdog_flags.config_from_flags(parse("--flagfile=configs/seed.flags"))
+    assert (config.image_size, config.batch_size, config.epochs) == (150, 16, 10)
+    assert (config.weights, config.flip, config.zoom, config.rotation) == (
+        "imagenet", "horizontal", 0.2, 0.0)
+
+
+def test_cli_stops_before_any_work_on_a_bad_flag(tmp_path):
+    result = run_catdog("train", "--batch_size=0", f"--run_dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "flag --batch_size=0: 0 is not a positive integer" in result.stderr
+    assert not (tmp_path / "run").exists()

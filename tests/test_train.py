@@ -1,0 +1,132 @@
+"""Training end to end: exports that reload in a fresh process, run files, and resume after a kill."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from catdog import train
+from catdog.config import Config
+from conftest import run_catdog, run_python
+
+RELOAD_EXPORTS = """
+import sys, numpy as np, tensorflow as tf
+from catdog import export
+h5_path, saved_model_path, pixels_path, out_path = sys.argv[1:]
+pixels = np.load(pixels_path)
+model, h5_classes = export.load_h5(h5_path)
+serving = tf.saved_model.load(saved_model_path).signatures["serving_default"]
+outputs = serving(pixels=tf.constant(pixels))
+np.savez(out_path, h5=model(pixels, training=False), saved_model=outputs["probabilities"],
+         h5_classes=h5_classes, saved_model_classes=outputs["classes"].numpy().astype(str))
+"""
+
+
+def small_config(dataset_dir: Path, tmp_path: Path, **overrides) -> Config:
+    settings = dict(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
+                    epochs=2, rotation=0.1, run_dir=str(tmp_path / "run"),
+                    export_dir=str(tmp_path / "export"), seed=7)
+    return Config(**{**settings, **overrides})
+
+
+def validation_pixels(dataset_dir: Path, image_size: int) -> np.ndarray:
+    from catdog import data
+
+    _, validation = data.find_splits(dataset_dir, 0.0, seed=0)
+    return np.concatenate([images.numpy() for images, _ in data.batches(
+        data.decoded_images(validation, image_size), 64)])
+
+
+def test_training_exports_models_that_reload_in_a_fresh_process(dataset_dir, tmp_path):
+    (dataset_dir / "train" / "cats" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    config = small_config(dataset_dir, tmp_path)
+    result = train.train(config)
+
+    pixels = validation_pixels(dataset_dir, config.image_size)
+    np.save(tmp_path / "pixels.npy", pixels)
+    run_python(RELOAD_EXPORTS, str(result.exports.h5), str(result.exports.saved_model),
+               str(tmp_path / "pixels.npy"), str(tmp_path / "out.npz"))
+    reloaded = np.load(tmp_path / "out.npz")
+    in_memory = result.model(pixels, training=False).numpy()
+    np.testing.assert_allclose(reloaded["h5"], in_memory, atol=1e-5)
+    np.testing.assert_allclose(reloaded["saved_model"], in_memory, atol=1e-5)
+    assert list(reloaded["h5_classes"]) == ["cats", "dogs"]
+    assert list(reloaded["saved_model_classes"]) == [
+        ["cats", "dogs"][i] for i in in_memory.argmax(axis=1)]
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["flags"] == config.to_dict()
+    assert summary["class_names"] == ["cats", "dogs"]
+    assert [row["epoch"] for row in summary["epochs"]] == [1, 2]
+    val_accuracy = [row["val_accuracy"] for row in summary["epochs"]]
+    assert summary["best_epoch"] == 1 + int(np.argmax(val_accuracy))
+    assert summary["best_val_accuracy"] == max(val_accuracy)
+    assert summary["bad_images_skipped"] == 1
+    assert summary["bad_images"][0]["path"].endswith("broken.jpg")
+    assert summary["train_images"] == 32 and summary["train_images_per_second"] > 0
+    assert summary["exports"] == {"h5": str(result.exports.h5),
+                                  "saved_model": str(result.exports.saved_model)}
+    run_files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert run_files == {"checkpoints", "config.json", "logs", "metrics.csv", "summary.json",
+                         "tensorboard"}
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
+    assert list((tmp_path / "run" / "tensorboard").iterdir())
+    assert "Epoch 2/2" in (tmp_path / "run" / "logs" / "train.log").read_text()
+
+    # Exported weights are the best epoch's: its validation accuracy is what the export scores.
+    labels = np.array([0] * 6 + [1] * 6)
+    assert (in_memory.argmax(axis=1) == labels).mean() == pytest.approx(
+        summary["best_val_accuracy"])
+
+    # Starting a finished run again trains nothing and exports a new version.
+    again = train.train(config)
+    assert again.summary["epochs"] == summary["epochs"]
+    assert again.exports.saved_model.name == "2"
+
+
+def run_lines_until(args: list[str], marker: str, stdout_path: Path) -> subprocess.Popen:
+    """Starts `python -m catdog.train args` and returns once `marker` appears in its log."""
+    with open(stdout_path, "w") as stdout:
+        process = subprocess.Popen([sys.executable, "-m", "catdog.train", *args], stdout=stdout,
+                                   stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if marker in line:
+            return process
+    raise AssertionError(f"the run ended without logging {marker!r}")
+
+
+def test_a_killed_run_resumes_after_its_last_finished_epoch(dataset_dir, tmp_path):
+    flagfile = tmp_path / "run.flags"
+    flagfile.write_text("\n".join([
+        f"--data_dir={dataset_dir}", "--weights=none", "--image_size=48", "--batch_size=4",
+        "--epochs=3", "--rotation=0.1", "--zoom=0.2", "--seed=3"]))
+
+    def flags_for(name):
+        return [f"--flagfile={flagfile}", f"--run_dir={tmp_path / name}",
+                f"--export_dir={tmp_path / name / 'export'}"]
+
+    uninterrupted = run_catdog("train", *flags_for("whole"))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+
+    process = run_lines_until(flags_for("killed"), "Epoch 2/3", tmp_path / "stdout.txt")
+    process.kill()
+    process.wait()
+    assert tf.train.latest_checkpoint(tmp_path / "killed" / "checkpoints").endswith("ckpt-1")
+    assert not (tmp_path / "killed" / "summary.json").exists()
+
+    resumed = run_catdog("train", *flags_for("killed"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "after epoch 1" in resumed.stderr
+    assert "Epoch 1/3" not in resumed.stderr and "Epoch 2/3" in resumed.stderr
+
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    killed = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert [row["epoch"] for row in killed["epochs"]] == [1, 2, 3]
+    for a, b in zip(whole["epochs"], killed["epochs"]):
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
+    assert killed["best_epoch"] == whole["best_epoch"]
