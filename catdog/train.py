@@ -62,8 +62,8 @@ class Trainer:
             self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
             self.val_loss = keras.metrics.Mean(name="val_loss")
             self.val_accuracy = keras.metrics.SparseCategoricalAccuracy(name="val_accuracy")
-        self._train_step = tf.function(self._distributed_train_step)
-        self._eval_step = tf.function(self._distributed_eval_step)
+        self.train_step = tf.function(self._distributed_train_step)
+        self.eval_step = tf.function(self._distributed_eval_step)
 
     def _replica_train_step(self, images: tf.Tensor, labels: tf.Tensor) -> None:
         if self.augmenter.layers:
@@ -94,7 +94,7 @@ class Trainer:
         for metric in (self.train_loss, self.train_accuracy):
             metric.reset_state()
         for step, batch in enumerate(self.strategy.experimental_distribute_dataset(dataset), 1):
-            self._train_step(batch)
+            self.train_step(batch)
             progbar.update(min(step, steps), values=self._results(
                 self.train_loss, self.train_accuracy))
         return dict(self._results(self.train_loss, self.train_accuracy))
@@ -104,7 +104,7 @@ class Trainer:
         for metric in (self.val_loss, self.val_accuracy):
             metric.reset_state()
         for batch in distributed_dataset:
-            self._eval_step(batch)
+            self.eval_step(batch)
         return dict(self._results(self.val_loss, self.val_accuracy))
 
     @staticmethod
@@ -149,6 +149,37 @@ def train(config: Config) -> TrainResult:
         handler.close()
 
 
+class Checkpoints:
+    """A run's checkpoint after every epoch (model, optimizer, progress) and of its best epoch."""
+
+    def __init__(self, run: RunDir, trainer: Trainer, progress: Progress):
+        self.progress = progress
+        self.last = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
+                                        **progress.variables())
+        self.last_manager = tf.train.CheckpointManager(self.last, run.checkpoints, max_to_keep=2)
+        self.best = tf.train.Checkpoint(model=trainer.model)
+        self.best_manager = tf.train.CheckpointManager(self.best, run.best_checkpoint,
+                                                       max_to_keep=1)
+
+    def restore_last(self) -> int:
+        """Restores the last finished epoch, if any; returns how many epochs are finished."""
+        if self.last_manager.latest_checkpoint:
+            self.last.restore(self.last_manager.latest_checkpoint).assert_existing_objects_matched()
+        return int(self.progress.finished_epochs)
+
+    def save(self, epoch: int, val_accuracy: float) -> None:
+        """Saves the finished epoch, and also as the best one if its val_accuracy is higher."""
+        if val_accuracy > float(self.progress.best_val_accuracy):
+            self.best_manager.save(checkpoint_number=epoch)
+            self.progress.best_val_accuracy.assign(val_accuracy)
+            self.progress.best_epoch.assign(epoch)
+        self.progress.finished_epochs.assign(epoch)
+        self.last_manager.save(checkpoint_number=epoch)
+
+    def restore_best(self) -> None:
+        self.best.restore(self.best_manager.latest_checkpoint).assert_existing_objects_matched()
+
+
 def _train(config: Config, run: RunDir, wall_start: float) -> TrainResult:
     splits = data.prepare_splits(config)
     keras.utils.set_random_seed(config.seed)
@@ -157,52 +188,29 @@ def _train(config: Config, run: RunDir, wall_start: float) -> TrainResult:
                  strategy.num_replicas_in_sync)
     trainer = Trainer(config, len(splits.class_names), strategy)
     progress = Progress()
-    checkpoint = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
-                                     **progress.variables())
-    manager = tf.train.CheckpointManager(checkpoint, run.checkpoints, max_to_keep=2)
-    best_checkpoint = tf.train.Checkpoint(model=trainer.model)
-    best_manager = tf.train.CheckpointManager(best_checkpoint, run.best_checkpoint, max_to_keep=1)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resuming %s after epoch %d", run.root, int(progress.finished_epochs))
-    history = run.read_history(int(progress.finished_epochs))
-    if int(progress.finished_epochs) >= config.epochs:
-        logging.info("%s already holds %d finished epochs; exporting its best epoch", run.root,
-                     int(progress.finished_epochs))
+    checkpoints = Checkpoints(run, trainer, progress)
+    finished = checkpoints.restore_last()
+    if finished >= config.epochs:
+        logging.info("%s already holds %d finished epochs; exporting its best", run.root,
+                     finished)
+    elif finished:
+        logging.info("resuming %s after epoch %d", run.root, finished)
+    history = run.read_history(finished)
 
     train_images = data.decoded_images(splits.train, config.image_size)
     validation = strategy.experimental_distribute_dataset(data.batches(
         data.decoded_images(splits.validation, config.image_size), config.batch_size))
-    steps = math.ceil(len(splits.train) / config.batch_size)
     summary_writer = tf.summary.create_file_writer(str(run.tensorboard))
-
-    for epoch in range(int(progress.finished_epochs) + 1, config.epochs + 1):
+    for epoch in range(finished + 1, config.epochs + 1):
         logging.info("Epoch %d/%d", epoch, config.epochs)
-        seed = epoch_seed(config.seed, epoch)
-        if trainer.augmenter.layers:
-            model_lib.reseed_augmenter(trainer.augmenter, seed, epoch)
-        progbar = keras.utils.Progbar(steps, stateful_metrics=[
-            "loss", "accuracy", "val_loss", "val_accuracy"])
-        start = time.perf_counter()
-        metrics = trainer.train_epoch(
-            data.batches(train_images, config.batch_size, shuffle_seed=seed), steps, progbar)
-        seconds = time.perf_counter() - start
-        metrics.update(trainer.evaluate(validation))
-        progbar.update(steps, values=list(metrics.items()), finalize=True)
-        row = {"epoch": epoch, **metrics, "seconds": seconds,
-               "images_per_second": len(splits.train) / seconds}
+        row = _train_epoch(trainer, train_images, validation, epoch)
         _record_epoch(row, run, summary_writer)
         history.append(row)
-        if metrics["val_accuracy"] > float(progress.best_val_accuracy):
-            best_manager.save(checkpoint_number=epoch)
-            progress.best_val_accuracy.assign(metrics["val_accuracy"])
-            progress.best_epoch.assign(epoch)
-        progress.train_seconds.assign_add(seconds)
+        progress.train_seconds.assign_add(row["seconds"])
         progress.train_images.assign_add(len(splits.train))
-        progress.finished_epochs.assign(epoch)
-        manager.save(checkpoint_number=epoch)
+        checkpoints.save(epoch, row["val_accuracy"])
 
-    best_checkpoint.restore(best_manager.latest_checkpoint).assert_existing_objects_matched()
+    checkpoints.restore_best()
     logging.info("best epoch %d: val_accuracy %.4f", int(progress.best_epoch),
                  float(progress.best_val_accuracy))
     exports = export.export_all(trainer.model, splits.class_names, config.export_dir,
@@ -212,6 +220,26 @@ def _train(config: Config, run: RunDir, wall_start: float) -> TrainResult:
                        time.perf_counter() - wall_start)
     run.write_summary(summary)
     return TrainResult(trainer.model, splits.class_names, summary, exports)
+
+
+def _train_epoch(trainer: Trainer, train_images: tf.data.Dataset, validation,
+                 epoch: int) -> dict[str, float]:
+    """Trains one epoch with its own data order and augmentation seed, then validates."""
+    config = trainer.config
+    seed = epoch_seed(config.seed, epoch)
+    if trainer.augmenter.layers:
+        model_lib.reseed_augmenter(trainer.augmenter, seed, epoch)
+    count = int(train_images.cardinality())
+    steps = math.ceil(count / config.batch_size)
+    progbar = keras.utils.Progbar(steps, stateful_metrics=[
+        "loss", "accuracy", "val_loss", "val_accuracy"])
+    start = time.perf_counter()
+    metrics = trainer.train_epoch(
+        data.batches(train_images, config.batch_size, shuffle_seed=seed), steps, progbar)
+    seconds = time.perf_counter() - start
+    metrics.update(trainer.evaluate(validation))
+    progbar.update(steps, values=list(metrics.items()), finalize=True)
+    return {"epoch": epoch, **metrics, "seconds": seconds, "images_per_second": count / seconds}
 
 
 def _record_epoch(row: dict[str, float], run: RunDir, writer: tf.summary.SummaryWriter) -> None:
