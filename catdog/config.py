@@ -13,7 +13,8 @@ CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs
 
 # Fields that may change between a run and its resumption without invalidating its checkpoints.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "run_dir", "export_dir", "model_name", "download", "download_url", "download_sha256"}
+    {"epochs", "run_dir", "export_dir", "model_name", "keep_versions", "download", "download_url",
+     "download_sha256"}
 )
 
 
@@ -36,6 +37,7 @@ class Config:
     run_dir: str = "runs/catdog"
     export_dir: str = "export"
     model_name: str = "catdog"
+    keep_versions: int = 0
     download: bool = False
     download_url: str = CATS_AND_DOGS_URL
     download_sha256: str = ""

@@ -2,6 +2,7 @@
 
     <export_dir>/<model_name>.h5        keras.models.load_model (after `import catdog.model`)
     <export_dir>/<model_name>/<N>/      tf.saved_model.load / TF Serving, N = next free integer
+                                        (signatures, labels and warm-up: catdog/signatures.py)
 
 Every file and folder appears atomically: it is written under a temporary sibling name and
 renamed into place when complete, so a reader (TF Serving polls the base path) never sees half of
@@ -21,9 +22,8 @@ from pathlib import Path
 
 import h5py
 import keras
-import tensorflow as tf
 
-from catdog import model as model_lib
+from catdog import signatures
 
 CLASS_NAMES_ATTR = "catdog_class_names"
 
@@ -73,47 +73,44 @@ def next_version(base: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def _serving_archive(model: keras.Model, class_names: Sequence[str]) -> keras.export.ExportArchive:
-    """An archive whose `serving_default` maps float32 pixels to probabilities and labels.
-
-    The endpoint calls the model with training=False, so augmentation-style layers can never
-    act at serving time.
-    """
-    image_size = model.input_shape[1]
-    names = tf.constant(list(class_names))
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=model_lib.INPUT_NAME)])
-    def serve_pixels(pixels):
-        probabilities = tf.cast(model(pixels, training=False), tf.float32)
-        class_ids = tf.argmax(probabilities, axis=-1)
-        return {"probabilities": probabilities, "class_ids": class_ids,
-                "classes": tf.gather(names, class_ids)}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serve_pixels)
-    return archive
-
-
-def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Path) -> Path:
-    """Writes the next version folder `base/<N>/` and returns its path."""
+def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Path,
+                       keep_versions: int = 0) -> Path:
+    """Writes the next version folder `base/<N>/` (TF Serving model name: `base.name`), then
+    prunes all but the newest `keep_versions` (0 keeps all); returns the new folder."""
     base.mkdir(parents=True, exist_ok=True)
-    archive = _serving_archive(model, class_names)
     tmp = Path(tempfile.mkdtemp(dir=base, prefix=".export-"))
     try:
-        archive.write_out(str(tmp), verbose=False)
+        with tempfile.TemporaryDirectory() as labels_dir:
+            labels = signatures.write_labels(Path(labels_dir), class_names)
+            signatures.serving_archive(model, labels).write_out(str(tmp), verbose=False)
+        signatures.mark_classify_method(tmp)
+        signatures.write_warmup_requests(tmp, base.name, model.input_shape[1])
         final = base / str(next_version(base))
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if keep_versions:
+        prune_versions(base, keep_versions)
     return final
 
 
+def prune_versions(base: Path, keep: int) -> list[Path]:
+    """Removes all but the newest `keep` version folders; each vanishes at once (renamed to a
+    hidden name first), so TF Serving never sees a half-deleted version. Returns those removed."""
+    versions = sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    removed = versions[:-keep] if keep else []
+    for version in removed:
+        hidden = Path(tempfile.mkdtemp(dir=base, prefix=f".pruned-{version.name}-"))
+        os.rename(version, hidden / version.name)
+        shutil.rmtree(hidden)
+    return removed
+
+
 def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str | os.PathLike,
-               model_name: str) -> Exports:
+               model_name: str, keep_versions: int = 0) -> Exports:
     """Writes `<export_dir>/<model_name>.h5` and a new `<export_dir>/<model_name>/<N>/`."""
     export_dir = Path(export_dir)
     return Exports(
         h5=export_h5(model, class_names, export_dir / f"{model_name}.h5"),
-        saved_model=export_saved_model(model, class_names, export_dir / model_name))
+        saved_model=export_saved_model(model, class_names, export_dir / model_name,
+                                       keep_versions))

@@ -78,6 +78,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("model_name", defaults.model_name,
                         "Name of the exported model (file and TF Serving model name).",
                         flag_values=fv)
+    flags.DEFINE_integer(
+        "keep_versions", defaults.keep_versions,
+        "After exporting, keep only this many newest SavedModel versions; 0 keeps all.",
+        lower_bound=0, flag_values=fv)
     flags.DEFINE_bool(
         "download", defaults.download,
         "Download --download_url into --data_dir when --data_dir does not exist.",

@@ -214,7 +214,7 @@ def _train(config: Config, run: RunDir, wall_start: float) -> TrainResult:
     logging.info("best epoch %d: val_accuracy %.4f", int(progress.best_epoch),
                  float(progress.best_val_accuracy))
     exports = export.export_all(trainer.model, splits.class_names, config.export_dir,
-                                config.model_name)
+                                config.model_name, config.keep_versions)
     logging.info("exported %s and %s", exports.h5, exports.saved_model)
     summary = _summary(config, splits, strategy, progress, history, exports,
                        time.perf_counter() - wall_start)

@@ -19,7 +19,7 @@ from catdog import export
 h5_path, saved_model_path, pixels_path, out_path = sys.argv[1:]
 pixels = np.load(pixels_path)
 model, h5_classes = export.load_h5(h5_path)
-serving = tf.saved_model.load(saved_model_path).signatures["serving_default"]
+serving = tf.saved_model.load(saved_model_path).signatures["predict_pixels"]
 outputs = serving(pixels=tf.constant(pixels))
 np.savez(out_path, h5=model(pixels, training=False), saved_model=outputs["probabilities"],
          h5_classes=h5_classes, saved_model_classes=outputs["classes"].numpy().astype(str))
