@@ -5,14 +5,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from absl import app, logging
+from absl import app, flags, logging
 
-from catdog import flags as _defines_flags  # noqa: F401  (flags must exist before parsing)
 from catdog.errors import CatdogError
 
 
-def run(main: Callable[[Sequence[str]], int | None]) -> None:
-    """Parses flags and runs `main`; a `CatdogError` ends it with its one-line message."""
+def run(main: Callable[[Sequence[str]], int | None],
+        define_flags: Callable[[flags.FlagValues], None]) -> None:
+    """Defines the entry point's flags, parses them, and runs `main`; a `CatdogError` ends it
+    with its one-line message and exit status 2."""
+    define_flags(flags.FLAGS)
 
     def guarded(argv: Sequence[str]) -> int | None:
         try:

@@ -24,6 +24,7 @@ from pathlib import Path
 import tensorflow as tf
 from absl import logging
 
+from catdog import flags as catdog_flags
 from catdog.config import Config
 from catdog.errors import CatdogError
 
@@ -336,8 +337,6 @@ def check_folder(folder: str) -> list[BadImage]:
 
 
 def main(argv: Sequence[str]) -> int:
-    from catdog import flags as catdog_flags
-
     command = argv[1:2]
     if command == ["check"] and len(argv) == 3:
         bad = check_folder(argv[2])
@@ -355,4 +354,4 @@ def main(argv: Sequence[str]) -> int:
 if __name__ == "__main__":
     from catdog import cli
 
-    cli.run(main)
+    cli.run(main, catdog_flags.define_train_flags)

@@ -1,8 +1,9 @@
 """Command-line flags, defined and validated once, and turned into a `Config`.
 
 Every flag is checked when the command line is parsed, so a bad value stops the program before any
-work with one line naming the flag and what is valid. Only `main()` functions read flags; library
-code takes the `Config` that `config_from_flags` builds.
+work with one line naming the flag and what is valid. Each entry point defines the set it needs
+just before parsing (`catdog.cli.run`); only `main()` functions read flags, and library code takes
+the `Config` that `config_from_flags` builds, or plain values.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def _is_weights_spec(value: str) -> bool:
     return value in ("imagenet", "none") or os.path.isfile(value)
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Defines catdog's flags on `flag_values` (the global FLAGS unless a test passes its own)."""
+def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the training flags on `flag_values` (the global FLAGS unless a test passes its
+    own); `python -m catdog.train` and `python -m catdog.data` use them."""
     defaults = config_lib.Config(data_dir="data/cats_and_dogs_filtered")
     fv = flag_values
 
@@ -109,9 +111,48 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
-    """The `Config` that the parsed flags describe."""
+    """The `Config` that the parsed training flags describe."""
     names = [field.name for field in dataclasses.fields(config_lib.Config)]
     return config_lib.Config(**{name: flag_values[name].value for name in names})
 
 
-define_flags()
+def define_serve_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `python -m catdog.serve`, named as TF Serving's own model server names them."""
+    fv = flag_values
+    flags.DEFINE_string("model_name", "catdog", "Name clients use for the model.", flag_values=fv)
+    flags.DEFINE_string("model_base_path", "export/catdog",
+                        "Folder holding integer-named SavedModel versions.", flag_values=fv)
+    flags.DEFINE_integer("port", 8500, "gRPC port.", lower_bound=0, upper_bound=65535,
+                         flag_values=fv)
+    flags.DEFINE_integer("rest_api_port", 8501, "REST port; 0 turns REST off.", lower_bound=0,
+                         upper_bound=65535, flag_values=fv)
+    flags.DEFINE_string("host", "127.0.0.1",
+                        "Address to bind; 0.0.0.0 exposes the server to the network.",
+                        flag_values=fv)
+    flags.DEFINE_integer("max_request_bytes", 64 << 20,
+                         "Largest request accepted (gRPC message or REST body).",
+                         lower_bound=1024, flag_values=fv)
+    flags.DEFINE_float("file_system_poll_wait_seconds", 1.0,
+                       "How often to look for a new version.", lower_bound=0.05, flag_values=fv)
+    flags.register_validator(
+        "model_base_path", os.path.isdir,
+        message="must be an existing folder of SavedModel versions (e.g. export/catdog)",
+        flag_values=fv)
+
+
+def define_client_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `python -m catdog.client`."""
+    fv = flag_values
+    flags.DEFINE_string("server", "grpc://127.0.0.1:8500",
+                        "grpc://host:port (TF Serving's --port) or http://host:port "
+                        "(its --rest_api_port).", flag_values=fv)
+    flags.DEFINE_string("model", "catdog", "Model name on the server.", flag_values=fv)
+    flags.DEFINE_integer("model_version", 0, "Version to ask for; 0 means the newest.",
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_float("timeout", 10.0, "Seconds to wait for each request.", lower_bound=0.01,
+                       flag_values=fv)
+    flags.DEFINE_integer("retries", 3, "Retries when the server is UNAVAILABLE.", lower_bound=0,
+                         flag_values=fv)
+    flags.register_validator(
+        "server", lambda v: bool(re.match(r"^(grpc|https?)://[^/]+:\d+/?$", v)),
+        message="must be grpc://host:port or http://host:port", flag_values=fv)

@@ -24,6 +24,7 @@ import tensorflow as tf
 from absl import logging
 
 from catdog import data, export
+from catdog import flags as catdog_flags
 from catdog import model as model_lib
 from catdog.config import Config
 from catdog.errors import CatdogError
@@ -277,8 +278,6 @@ def _summary(config: Config, splits: data.Splits, strategy: tf.distribute.Strate
 
 
 def main(argv: Sequence[str]) -> None:
-    from catdog import flags as catdog_flags
-
     if len(argv) > 1:
         raise CatdogError(f"unexpected arguments {list(argv[1:])}; every setting is a --flag "
                           "(see --helpfull)")
@@ -292,4 +291,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     from catdog import cli
 
-    cli.run(main)
+    cli.run(main, catdog_flags.define_train_flags)

@@ -11,7 +11,7 @@ from conftest import run_catdog
 
 def parse(*args: str) -> flags.FlagValues:
     fv = flags.FlagValues()
-    catdog_flags.define_flags(fv)
+    catdog_flags.define_train_flags(fv)
     fv(["prog", *args])
     return fv
 

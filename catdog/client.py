@@ -1,0 +1,272 @@
+"""One client for a served catdog model, over TF Serving's gRPC or REST API.
+
+    python -m catdog.client --server=grpc://localhost:8500 --model=catdog cat.jpg dog.png
+    python -m catdog.client --server=http://localhost:8501 --model=catdog photos/*.jpg
+
+Works against TensorFlow Serving and against `python -m catdog.serve` alike. Images are sent as
+encoded bytes to the `serving_default` signature, which decodes and resizes them in the graph, so
+no preprocessing happens here. Requests time out after `timeout` seconds and are retried with
+backoff while the server is UNAVAILABLE; other errors raise `ServingError` with the server's code
+and message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, input_pb2, model_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from catdog import flags as catdog_flags
+from catdog import signatures, wire
+from catdog.errors import CatdogError
+from catdog.wire import ServingError
+
+T = TypeVar("T")
+Image = str | os.PathLike | bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one image; `probabilities[i]` is class id i's probability."""
+
+    label: str
+    probability: float
+    probabilities: tuple[float, ...]
+
+
+class GrpcTransport:
+    """TF Serving's PredictionService and ModelService over gRPC."""
+
+    def __init__(self, target: str, timeout: float):
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise ServingError(error.code(), error.details() or "") from None
+
+    def predict(self, spec: model_pb2.ModelSpec, inputs: dict[str, np.ndarray]
+                ) -> dict[str, np.ndarray]:
+        request = predict_pb2.PredictRequest(model_spec=spec)
+        for key, array in inputs.items():
+            request.inputs[key].CopyFrom(wire.to_tensor_proto(array))
+        response = self._call(self.prediction.Predict, request)
+        return {k: wire.from_tensor_proto(v) for k, v in response.outputs.items()}
+
+    def classify(self, spec: model_pb2.ModelSpec, examples: list) -> list[dict[str, float]]:
+        request = classification_pb2.ClassificationRequest(
+            model_spec=spec, input=input_pb2.Input(
+                example_list=input_pb2.ExampleList(examples=examples)))
+        response = self._call(self.prediction.Classify, request)
+        return [{c.label: c.score for c in result.classes}
+                for result in response.result.classifications]
+
+    def metadata(self, spec: model_pb2.ModelSpec) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        return self._call(self.prediction.GetModelMetadata,
+                          get_model_metadata_pb2.GetModelMetadataRequest(
+                              model_spec=spec, metadata_field=["signature_def"]))
+
+    def status(self, spec: model_pb2.ModelSpec) -> get_model_status_pb2.GetModelStatusResponse:
+        return self._call(self.models.GetModelStatus,
+                          get_model_status_pb2.GetModelStatusRequest(model_spec=spec))
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class RestTransport:
+    """TF Serving's REST API (JSON, {"b64": ...} for bytes)."""
+
+    def __init__(self, base_url: str, timeout: float):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def _url(self, spec: model_pb2.ModelSpec, suffix: str = "") -> str:
+        version = f"/versions/{spec.version.value}" if spec.HasField("version") else ""
+        return f"{self.base_url}/v1/models/{spec.name}{version}{suffix}"
+
+    def _request(self, url: str, body: dict | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise _rest_error(error) from None
+        except (TimeoutError, socket.timeout):
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"no answer from {url} within {self.timeout} s") from None
+        except (urllib.error.URLError, ConnectionError) as error:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                               f"cannot reach {url}: {getattr(error, 'reason', error)}") from None
+
+    def predict(self, spec: model_pb2.ModelSpec, inputs: dict[str, np.ndarray]
+                ) -> dict[str, np.ndarray]:
+        body = wire.predict_body(inputs, spec.signature_name)
+        return wire.outputs_from_response(self._request(self._url(spec, ":predict"), body))
+
+    def classify(self, spec: model_pb2.ModelSpec, examples: list) -> list[dict[str, float]]:
+        body = {"signature_name": spec.signature_name,
+                "examples": [wire.example_to_json(e) for e in examples]}
+        result = self._request(self._url(spec, ":classify"), body)["result"]
+        return [{label: score for label, score in pairs} for pairs in result]
+
+    def metadata(self, spec: model_pb2.ModelSpec) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        return json_format.ParseDict(self._request(self._url(spec, "/metadata")),
+                                     get_model_metadata_pb2.GetModelMetadataResponse())
+
+    def status(self, spec: model_pb2.ModelSpec) -> get_model_status_pb2.GetModelStatusResponse:
+        return json_format.ParseDict(self._request(self._url(spec)),
+                                     get_model_status_pb2.GetModelStatusResponse())
+
+    def close(self) -> None:
+        pass
+
+
+def _rest_error(error: urllib.error.HTTPError) -> ServingError:
+    payload = error.read()
+    try:
+        message = json.loads(payload)["error"]
+    except (ValueError, KeyError, TypeError):
+        message = payload.decode("utf-8", "replace") or error.reason
+    return ServingError(wire.code_of_http_status(error.code), message)
+
+
+class Client:
+    """Predictions, metadata and status of one model on one server (gRPC or REST by URL)."""
+
+    def __init__(self, server: str, model: str = "catdog", version: int | None = None,
+                 timeout: float = 10.0, retries: int = 3, backoff_seconds: float = 0.2):
+        scheme, _, address = server.partition("://")
+        if scheme == "grpc":
+            self.transport = GrpcTransport(address.rstrip("/"), timeout)
+        elif scheme in ("http", "https"):
+            self.transport = RestTransport(server, timeout)
+        else:
+            raise CatdogError(f"--server={server} must start with grpc:// or http://")
+        self.model, self.version = model, version
+        self.retries, self.backoff_seconds = retries, backoff_seconds
+
+    def _spec(self, signature_name: str = "") -> model_pb2.ModelSpec:
+        spec = model_pb2.ModelSpec(name=self.model, signature_name=signature_name)
+        if self.version:
+            spec.version.value = self.version
+        return spec
+
+    def _with_retries(self, call: Callable[[], T]) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except ServingError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise
+                time.sleep(self.backoff_seconds * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def predict(self, images: Sequence[Image]) -> list[Prediction]:
+        """Label, its probability and all class probabilities for each image (path or bytes)."""
+        encoded = np.array([_read(image) for image in images], dtype=object)
+        outputs = self.predict_raw(signatures.SERVING_DEFAULT, {signatures.IMAGE_BYTES: encoded})
+        labels = [c.decode() if isinstance(c, bytes) else str(c) for c in outputs["classes"]]
+        return [Prediction(label, float(p[i]), tuple(float(x) for x in p))
+                for label, i, p in zip(labels, outputs["class_ids"], outputs["probabilities"])]
+
+    def predict_raw(self, signature_name: str, inputs: dict[str, np.ndarray]
+                    ) -> dict[str, np.ndarray]:
+        """Any signature's outputs for named input arrays (object arrays for bytes)."""
+        return self._with_retries(lambda: self.transport.predict(self._spec(signature_name),
+                                                                 inputs))
+
+    def classify(self, images: Sequence[Image]) -> list[dict[str, float]]:
+        """{class name: probability} for each image, through TF Serving's Classify API."""
+        examples = [signatures.image_example(_read(image)) for image in images]
+        return self._with_retries(lambda: self.transport.classify(
+            self._spec(signatures.CLASSIFY), examples))
+
+    def metadata(self) -> dict[str, dict[str, Any]]:
+        """{signature name: {"method", "inputs", "outputs"}} with dtypes and shapes."""
+        response = self._with_retries(lambda: self.transport.metadata(self._spec()))
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return {key: {"method": sig.method_name,
+                      "inputs": {k: _tensor_info(v) for k, v in sig.inputs.items()},
+                      "outputs": {k: _tensor_info(v) for k, v in sig.outputs.items()}}
+                for key, sig in signature_map.signature_def.items()}
+
+    def status(self) -> list[dict[str, Any]]:
+        """[{"version": N, "state": "AVAILABLE", ...}] for the model's versions."""
+        response = self._with_retries(lambda: self.transport.status(self._spec()))
+        return [{"version": s.version,
+                 "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+                 "error_message": s.status.error_message}
+                for s in response.model_version_status]
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _tensor_info(info) -> dict[str, Any]:
+    import tensorflow as tf
+
+    return {"dtype": tf.dtypes.as_dtype(info.dtype).name,
+            "shape": [d.size for d in info.tensor_shape.dim]}
+
+
+def _read(image: Image) -> bytes:
+    if isinstance(image, bytes):
+        return image
+    try:
+        return Path(image).read_bytes()
+    except OSError as error:
+        raise CatdogError(f"cannot read image {image}: {error.strerror}") from None
+
+
+def main(argv: Sequence[str]) -> int:
+    from absl import flags
+
+    f = flags.FLAGS
+    images = argv[1:]
+    if not images:
+        raise CatdogError("usage: python -m catdog.client --server=URL [--model=NAME] IMAGE...")
+    client = Client(f.server, f.model, f.model_version or None, f.timeout, f.retries)
+    failures = 0
+    try:
+        for image in images:
+            try:
+                (prediction,) = client.predict([image])
+            except (ServingError, CatdogError) as error:
+                print(f"{image}\terror: {error}", file=sys.stderr)
+                failures += 1
+                continue
+            print(f"{image}\t{prediction.label}\t{prediction.probability:.6f}")
+    finally:
+        client.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    from catdog import cli
+
+    cli.run(main, catdog_flags.define_client_flags)
