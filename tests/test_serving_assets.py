@@ -1,0 +1,34 @@
+"""serving/: the TF Serving config files parse as the protos TF Serving reads."""
+
+from pathlib import Path
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+SERVING = Path(__file__).resolve().parents[1] / "serving"
+
+
+def test_models_config_is_a_model_server_config_for_catdog():
+    config = text_format.Parse((SERVING / "models.config").read_text(),
+                               model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert (model.name, model.base_path, model.model_platform) == (
+        "catdog", "/models/catdog", "tensorflow")
+    assert model.model_version_policy.latest.num_versions == 2
+    assert dict(model.version_labels) == {"stable": 1, "canary": 2}
+
+
+def test_compose_mounts_the_configs_it_passes_to_the_server():
+    compose = (SERVING / "docker-compose.yml").read_text()
+    for name in ("models.config", "batching.config", "monitoring.config"):
+        assert f"./{name}:/config/{name}" in compose
+        assert f"=/config/{name}" in compose
+    assert '"8500:8500"' in compose and '"8501:8501"' in compose
+    assert "tensorflow/serving:" in compose and "-gpu" in compose
+
+
+def test_monitoring_and_batching_configs_name_their_fields():
+    assert 'path: "/monitoring/prometheus/metrics"' in (SERVING / "monitoring.config").read_text()
+    batching = (SERVING / "batching.config").read_text()
+    for field in ("max_batch_size", "batch_timeout_micros", "num_batch_threads"):
+        assert f"{field} {{ value:" in batching
