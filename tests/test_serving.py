@@ -304,3 +304,29 @@ def test_serve_refuses_a_base_path_without_versions(tmp_path):
     result = run_catdog("serve", f"--model_base_path={tmp_path}", "--port=0", "--rest_api_port=0")
     assert result.returncode == 2
     assert "holds no loadable version" in result.stderr
+
+
+# --- client behaviour when the server is away or silent --------------------------------------
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_client_retries_unavailable_with_backoff_then_reports_it(scheme, monkeypatch):
+    pauses = []
+    monkeypatch.setattr("catdog.client.time.sleep", pauses.append)
+    client = Client(f"{scheme}://127.0.0.1:{free_port()}", "catdog", timeout=5, retries=3,
+                    backoff_seconds=0.1)
+    with pytest.raises(ServingError) as error:
+        client.status()
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE
+    assert pauses == [0.1, 0.2, 0.4]
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_client_times_out_on_a_silent_server(scheme):
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        client = Client(f"{scheme}://127.0.0.1:{silent.getsockname()[1]}", "catdog",
+                        timeout=0.5, retries=0)
+        with pytest.raises(ServingError) as error:
+            client.status()
+    assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
