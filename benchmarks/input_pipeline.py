@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from catdog import data, train
+from catdog import data, distribute, train
 from catdog.config import Config
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/datasets/cats_vs_dogs",
@@ -79,10 +79,10 @@ def main(argv):
     size, batch = _IMAGE_SIZE.value, _BATCH_SIZE.value
     train_dir = os.path.join(_DATA_DIR.value, "train")
     config = Config(data_dir=_DATA_DIR.value, image_size=size, batch_size=batch, weights="none")
-    strategy = tf.distribute.get_strategy()
-    augmenting = train.Trainer(config, 2, strategy)
+    distribution = distribute.setup_distribution(config)
+    augmenting = train.Trainer(config, 2, distribution)
     plain = train.Trainer(Config(data_dir=_DATA_DIR.value, image_size=size, batch_size=batch,
-                                 weights="none", flip="none", zoom=0.0), 2, strategy)
+                                 weights="none", flip="none", zoom=0.0), 2, distribution)
     files, _ = data.find_splits(_DATA_DIR.value, 0.0, seed=0)
     epoch_batches = math.ceil(len(files) / batch)
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Literal
 
 Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
+Strategy = Literal["auto", "default", "one_device", "mirrored", "multi_worker"]
+Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+AutoBool = Literal["auto", "true", "false"]
 OnBadImage = Literal["skip", "fail"]
 
 # Google's cats_and_dogs_filtered subset of Kaggle's Dogs vs. Cats (68,606,236 bytes).
@@ -14,7 +18,7 @@ CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs
 # Fields that may change between a run and its resumption without invalidating its checkpoints.
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "run_dir", "export_dir", "model_name", "keep_versions", "download", "download_url",
-     "download_sha256"}
+     "download_sha256", "strategy", "devices", "logical_devices", "jit_compile"}
 )
 
 
@@ -38,6 +42,12 @@ class Config:
     export_dir: str = "export"
     model_name: str = "catdog"
     keep_versions: int = 0
+    strategy: Strategy = "auto"
+    devices: tuple[str, ...] = ()
+    logical_devices: int = 0
+    scale_learning_rate: bool = False
+    mixed_precision: Precision = "auto"
+    jit_compile: AutoBool = "auto"
     download: bool = False
     download_url: str = CATS_AND_DOGS_URL
     download_sha256: str = ""
@@ -48,7 +58,8 @@ class Config:
         return self.flip != "none" or self.rotation > 0 or self.zoom > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON values (tuples become lists), as config.json stores them."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def changes_that_break_resume(self, previous: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Fields whose values differ from `previous` (a saved `to_dict()`) and forbid resuming."""

@@ -84,6 +84,29 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "keep_versions", defaults.keep_versions,
         "After exporting, keep only this many newest SavedModel versions; 0 keeps all.",
         lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum(
+        "strategy", defaults.strategy, ("auto", "default", "one_device", "mirrored",
+                                        "multi_worker"),
+        "tf.distribute strategy; auto: mirrored when more than one GPU is visible, else "
+        "default. multi_worker reads the cluster from TF_CONFIG.", flag_values=fv)
+    flags.DEFINE_list("devices", list(defaults.devices),
+                      "Devices for one_device/mirrored, e.g. /gpu:0,/gpu:1; empty: all GPUs "
+                      "(or the logical CPUs).", flag_values=fv)
+    flags.DEFINE_integer(
+        "logical_devices", defaults.logical_devices,
+        "Split the first CPU into this many logical devices (try distribution without GPUs); "
+        "0 leaves it whole.", lower_bound=0, upper_bound=64, flag_values=fv)
+    flags.DEFINE_bool("scale_learning_rate", defaults.scale_learning_rate,
+                      "Multiply --learning_rate by the replica count (linear scaling).",
+                      flag_values=fv)
+    flags.DEFINE_enum(
+        "mixed_precision", defaults.mixed_precision,
+        ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+        "Keras precision policy; auto: mixed_float16 on GPUs of compute capability >= 7.0, "
+        "else float32.", flag_values=fv)
+    flags.DEFINE_enum("jit_compile", defaults.jit_compile, ("auto", "true", "false"),
+                      "XLA-compile the model step; auto: on for a single GPU only.",
+                      flag_values=fv)
     flags.DEFINE_bool(
         "download", defaults.download,
         "Download --download_url into --data_dir when --data_dir does not exist.",
@@ -113,7 +136,9 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
     """The `Config` that the parsed training flags describe."""
     names = [field.name for field in dataclasses.fields(config_lib.Config)]
-    return config_lib.Config(**{name: flag_values[name].value for name in names})
+    values = {name: flag_values[name].value for name in names}
+    values["devices"] = tuple(values["devices"] or ())
+    return config_lib.Config(**values)
 
 
 def define_serve_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

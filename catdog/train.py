@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging as std_logging
 import math
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from catdog import data, export
+from catdog import data, distribute, export
 from catdog import flags as catdog_flags
 from catdog import model as model_lib
 from catdog.config import Config
@@ -49,32 +50,44 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class Trainer:
     """The model, optimizer and metrics of a run, and its distributed train and eval steps."""
 
-    def __init__(self, config: Config, num_classes: int, strategy: tf.distribute.Strategy):
+    def __init__(self, config: Config, num_classes: int,
+                 distribution: distribute.Distribution):
         self.config = config
-        self.strategy = strategy
-        with strategy.scope():
+        self.strategy = distribution.strategy
+        with self.strategy.scope():
             self.model = model_lib.build_classifier(num_classes, config.image_size,
                                                     config.weights)
             self.augmenter = model_lib.build_augmenter(config)
-            self.optimizer = keras.optimizers.Adam(config.learning_rate)
+            self.optimizer = keras.optimizers.Adam(distribute.learning_rate(config, distribution))
+            if distribution.precision == "mixed_float16":
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
             self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
             self.train_loss = keras.metrics.Mean(name="loss")
             self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
             self.val_loss = keras.metrics.Mean(name="val_loss")
             self.val_accuracy = keras.metrics.SparseCategoricalAccuracy(name="val_accuracy")
+        # XLA compiles the model's forward and backward pass only: the augmentation layers' image
+        # ops are outside it, since XLA with them has failed in reports.
+        self._model_step = (tf.function(self._gradients, jit_compile=True)
+                            if distribution.jit_compile else self._gradients)
         self.train_step = tf.function(self._distributed_train_step)
         self.eval_step = tf.function(self._distributed_eval_step)
+
+    def _gradients(self, images: tf.Tensor, labels: tf.Tensor):
+        """Per-example losses, probabilities and gradients (of the loss-scaled mean loss)."""
+        with tf.GradientTape() as tape:
+            probabilities = self.model(images, training=True)
+            per_example_loss = self.loss_fn(labels, probabilities)
+            loss = self.optimizer.scale_loss(tf.nn.compute_average_loss(per_example_loss))
+        return per_example_loss, probabilities, tape.gradient(
+            loss, self.model.trainable_variables)
 
     def _replica_train_step(self, images: tf.Tensor, labels: tf.Tensor) -> None:
         if self.augmenter.layers:
             images = self.augmenter(images, training=True)
-        with tf.GradientTape() as tape:
-            probabilities = self.model(images, training=True)
-            per_example_loss = self.loss_fn(labels, probabilities)
-            loss = tf.nn.compute_average_loss(per_example_loss)
-        variables = self.model.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        per_example_loss, probabilities, gradients = self._model_step(images, labels)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
         self.train_loss.update_state(per_example_loss)
         self.train_accuracy.update_state(labels, probabilities)
 
@@ -138,13 +151,28 @@ def _log_to_file(run: RunDir) -> std_logging.Handler:
 
 
 def train(config: Config) -> TrainResult:
-    """Runs (or resumes) the training that `config` describes, then exports the best epoch."""
+    """Runs (or resumes) the training that `config` describes, then exports the best epoch.
+
+    Under multi-worker training every worker runs this; only the chief writes `run_dir` and
+    `export_dir`. The others write the same files to a scratch folder (saving can need all
+    workers) that is removed at the end.
+    """
     wall_start = time.perf_counter()
+    distribution = distribute.setup_distribution(config)
+    if distribution.is_chief:
+        return _train_writing_to(config, distribution, wall_start, RunDir(config.run_dir))
+    with tempfile.TemporaryDirectory(prefix=f"catdog-worker{distribution.worker_index}-") as tmp:
+        scratch = dataclasses.replace(config, run_dir=f"{tmp}/run", export_dir=f"{tmp}/export")
+        return _train_writing_to(scratch, distribution, wall_start, RunDir(config.run_dir))
+
+
+def _train_writing_to(config: Config, distribution: distribute.Distribution, wall_start: float,
+                      chief_run: RunDir) -> TrainResult:
     run = RunDir(config.run_dir)
     run.open(config)
     handler = _log_to_file(run)
     try:
-        return _train(config, run, wall_start)
+        return _train(config, distribution, run, chief_run, wall_start)
     finally:
         logging.get_absl_logger().removeHandler(handler)
         handler.close()
@@ -153,8 +181,12 @@ def train(config: Config) -> TrainResult:
 class Checkpoints:
     """A run's checkpoint after every epoch (model, optimizer, progress) and of its best epoch."""
 
-    def __init__(self, run: RunDir, trainer: Trainer, progress: Progress):
+    def __init__(self, run: RunDir, trainer: Trainer, progress: Progress,
+                 read_from: RunDir | None = None):
+        """Writes under `run`; reads (resumes) from `read_from`, the chief's run dir when this
+        process is a non-chief worker writing to scratch space, else `run` itself."""
         self.progress = progress
+        self.read_from = read_from or run
         self.last = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
                                         **progress.variables())
         self.last_manager = tf.train.CheckpointManager(self.last, run.checkpoints, max_to_keep=2)
@@ -164,8 +196,9 @@ class Checkpoints:
 
     def restore_last(self) -> int:
         """Restores the last finished epoch, if any; returns how many epochs are finished."""
-        if self.last_manager.latest_checkpoint:
-            self.last.restore(self.last_manager.latest_checkpoint).assert_existing_objects_matched()
+        latest = tf.train.latest_checkpoint(self.read_from.checkpoints)
+        if latest:
+            self.last.restore(latest).assert_existing_objects_matched()
         return int(self.progress.finished_epochs)
 
     def save(self, epoch: int, val_accuracy: float) -> None:
@@ -178,18 +211,19 @@ class Checkpoints:
         self.last_manager.save(checkpoint_number=epoch)
 
     def restore_best(self) -> None:
-        self.best.restore(self.best_manager.latest_checkpoint).assert_existing_objects_matched()
+        best = (tf.train.latest_checkpoint(self.read_from.best_checkpoint)
+                or self.best_manager.latest_checkpoint)
+        self.best.restore(best).assert_existing_objects_matched()
 
 
-def _train(config: Config, run: RunDir, wall_start: float) -> TrainResult:
+def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
+           chief_run: RunDir, wall_start: float) -> TrainResult:
     splits = data.prepare_splits(config)
     keras.utils.set_random_seed(config.seed)
-    strategy = tf.distribute.get_strategy()
-    logging.info("strategy %s with %d replica(s)", type(strategy).__name__,
-                 strategy.num_replicas_in_sync)
-    trainer = Trainer(config, len(splits.class_names), strategy)
+    strategy = distribution.strategy
+    trainer = Trainer(config, len(splits.class_names), distribution)
     progress = Progress()
-    checkpoints = Checkpoints(run, trainer, progress)
+    checkpoints = Checkpoints(run, trainer, progress, read_from=chief_run)
     finished = checkpoints.restore_last()
     if finished >= config.epochs:
         logging.info("%s already holds %d finished epochs; exporting its best", run.root,
@@ -217,7 +251,7 @@ def _train(config: Config, run: RunDir, wall_start: float) -> TrainResult:
     exports = export.export_all(trainer.model, splits.class_names, config.export_dir,
                                 config.model_name, config.keep_versions)
     logging.info("exported %s and %s", exports.h5, exports.saved_model)
-    summary = _summary(config, splits, strategy, progress, history, exports,
+    summary = _summary(config, splits, distribution, progress, history, exports,
                        time.perf_counter() - wall_start)
     run.write_summary(summary)
     return TrainResult(trainer.model, splits.class_names, summary, exports)
@@ -253,7 +287,7 @@ def _record_epoch(row: dict[str, float], run: RunDir, writer: tf.summary.Summary
     writer.flush()
 
 
-def _summary(config: Config, splits: data.Splits, strategy: tf.distribute.Strategy,
+def _summary(config: Config, splits: data.Splits, distribution: distribute.Distribution,
              progress: Progress, history: list[dict[str, float]], exports: export.Exports,
              wall_seconds: float) -> dict[str, Any]:
     train_seconds = float(progress.train_seconds)
@@ -264,8 +298,7 @@ def _summary(config: Config, splits: data.Splits, strategy: tf.distribute.Strate
         "validation_images": len(splits.validation),
         "bad_images_skipped": len(splits.bad_images),
         "bad_images": [dataclasses.asdict(item) for item in splits.bad_images],
-        "strategy": type(strategy).__name__,
-        "replicas": strategy.num_replicas_in_sync,
+        "distribution": distribution.describe(),
         "epochs": history,
         "best_epoch": int(progress.best_epoch),
         "best_val_accuracy": float(progress.best_val_accuracy),
@@ -283,6 +316,10 @@ def main(argv: Sequence[str]) -> None:
                           "(see --helpfull)")
     result = train(catdog_flags.config_from_flags())
     summary = result.summary
+    worker = summary["distribution"]["worker_index"]
+    if worker:
+        print(f"worker {worker} finished; the chief wrote the run folder and the exports")
+        return
     print(f"best val_accuracy {summary['best_val_accuracy']:.4f} at epoch "
           f"{summary['best_epoch']}; exported {summary['exports']['h5']} and "
           f"{summary['exports']['saved_model']}")

@@ -44,8 +44,9 @@ def dataset_dir(tmp_path: Path) -> Path:
 
 
 def run_catdog(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    """Runs `python -m catdog.<module> args...` in a fresh interpreter and returns its result."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    """Runs `python -m catdog.<module> args...` in a fresh interpreter and returns its result;
+    `env` adds environment variables."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **kwargs.pop("env", {})}
     return subprocess.run([sys.executable, "-m", f"catdog.{module}", *args], capture_output=True,
                           text=True, env=env, timeout=600, **kwargs)
 

@@ -54,7 +54,7 @@ def test_command_line_overrides_flagfile(tmp_path):
 
 
 def test_shipped_flagfiles_parse():
-    for name in ("quickstart", "seed"):
+    for name in ("quickstart", "seed", "multigpu", "multiworker"):
         parse(f"--flagfile=configs/{name}.flags")
 
 

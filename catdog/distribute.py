@@ -1,0 +1,187 @@
+"""Where a run computes: its tf.distribute strategy, devices, precision policy and XLA setting.
+
+Everything here must happen before TensorFlow touches a device, so `setup_distribution` is the
+first thing a training run calls. One training loop serves every strategy (catdog/train.py);
+this module only chooses and describes the strategy.
+
+    default       one device, no distribution (TensorFlow's default strategy)
+    one_device    OneDeviceStrategy on --devices[0] (or the first GPU, else the CPU)
+    mirrored      MirroredStrategy over --devices, or every GPU, or the logical CPUs
+    multi_worker  MultiWorkerMirroredStrategy across the machines TF_CONFIG names
+    auto          mirrored when more than one GPU is visible, else default
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from catdog.config import Config
+from catdog.errors import CatdogError
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """The strategy a run uses and the facts about it that the log and summary record."""
+
+    strategy: tf.distribute.Strategy
+    kind: str
+    devices: tuple[str, ...]
+    per_replica_batch: int
+    precision: str
+    jit_compile: bool
+    worker_index: int = 0
+    num_workers: int = 1
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def is_chief(self) -> bool:
+        return self.worker_index == 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy": self.kind, "strategy_class": type(self.strategy).__name__,
+                "replicas": self.replicas, "devices": list(self.devices),
+                "per_replica_batch": self.per_replica_batch, "precision": self.precision,
+                "jit_compile": self.jit_compile, "worker_index": self.worker_index,
+                "num_workers": self.num_workers}
+
+
+def split_cpu(count: int) -> None:
+    """Splits the first CPU into `count` logical devices (to try distribution without GPUs)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+    except RuntimeError as error:
+        raise CatdogError(f"--logical_devices={count}: TensorFlow's devices are already "
+                          f"initialized in this process ({error}); start a new process") from None
+
+
+def _gpu_compute_capability(gpu) -> tuple[int, int]:
+    details = tf.config.experimental.get_device_details(gpu)
+    return details.get("compute_capability", (0, 0))
+
+
+def resolve_precision(requested: str, gpus: list) -> str:
+    """'auto' → mixed_float16 when every GPU has compute capability ≥ 7.0, float32 otherwise."""
+    if requested != "auto":
+        return requested
+    if gpus and all(_gpu_compute_capability(g) >= (7, 0) for g in gpus):
+        return "mixed_float16"
+    return "float32"
+
+
+def resolve_jit(requested: str, kind: str, gpus: list) -> bool:
+    """'auto' → XLA on for a single GPU only (XLA under distribution is measured, not assumed)."""
+    if requested != "auto":
+        return requested == "true"
+    return len(gpus) == 1 and kind in ("default", "one_device")
+
+
+def _tf_config() -> dict[str, Any]:
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        raise CatdogError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                          '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                          '"task": {"type": "worker", "index": 0}})')
+    try:
+        tf_config = json.loads(raw)
+        cluster, task = tf_config["cluster"], tf_config["task"]
+        task["type"], int(task["index"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CatdogError(f"TF_CONFIG is not valid: {error!r}; it needs 'cluster' and "
+                          "'task' {'type', 'index'}") from None
+    if not any(cluster.get(role) for role in ("chief", "worker")):
+        raise CatdogError("TF_CONFIG's cluster names no 'chief' or 'worker' tasks")
+    return tf_config
+
+
+def _worker_position(tf_config: dict[str, Any]) -> tuple[int, int]:
+    """(index among all training tasks with the chief first, number of such tasks)."""
+    cluster, task = tf_config["cluster"], tf_config["task"]
+    chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    index = int(task["index"]) + (chiefs if task["type"] == "worker" else 0)
+    return index, chiefs + workers
+
+
+def _device_key(name: str) -> tuple[str, int] | None:
+    try:
+        spec = tf.DeviceSpec.from_string(name if name.startswith("/") else f"/{name}")
+    except ValueError:
+        return None
+    return ((spec.device_type or "").upper(), spec.device_index or 0)
+
+
+def _available_devices() -> set[tuple[str, int] | None]:
+    return {_device_key(d.name) for d in tf.config.list_logical_devices()}
+
+
+def _make_strategy(config: Config, gpus: list) -> tuple[tf.distribute.Strategy, str]:
+    kind = config.strategy
+    if kind == "auto":
+        kind = "mirrored" if len(gpus) > 1 else "default"
+    if kind == "default":
+        return tf.distribute.get_strategy(), kind
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy(), kind
+    unknown = [d for d in config.devices if _device_key(d) not in _available_devices()]
+    if unknown:
+        raise CatdogError(f"--devices: unknown device(s) {unknown}; this machine has "
+                          f"{sorted(d.name for d in tf.config.list_logical_devices())}")
+    if kind == "one_device":
+        device = (config.devices[0] if config.devices else
+                  "/gpu:0" if gpus else "/cpu:0")
+        return tf.distribute.OneDeviceStrategy(device), kind
+    devices = list(config.devices) or None
+    if devices is None and not gpus:
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices), kind
+
+
+def _devices_of(strategy: tf.distribute.Strategy) -> tuple[str, ...]:
+    try:
+        return tuple(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy runs where TensorFlow places ops by default
+        return ((tf.config.list_logical_devices("GPU")
+                 or tf.config.list_logical_devices("CPU"))[0].name,)
+
+
+def setup_distribution(config: Config) -> Distribution:
+    """Configures devices, precision and strategy for `config`; call before any other TF work."""
+    worker_index, num_workers = 0, 1
+    if config.strategy == "multi_worker":
+        worker_index, num_workers = _worker_position(_tf_config())
+    if config.logical_devices:
+        split_cpu(config.logical_devices)
+    gpus = tf.config.list_physical_devices("GPU")
+    precision = resolve_precision(config.mixed_precision, gpus)
+    strategy, kind = _make_strategy(config, gpus)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise CatdogError(f"--batch_size={config.batch_size} does not divide among {replicas} "
+                          f"replicas; use a multiple of {replicas}")
+    keras.mixed_precision.set_global_policy(precision)
+    devices = _devices_of(strategy)
+    distribution = Distribution(
+        strategy=strategy, kind=kind, devices=devices,
+        per_replica_batch=config.batch_size // replicas, precision=precision,
+        jit_compile=resolve_jit(config.jit_compile, kind, gpus),
+        worker_index=worker_index, num_workers=num_workers)
+    logging.info("distribution: %s", distribution.describe())
+    return distribution
+
+
+def learning_rate(config: Config, distribution: Distribution) -> float:
+    """--learning_rate, times the replica count with --scale_learning_rate (linear scaling)."""
+    if config.scale_learning_rate:
+        return config.learning_rate * distribution.replicas
+    return config.learning_rate

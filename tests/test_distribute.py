@@ -1,0 +1,196 @@
+"""Distribution: mirrored over logical CPUs, mixed precision, XLA, multi-worker, and bad setups.
+
+Devices can only be split before TensorFlow starts, so distributed runs happen in subprocesses.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from catdog import distribute, train
+from catdog.config import Config
+from conftest import run_catdog, run_python
+
+RELOAD_IN_FLOAT32 = """
+import sys, json, numpy as np, tensorflow as tf, keras
+from catdog import export
+h5, saved_model, pixels = sys.argv[1:]
+assert keras.mixed_precision.global_policy().name == "float32"
+x = np.load(pixels)
+a = export.load_h5(h5)[0](x, training=False).numpy()
+b = tf.saved_model.load(saved_model).signatures["predict_pixels"](pixels=tf.constant(x))
+b = b["probabilities"].numpy()
+print(json.dumps({"h5_dtype": str(a.dtype), "saved_model_dtype": str(b.dtype),
+                  "h5": a.tolist(), "saved_model": b.tolist()}))
+"""
+
+
+def cli_flags(dataset_dir, run: Path, *extra):
+    return [f"--data_dir={dataset_dir}", "--weights=none", "--image_size=32", "--batch_size=8",
+            "--epochs=2", "--flip=none", "--zoom=0", "--seed=11", f"--run_dir={run}",
+            f"--export_dir={run / 'export'}", *extra]
+
+
+def summary_of(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device(dataset_dir, tmp_path):
+    one = run_catdog("train", *cli_flags(dataset_dir, tmp_path / "one", "--strategy=default"))
+    two = run_catdog("train", *cli_flags(dataset_dir, tmp_path / "two", "--strategy=mirrored",
+                                         "--logical_devices=2"))
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    single, mirrored = summary_of(tmp_path / "one"), summary_of(tmp_path / "two")
+    assert mirrored["distribution"]["strategy_class"] == "MirroredStrategy"
+    assert mirrored["distribution"]["replicas"] == 2
+    assert mirrored["distribution"]["per_replica_batch"] == 4
+    assert len(mirrored["distribution"]["devices"]) == 2
+    # Same global batch and seed: the same training up to float summation order.
+    for a, b in zip(single["epochs"], mirrored["epochs"]):
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
+    w1 = [np.asarray(w) for w in keras.models.load_model(
+        tmp_path / "one" / "export" / "catdog.h5", compile=False).weights]
+    w2 = [np.asarray(w) for w in keras.models.load_model(
+        tmp_path / "two" / "export" / "catdog.h5", compile=False).weights]
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.fixture
+def restore_float32():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("policy, compute, loss_scaled", [
+    ("mixed_float16", "float16", True), ("mixed_bfloat16", "bfloat16", False)])
+def test_mixed_precision_on_cpu(dataset_dir, tmp_path, restore_float32, policy, compute,
+                                loss_scaled):
+    config = Config(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
+                    epochs=1, mixed_precision=policy, run_dir=str(tmp_path / "run"),
+                    export_dir=str(tmp_path / "export"), strategy="default")
+    result = train.train(config)
+    assert result.summary["distribution"]["precision"] == policy
+    model = result.model
+    assert model.get_layer("dense").compute_dtype == compute
+    assert model.get_layer("probabilities").compute_dtype == "float32"
+    trainer = train.Trainer(config, 2, distribute.setup_distribution(config))
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaled
+
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "pixels.npy", pixels)
+    out = json.loads(run_python(RELOAD_IN_FLOAT32, str(result.exports.h5),
+                                str(result.exports.saved_model),
+                                str(tmp_path / "pixels.npy")).stdout.strip().splitlines()[-1])
+    assert out["h5_dtype"] == out["saved_model_dtype"] == "float32"
+    in_memory = model(pixels, training=False).numpy()
+    assert in_memory.dtype == np.float32
+    np.testing.assert_allclose(out["h5"], in_memory, atol=1e-3)
+    np.testing.assert_allclose(out["saved_model"], in_memory, atol=1e-3)
+
+
+def test_xla_compiled_model_step_trains_on_cpu(dataset_dir, tmp_path):
+    config = Config(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
+                    epochs=1, rotation=0.1, jit_compile="true", strategy="default",
+                    run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+    result = train.train(config)
+    assert result.summary["distribution"]["jit_compile"] is True
+    assert np.isfinite(result.summary["epochs"][0]["loss"])
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def run_two_workers(dataset_dir, run: Path, scratch: Path, epochs: int):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(scratch),
+               "TF_CONFIG": json.dumps({"cluster": cluster,
+                                        "task": {"type": "worker", "index": index}})}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "catdog.train",
+             *cli_flags(dataset_dir, run, "--strategy=multi_worker", f"--epochs={epochs}")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    return outputs
+
+
+def test_two_local_workers_train_and_only_the_chief_writes(dataset_dir, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    run = tmp_path / "run"
+    outputs = run_two_workers(dataset_dir, run, scratch, epochs=1)
+    assert "the chief wrote the run folder" in outputs[1][0]
+    assert list(scratch.iterdir()) == []  # the non-chief's scratch writes are gone
+    summary = summary_of(run)
+    assert summary["distribution"]["num_workers"] == 2
+    assert summary["distribution"]["strategy_class"] == "CollectiveAllReduceStrategy"
+    assert [e["epoch"] for e in summary["epochs"]] == [1]
+    reloaded = run_python(
+        "import sys, tensorflow as tf; from catdog import export;"
+        "m, names = export.load_h5(sys.argv[1]);"
+        "s = tf.saved_model.load(sys.argv[2]).signatures['predict_pixels'];"
+        "print(names, m.output_shape, sorted(s.structured_outputs))",
+        str(run / "export" / "catdog.h5"), str(run / "export" / "catdog" / "1"))
+    assert "['cats', 'dogs'] (None, 2) ['class_ids', 'classes', 'probabilities']" in (
+        reloaded.stdout)
+
+    # Started again for more epochs, both workers resume from the chief's checkpoint.
+    outputs = run_two_workers(dataset_dir, run, scratch, epochs=2)
+    for _, stderr in outputs:
+        assert "after epoch 1" in stderr and "Epoch 1/2" not in stderr
+    assert [e["epoch"] for e in summary_of(run)["epochs"]] == [1, 2]
+
+
+@pytest.mark.parametrize("extra, env, message", [
+    (["--strategy=multi_worker"], {}, "--strategy=multi_worker needs the TF_CONFIG environment"),
+    (["--strategy=multi_worker"], {"TF_CONFIG": "{not json"}, "TF_CONFIG is not valid"),
+    (["--strategy=mirrored", "--logical_devices=2", "--batch_size=7"], {},
+     "--batch_size=7 does not divide among 2 replicas; use a multiple of 2"),
+    (["--strategy=mirrored", "--devices=/gpu:3"], {}, "--devices: unknown device(s) ['/gpu:3']"),
+])
+def test_bad_distribution_setups_stop_before_any_work(dataset_dir, tmp_path, extra, env, message):
+    result = run_catdog("train", *cli_flags(dataset_dir, tmp_path / "run"), *extra,
+                        env=env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_choices_without_gpus():
+    assert distribute.resolve_precision("auto", []) == "float32"
+    assert distribute.resolve_precision("mixed_bfloat16", []) == "mixed_bfloat16"
+    assert distribute.resolve_jit("auto", "default", []) is False
+    assert distribute.resolve_jit("true", "mirrored", []) is True
+
+
+def test_linear_learning_rate_scaling_is_opt_in():
+    four_replicas = types.SimpleNamespace(num_replicas_in_sync=4)
+    distribution = distribute.Distribution(
+        strategy=four_replicas, kind="mirrored", devices=("a", "b", "c", "d"),
+        per_replica_batch=4, precision="float32", jit_compile=False)
+    config = Config(data_dir="d", learning_rate=0.001)
+    assert distribute.learning_rate(config, distribution) == 0.001
+    scaled = Config(data_dir="d", learning_rate=0.001, scale_learning_rate=True)
+    assert distribute.learning_rate(scaled, distribution) == pytest.approx(0.004)
