@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any, Literal
 
+from catdog.errors import CatdogError
+
 Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
 Strategy = Literal["auto", "default", "one_device", "mirrored", "multi_worker"]
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
@@ -18,8 +20,14 @@ CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs
 # Fields that may change between a run and its resumption without invalidating its checkpoints.
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "run_dir", "export_dir", "model_name", "keep_versions", "download", "download_url",
-     "download_sha256", "strategy", "devices", "logical_devices", "jit_compile"}
+     "download_sha256", "strategy", "devices", "logical_devices", "jit_compile", "fine_tune_epochs",
+     "cache_features", "feature_cache_dir"}
 )
+
+
+CACHE_NEEDS_NO_AUGMENTATION = (
+    "--cache_features needs augmentation off (--flip=none --rotation=0 --zoom=0): an augmented "
+    "image's features change every epoch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +56,23 @@ class Config:
     scale_learning_rate: bool = False
     mixed_precision: Precision = "auto"
     jit_compile: AutoBool = "auto"
+    fine_tune_from: str = ""
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-5
+    cache_features: bool = False
+    feature_cache_dir: str = ""
     download: bool = False
     download_url: str = CATS_AND_DOGS_URL
     download_sha256: str = ""
+
+    def __post_init__(self):
+        if self.cache_features and self.augments:
+            raise CatdogError(CACHE_NEEDS_NO_AUGMENTATION)
+
+    @property
+    def total_epochs(self) -> int:
+        """Head epochs plus fine-tuning epochs (when --fine_tune_from is set)."""
+        return self.epochs + (self.fine_tune_epochs if self.fine_tune_from else 0)
 
     @property
     def augments(self) -> bool:

@@ -187,7 +187,8 @@ def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
 def _short_tf_error(error: tf.errors.OpError) -> str:
     """'Input is empty.' instead of TensorFlow's '{{function_node …}} Input is empty. [Op:…]'."""
     message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message)
-    return re.sub(r"\s*\[Op:\w+\]", "", message).strip()
+    message = re.sub(r"\s*\[Op:\w+\]", "", message)
+    return re.sub(r"\s*name:\s*\S*$", "", message.strip())
 
 
 def image_problem(path: str) -> str | None:

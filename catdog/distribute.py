@@ -180,8 +180,6 @@ def setup_distribution(config: Config) -> Distribution:
     return distribution
 
 
-def learning_rate(config: Config, distribution: Distribution) -> float:
-    """--learning_rate, times the replica count with --scale_learning_rate (linear scaling)."""
-    if config.scale_learning_rate:
-        return config.learning_rate * distribution.replicas
-    return config.learning_rate
+def learning_rate_for(base: float, distribution: Distribution, scale: bool) -> float:
+    """`base`, times the replica count when `scale` (--scale_learning_rate: linear scaling)."""
+    return base * distribution.replicas if scale else base

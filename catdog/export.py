@@ -17,13 +17,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
 import keras
+import numpy as np
+import tensorflow as tf
 
 from catdog import signatures
+from catdog.errors import CatdogError
 
 CLASS_NAMES_ATTR = "catdog_class_names"
 
@@ -114,3 +117,32 @@ def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str |
         h5=export_h5(model, class_names, export_dir / f"{model_name}.h5"),
         saved_model=export_saved_model(model, class_names, export_dir / model_name,
                                        keep_versions))
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """An exported model ready for inference, whichever format it was loaded from."""
+
+    predict: Callable[[np.ndarray], np.ndarray]  # float32 pixels [N, S, S, 3] → probabilities
+    class_names: list[str]
+    image_size: int
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """Loads the `.h5` file or a SavedModel version folder (through its `predict_pixels`
+    signature); both give the same probabilities for the same pixels."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".h5":
+        model, class_names = load_h5(path)
+        forward = tf.function(lambda pixels: model(pixels, training=False))
+        return Classifier(lambda pixels: forward(tf.constant(pixels, tf.float32)).numpy(),
+                          class_names, model.input_shape[1])
+    if (path / "saved_model.pb").is_file():
+        signature = tf.saved_model.load(str(path)).signatures[signatures.PREDICT_PIXELS]
+        class_names = (path / "assets" / signatures.LABELS_FILE).read_text().splitlines()
+        image_size = signature.structured_input_signature[1][signatures.PIXELS].shape[1]
+        return Classifier(
+            lambda pixels: signature(pixels=tf.constant(pixels, tf.float32))[
+                "probabilities"].numpy(), class_names, image_size)
+    raise CatdogError(f"--model={path} is neither a .h5 file nor a SavedModel version folder "
+                      "(one holding saved_model.pb, e.g. export/catdog/1)")

@@ -15,6 +15,7 @@ import re
 from absl import flags
 
 from catdog import config as config_lib
+from catdog import model as model_lib
 
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical", "none")
 MIN_IMAGE_SIZE = 32  # VGG16's five 2x2 poolings need at least 32 px.
@@ -107,6 +108,25 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum("jit_compile", defaults.jit_compile, ("auto", "true", "false"),
                       "XLA-compile the model step; auto: on for a single GPU only.",
                       flag_values=fv)
+    flags.DEFINE_string(
+        "fine_tune_from", defaults.fine_tune_from,
+        "After the head epochs, unfreeze VGG16 from this layer (e.g. block5_conv1) to the top "
+        "and train --fine_tune_epochs more with a fresh Adam; empty: no fine-tuning.",
+        flag_values=fv)
+    flags.DEFINE_integer("fine_tune_epochs", defaults.fine_tune_epochs,
+                         "Epochs of the fine-tuning phase.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("fine_tune_learning_rate", defaults.fine_tune_learning_rate,
+                       "Adam learning rate of the fine-tuning phase.", lower_bound=1e-12,
+                       upper_bound=1.0, flag_values=fv)
+    flags.DEFINE_bool(
+        "cache_features", defaults.cache_features,
+        "Compute the frozen base's pooled features of each image once and train the head on "
+        "them (needs augmentation off); the export is the same full model.", flag_values=fv)
+    flags.DEFINE_string(
+        "feature_cache_dir", defaults.feature_cache_dir,
+        "Keep --cache_features features on disk here, reused by later runs while weights, "
+        "image size and files are unchanged; empty: in memory for this run only.",
+        flag_values=fv)
     flags.DEFINE_bool(
         "download", defaults.download,
         "Download --download_url into --data_dir when --data_dir does not exist.",
@@ -129,6 +149,15 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.register_validator(
         "download_sha256", lambda v: bool(_SHA256.match(v)),
         message="must be 64 lowercase hex digits, or empty", flag_values=fv)
+    flags.register_validator(
+        "fine_tune_from", lambda v: v in ("", *model_lib.VGG16_LAYERS),
+        message=f"must be empty or a VGG16 layer name: {', '.join(model_lib.VGG16_LAYERS)}",
+        flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["cache_features", "flip", "rotation", "zoom"],
+        lambda f: not f["cache_features"] or (
+            f["flip"] == "none" and f["rotation"] == 0 and f["zoom"] == 0),
+        message=config_lib.CACHE_NEEDS_NO_AUGMENTATION, flag_values=fv)
     for name in ("data_dir", "run_dir", "export_dir"):
         flags.register_validator(name, bool, message="must not be empty", flag_values=fv)
 
@@ -181,3 +210,43 @@ def define_client_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.register_validator(
         "server", lambda v: bool(re.match(r"^(grpc|https?)://[^/]+:\d+/?$", v)),
         message="must be grpc://host:port or http://host:port", flag_values=fv)
+
+
+def define_evaluate_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `python -m catdog.evaluate`."""
+    fv = flag_values
+    _define_model_flag(fv)
+    flags.DEFINE_string("data_dir", None, "Folder with one sub-folder of images per class.",
+                        flag_values=fv)
+    flags.DEFINE_string("output_dir", "evaluation",
+                        "Where report.json, report.md and misclassified.png are written.",
+                        flag_values=fv)
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1,
+                         flag_values=fv)
+    flags.mark_flag_as_required("data_dir", flag_values=fv)
+    flags.register_validator("data_dir", lambda v: v is None or os.path.isdir(v),
+                             message="must be an existing folder with one sub-folder per class",
+                             flag_values=fv)
+
+
+def define_predict_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `python -m catdog.predict`."""
+    fv = flag_values
+    _define_model_flag(fv)
+    flags.DEFINE_enum("format", "text", ("text", "jsonl"),
+                      "text: 'path<TAB>label<TAB>probability' lines; jsonl: one JSON object a line.",
+                      flag_values=fv)
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1,
+                         flag_values=fv)
+
+
+def _define_model_flag(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("model", None,
+                        "An exported model: the .h5 file or a SavedModel version folder "
+                        "(export/catdog/<N>).", flag_values=fv)
+    flags.mark_flag_as_required("model", flag_values=fv)
+    flags.register_validator(
+        "model", lambda v: v is None or os.path.isfile(v) or os.path.isfile(
+            os.path.join(v, "saved_model.pb")),
+        message="must be a .h5 file or a SavedModel version folder holding saved_model.pb",
+        flag_values=fv)

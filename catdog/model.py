@@ -16,7 +16,13 @@ from catdog.errors import CatdogError
 INPUT_NAME = "pixels"
 BASE_NAME = "vgg16"
 OUTPUT_NAME = "probabilities"
+POOL_NAME = "pool"
 HEAD_UNITS = 512
+HEAD_INPUT_UNITS = 512  # VGG16's last block has 512 channels
+VGG16_LAYERS = tuple(
+    f"block{block}_{kind}"
+    for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+    for kind in [f"conv{i}" for i in range(1, convs + 1)] + ["pool"])
 IMAGENET_WEIGHTS_HINT = (
     "download vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 from Keras' model store on a "
     "machine with internet and pass --weights=/path/to/that/file")
@@ -54,7 +60,7 @@ def build_classifier(num_classes: int, image_size: int, weights: str) -> keras.M
     pixels = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
     x = VGG16Preprocess(name="vgg16_preprocess")(pixels)
     x = build_base(image_size, weights)(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
     x = keras.layers.Dense(HEAD_UNITS, activation="relu", name="dense")(x)
     probabilities = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                        name=OUTPUT_NAME)(x)
@@ -82,3 +88,29 @@ def reseed_augmenter(augmenter: keras.Model, seed: int, epoch: int) -> None:
 
 def frozen_base(model: keras.Model) -> keras.Model:
     return model.get_layer(BASE_NAME)
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """Pixels → pooled VGG16 features [N, 512]: the part of the model a frozen base fixes."""
+    return keras.Model(model.input, model.get_layer(POOL_NAME).output, name="features")
+
+
+def head(model: keras.Model) -> keras.Model:
+    """Pooled features → probabilities, sharing the classifier's own head layers and weights."""
+    features = keras.Input((HEAD_INPUT_UNITS,), name="features")
+    x = model.get_layer("dense")(features)
+    return keras.Model(features, model.get_layer(OUTPUT_NAME)(x), name="head")
+
+
+def unfreeze_from(model: keras.Model, layer_name: str) -> None:
+    """Makes the base trainable from `layer_name` (a VGG16 layer) to its top; earlier layers
+    stay frozen."""
+    base = frozen_base(model)
+    names = [layer.name for layer in base.layers]
+    if layer_name not in names:
+        raise CatdogError(f"--fine_tune_from={layer_name} is not a VGG16 layer; use one of "
+                          f"{', '.join(VGG16_LAYERS)}")
+    base.trainable = True
+    start = names.index(layer_name)
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= start

@@ -20,8 +20,9 @@ from typing import Any
 from catdog.config import Config
 from catdog.errors import CatdogError
 
-METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
+METRIC_COLUMNS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
                   "images_per_second")
+_TEXT_COLUMNS = ("phase",)
 
 
 def write_json_atomically(path: Path, content: Any) -> None:
@@ -61,20 +62,21 @@ class RunDir:
             folder.mkdir(parents=True, exist_ok=True)
         write_json_atomically(self.config_json, config.to_dict())
 
-    def read_history(self, finished_epochs: int) -> list[dict[str, float]]:
+    def read_history(self, finished_epochs: int) -> list[dict[str, Any]]:
         """Rows of metrics.csv for the first `finished_epochs` epochs; later rows are dropped
         (they belong to an epoch whose checkpoint was never written) and the file rewritten."""
         if not self.metrics_csv.exists():
             return []
         with open(self.metrics_csv, newline="") as f:
-            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            rows = [{k: v if k in _TEXT_COLUMNS else float(v) for k, v in row.items()}
+                    for row in csv.DictReader(f)]
         for row in rows:
             row["epoch"] = int(row["epoch"])
         rows = [row for row in rows if row["epoch"] <= finished_epochs]
         self._write_history(rows)
         return rows
 
-    def append_history(self, row: dict[str, float]) -> None:
+    def append_history(self, row: dict[str, Any]) -> None:
         new_file = not self.metrics_csv.exists()
         with open(self.metrics_csv, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
@@ -82,7 +84,7 @@ class RunDir:
                 writer.writeheader()
             writer.writerow(row)
 
-    def _write_history(self, rows: list[dict[str, float]]) -> None:
+    def _write_history(self, rows: list[dict[str, Any]]) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".metrics.csv.")
         with os.fdopen(fd, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)

@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from catdog import data, distribute, export
+from catdog import features as features_lib
 from catdog import flags as catdog_flags
 from catdog import model as model_lib
 from catdog.config import Config
@@ -48,77 +49,107 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class Trainer:
-    """The model, optimizer and metrics of a run, and its distributed train and eval steps."""
+    """The model, optimizers and metrics of a run, and its distributed train and eval steps.
+
+    Steps exist for two inputs: images through the whole model (with augmentation in training),
+    and, while the base is frozen, cached pooled features through the head alone.
+    """
 
     def __init__(self, config: Config, num_classes: int,
                  distribution: distribute.Distribution):
         self.config = config
         self.strategy = distribution.strategy
+        self.jit_compile = distribution.jit_compile
+        self.fine_tuning = False
         with self.strategy.scope():
             self.model = model_lib.build_classifier(num_classes, config.image_size,
                                                     config.weights)
+            self.head = model_lib.head(self.model)
+            self.feature_extractor = model_lib.feature_extractor(self.model)
             self.augmenter = model_lib.build_augmenter(config)
-            self.optimizer = keras.optimizers.Adam(distribute.learning_rate(config, distribution))
-            if distribution.precision == "mixed_float16":
-                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+            self.optimizer = self._adam(config.learning_rate, distribution)
             self.optimizer.build(self.model.trainable_variables)
+            self.fine_tune_optimizer = None
+            if config.fine_tune_from:
+                self.fine_tune_optimizer = self._adam(config.fine_tune_learning_rate,
+                                                      distribution)
+                model_lib.unfreeze_from(self.model, config.fine_tune_from)
+                self.fine_tune_optimizer.build(self.model.trainable_variables)
+                model_lib.frozen_base(self.model).trainable = False
             self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
             self.train_loss = keras.metrics.Mean(name="loss")
             self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
             self.val_loss = keras.metrics.Mean(name="val_loss")
             self.val_accuracy = keras.metrics.SparseCategoricalAccuracy(name="val_accuracy")
-        # XLA compiles the model's forward and backward pass only: the augmentation layers' image
-        # ops are outside it, since XLA with them has failed in reports.
-        self._model_step = (tf.function(self._gradients, jit_compile=True)
-                            if distribution.jit_compile else self._gradients)
-        self.train_step = tf.function(self._distributed_train_step)
-        self.eval_step = tf.function(self._distributed_eval_step)
+        self.train_step = self._train_step(self.model, self.optimizer, augment=True)
+        self.train_features_step = self._train_step(self.head, self.optimizer, augment=False)
+        self.eval_step = self._eval_step(self.model)
+        self.eval_features_step = self._eval_step(self.head)
 
-    def _gradients(self, images: tf.Tensor, labels: tf.Tensor):
-        """Per-example losses, probabilities and gradients (of the loss-scaled mean loss)."""
-        with tf.GradientTape() as tape:
-            probabilities = self.model(images, training=True)
-            per_example_loss = self.loss_fn(labels, probabilities)
-            loss = self.optimizer.scale_loss(tf.nn.compute_average_loss(per_example_loss))
-        return per_example_loss, probabilities, tape.gradient(
-            loss, self.model.trainable_variables)
+    def _adam(self, learning_rate: float, distribution: distribute.Distribution):
+        optimizer = keras.optimizers.Adam(distribute.learning_rate_for(
+            learning_rate, distribution, self.config.scale_learning_rate))
+        if distribution.precision == "mixed_float16":
+            return keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
 
-    def _replica_train_step(self, images: tf.Tensor, labels: tf.Tensor) -> None:
-        if self.augmenter.layers:
-            images = self.augmenter(images, training=True)
-        per_example_loss, probabilities, gradients = self._model_step(images, labels)
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
-        self.train_loss.update_state(per_example_loss)
-        self.train_accuracy.update_state(labels, probabilities)
+    def start_fine_tuning(self) -> None:
+        """Unfreezes the base from --fine_tune_from; later steps use the fine-tuning optimizer."""
+        model_lib.unfreeze_from(self.model, self.config.fine_tune_from)
+        self.fine_tuning = True
+        self.train_step = self._train_step(self.model, self.fine_tune_optimizer, augment=True)
 
-    def _replica_eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> None:
-        probabilities = self.model(images, training=False)
-        self.val_loss.update_state(self.loss_fn(labels, probabilities))
-        self.val_accuracy.update_state(labels, probabilities)
+    def _train_step(self, network: keras.Model, optimizer, augment: bool):
+        def gradients(inputs, labels):
+            with tf.GradientTape() as tape:
+                probabilities = network(inputs, training=True)
+                per_example_loss = self.loss_fn(labels, probabilities)
+                loss = optimizer.scale_loss(tf.nn.compute_average_loss(per_example_loss))
+            return per_example_loss, probabilities, tape.gradient(
+                loss, network.trainable_variables)
 
-    def _distributed_train_step(self, batch) -> None:
-        self.strategy.run(self._replica_train_step, args=batch)
+        # XLA compiles the forward and backward pass only: the augmentation layers' image ops
+        # stay outside it, since XLA with them has failed in reports.
+        compiled = tf.function(gradients, jit_compile=True) if self.jit_compile else gradients
 
-    def _distributed_eval_step(self, batch) -> None:
-        self.strategy.run(self._replica_eval_step, args=batch)
+        def replica_step(inputs, labels):
+            if augment and self.augmenter.layers:
+                inputs = self.augmenter(inputs, training=True)
+            per_example_loss, probabilities, grads = compiled(inputs, labels)
+            optimizer.apply_gradients(zip(grads, network.trainable_variables))
+            self.train_loss.update_state(per_example_loss)
+            self.train_accuracy.update_state(labels, probabilities)
 
-    def train_epoch(self, dataset: tf.data.Dataset, steps: int,
-                    progbar: keras.utils.Progbar) -> dict[str, float]:
-        """One pass over `dataset`; returns the epoch's mean loss and accuracy."""
+        return tf.function(lambda batch: self.strategy.run(replica_step, args=batch))
+
+    def _eval_step(self, network: keras.Model):
+        def replica_step(inputs, labels):
+            probabilities = network(inputs, training=False)
+            self.val_loss.update_state(self.loss_fn(labels, probabilities))
+            self.val_accuracy.update_state(labels, probabilities)
+
+        return tf.function(lambda batch: self.strategy.run(replica_step, args=batch))
+
+    def train_epoch(self, dataset: tf.data.Dataset, steps: int, progbar: keras.utils.Progbar,
+                    on_features: bool = False) -> dict[str, float]:
+        """One pass over `dataset` (images, or features when `on_features`); returns the
+        epoch's mean loss and accuracy."""
         for metric in (self.train_loss, self.train_accuracy):
             metric.reset_state()
+        step_fn = self.train_features_step if on_features else self.train_step
         for step, batch in enumerate(self.strategy.experimental_distribute_dataset(dataset), 1):
-            self.train_step(batch)
+            step_fn(batch)
             progbar.update(min(step, steps), values=self._results(
                 self.train_loss, self.train_accuracy))
         return dict(self._results(self.train_loss, self.train_accuracy))
 
-    def evaluate(self, distributed_dataset) -> dict[str, float]:
+    def evaluate(self, distributed_dataset, on_features: bool = False) -> dict[str, float]:
         """Mean loss and accuracy over a distributed validation dataset."""
         for metric in (self.val_loss, self.val_accuracy):
             metric.reset_state()
+        step_fn = self.eval_features_step if on_features else self.eval_step
         for batch in distributed_dataset:
-            self.eval_step(batch)
+            step_fn(batch)
         return dict(self._results(self.val_loss, self.val_accuracy))
 
     @staticmethod
@@ -187,7 +218,10 @@ class Checkpoints:
         process is a non-chief worker writing to scratch space, else `run` itself."""
         self.progress = progress
         self.read_from = read_from or run
-        self.last = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
+        optimizers = {"optimizer": trainer.optimizer}
+        if trainer.fine_tune_optimizer:
+            optimizers["fine_tune_optimizer"] = trainer.fine_tune_optimizer
+        self.last = tf.train.Checkpoint(model=trainer.model, **optimizers,
                                         **progress.variables())
         self.last_manager = tf.train.CheckpointManager(self.last, run.checkpoints, max_to_keep=2)
         self.best = tf.train.Checkpoint(model=trainer.model)
@@ -220,25 +254,28 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
            chief_run: RunDir, wall_start: float) -> TrainResult:
     splits = data.prepare_splits(config)
     keras.utils.set_random_seed(config.seed)
-    strategy = distribution.strategy
     trainer = Trainer(config, len(splits.class_names), distribution)
     progress = Progress()
     checkpoints = Checkpoints(run, trainer, progress, read_from=chief_run)
     finished = checkpoints.restore_last()
-    if finished >= config.epochs:
+    if finished > config.epochs:
+        trainer.start_fine_tuning()
+    if finished >= config.total_epochs:
         logging.info("%s already holds %d finished epochs; exporting its best", run.root,
                      finished)
     elif finished:
         logging.info("resuming %s after epoch %d", run.root, finished)
     history = run.read_history(finished)
 
-    train_images = data.decoded_images(splits.train, config.image_size)
-    validation = strategy.experimental_distribute_dataset(data.batches(
-        data.decoded_images(splits.validation, config.image_size), config.batch_size))
+    inputs = EpochInputs(trainer, splits, distribution.precision)
     summary_writer = tf.summary.create_file_writer(str(run.tensorboard))
-    for epoch in range(finished + 1, config.epochs + 1):
-        logging.info("Epoch %d/%d", epoch, config.epochs)
-        row = _train_epoch(trainer, train_images, validation, epoch)
+    for epoch in range(finished + 1, config.total_epochs + 1):
+        if epoch > config.epochs and not trainer.fine_tuning:
+            logging.info("fine-tuning from %s at learning rate %g", config.fine_tune_from,
+                         config.fine_tune_learning_rate)
+            trainer.start_fine_tuning()
+        logging.info("Epoch %d/%d", epoch, config.total_epochs)
+        row = _train_epoch(trainer, inputs, epoch)
         _record_epoch(row, run, summary_writer)
         history.append(row)
         progress.train_seconds.assign_add(row["seconds"])
@@ -257,32 +294,68 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
     return TrainResult(trainer.model, splits.class_names, summary, exports)
 
 
-def _train_epoch(trainer: Trainer, train_images: tf.data.Dataset, validation,
-                 epoch: int) -> dict[str, float]:
+class EpochInputs:
+    """Where each epoch's batches come from: decoded images, or, while the base is frozen,
+    pooled features computed once per run (training ones only with --cache_features; the
+    validation ones always, since validation images are never augmented)."""
+
+    def __init__(self, trainer: Trainer, splits: data.Splits, precision: str):
+        self.trainer, self.splits, self.precision = trainer, splits, precision
+        size = trainer.config.image_size
+        self.images = {"train": data.decoded_images(splits.train, size),
+                       "validation": data.decoded_images(splits.validation, size)}
+        self._features: dict[str, tf.data.Dataset] = {}
+        self._validation: dict[bool, Any] = {}
+
+    def _features_of(self, split: str) -> tf.data.Dataset:
+        if split not in self._features:
+            files = self.splits.train if split == "train" else self.splits.validation
+            self._features[split] = features_lib.cached_features(
+                self.trainer.feature_extractor, files, self.trainer.config, self.precision, split)
+        return self._features[split]
+
+    def train(self, seed: int) -> tuple[tf.data.Dataset, bool]:
+        """This epoch's shuffled training batches, and whether they are features."""
+        on_features = self.trainer.config.cache_features and not self.trainer.fine_tuning
+        source = self._features_of("train") if on_features else self.images["train"]
+        return data.batches(source, self.trainer.config.batch_size, shuffle_seed=seed), on_features
+
+    def validation(self) -> tuple[Any, bool]:
+        """The distributed validation batches, and whether they are features."""
+        on_features = not self.trainer.fine_tuning
+        if on_features not in self._validation:
+            source = self._features_of("validation") if on_features else self.images["validation"]
+            self._validation[on_features] = self.trainer.strategy.experimental_distribute_dataset(
+                data.batches(source, self.trainer.config.batch_size))
+        return self._validation[on_features], on_features
+
+
+def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int) -> dict[str, Any]:
     """Trains one epoch with its own data order and augmentation seed, then validates."""
     config = trainer.config
     seed = epoch_seed(config.seed, epoch)
     if trainer.augmenter.layers:
         model_lib.reseed_augmenter(trainer.augmenter, seed, epoch)
-    count = int(train_images.cardinality())
+    count = len(inputs.splits.train)
     steps = math.ceil(count / config.batch_size)
     progbar = keras.utils.Progbar(steps, stateful_metrics=[
         "loss", "accuracy", "val_loss", "val_accuracy"])
+    batches, on_features = inputs.train(seed)
     start = time.perf_counter()
-    metrics = trainer.train_epoch(
-        data.batches(train_images, config.batch_size, shuffle_seed=seed), steps, progbar)
+    metrics = trainer.train_epoch(batches, steps, progbar, on_features)
     seconds = time.perf_counter() - start
-    metrics.update(trainer.evaluate(validation))
+    metrics.update(trainer.evaluate(*inputs.validation()))
     progbar.update(steps, values=list(metrics.items()), finalize=True)
-    return {"epoch": epoch, **metrics, "seconds": seconds, "images_per_second": count / seconds}
+    return {"epoch": epoch, "phase": "fine_tune" if trainer.fine_tuning else "head", **metrics,
+            "seconds": seconds, "images_per_second": count / seconds}
 
 
-def _record_epoch(row: dict[str, float], run: RunDir, writer: tf.summary.SummaryWriter) -> None:
+def _record_epoch(row: dict[str, Any], run: RunDir, writer: tf.summary.SummaryWriter) -> None:
     """Appends the epoch to metrics.csv and TensorBoard before its checkpoint is written."""
     run.append_history(row)
     with writer.as_default(step=int(row["epoch"])):
         for name, value in row.items():
-            if name != "epoch":
+            if name not in ("epoch", "phase"):
                 tf.summary.scalar(name, value)
     writer.flush()
 

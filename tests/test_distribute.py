@@ -190,7 +190,5 @@ def test_linear_learning_rate_scaling_is_opt_in():
     distribution = distribute.Distribution(
         strategy=four_replicas, kind="mirrored", devices=("a", "b", "c", "d"),
         per_replica_batch=4, precision="float32", jit_compile=False)
-    config = Config(data_dir="d", learning_rate=0.001)
-    assert distribute.learning_rate(config, distribution) == 0.001
-    scaled = Config(data_dir="d", learning_rate=0.001, scale_learning_rate=True)
-    assert distribute.learning_rate(scaled, distribution) == pytest.approx(0.004)
+    assert distribute.learning_rate_for(0.001, distribution, scale=False) == 0.001
+    assert distribute.learning_rate_for(0.001, distribution, scale=True) == pytest.approx(0.004)

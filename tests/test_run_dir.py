@@ -21,7 +21,7 @@ def test_resuming_with_different_training_flags_is_refused(tmp_path):
 def test_history_keeps_only_epochs_that_have_a_checkpoint(tmp_path):
     run = RunDir(tmp_path)
     run.open(Config(data_dir="d"))
-    rows = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5,
+    rows = [{"epoch": e, "phase": "head", "loss": 1.0 / e, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5,
              "seconds": 1.0, "images_per_second": 10.0} for e in (1, 2, 3)]
     for row in rows:
         run.append_history(row)

@@ -99,11 +99,11 @@ def run_lines_until(args: list[str], marker: str, stdout_path: Path) -> subproce
     raise AssertionError(f"the run ended without logging {marker!r}")
 
 
-def test_a_killed_run_resumes_after_its_last_finished_epoch(dataset_dir, tmp_path):
+def kill_and_resume(tmp_path: Path, flags: list[str], kill_at_epoch: int, epochs: int):
+    """Trains once uninterrupted, and once killed when epoch `kill_at_epoch` starts then started
+    again; returns (uninterrupted summary, resumed summary, the resumed run's log)."""
     flagfile = tmp_path / "run.flags"
-    flagfile.write_text("\n".join([
-        f"--data_dir={dataset_dir}", "--weights=none", "--image_size=48", "--batch_size=4",
-        "--epochs=3", "--rotation=0.1", "--zoom=0.2", "--seed=3"]))
+    flagfile.write_text("\n".join(flags))
 
     def flags_for(name):
         return [f"--flagfile={flagfile}", f"--run_dir={tmp_path / name}",
@@ -111,22 +111,39 @@ def test_a_killed_run_resumes_after_its_last_finished_epoch(dataset_dir, tmp_pat
 
     uninterrupted = run_catdog("train", *flags_for("whole"))
     assert uninterrupted.returncode == 0, uninterrupted.stderr
-
-    process = run_lines_until(flags_for("killed"), "Epoch 2/3", tmp_path / "stdout.txt")
+    process = run_lines_until(flags_for("killed"), f"Epoch {kill_at_epoch}/{epochs}",
+                              tmp_path / "stdout.txt")
     process.kill()
     process.wait()
-    assert tf.train.latest_checkpoint(tmp_path / "killed" / "checkpoints").endswith("ckpt-1")
+    assert tf.train.latest_checkpoint(tmp_path / "killed" / "checkpoints").endswith(
+        f"ckpt-{kill_at_epoch - 1}")
     assert not (tmp_path / "killed" / "summary.json").exists()
 
     resumed = run_catdog("train", *flags_for("killed"))
     assert resumed.returncode == 0, resumed.stderr
-    assert "after epoch 1" in resumed.stderr
-    assert "Epoch 1/3" not in resumed.stderr and "Epoch 2/3" in resumed.stderr
+    assert f"after epoch {kill_at_epoch - 1}" in resumed.stderr
+    assert f"Epoch {kill_at_epoch - 1}/{epochs}" not in resumed.stderr
+    assert f"Epoch {kill_at_epoch}/{epochs}" in resumed.stderr
 
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     killed = json.loads((tmp_path / "killed" / "summary.json").read_text())
-    assert [row["epoch"] for row in killed["epochs"]] == [1, 2, 3]
+    assert [row["epoch"] for row in killed["epochs"]] == list(range(1, epochs + 1))
     for a, b in zip(whole["epochs"], killed["epochs"]):
         for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
     assert killed["best_epoch"] == whole["best_epoch"]
+    return whole, killed
+
+
+def test_a_killed_run_resumes_after_its_last_finished_epoch(dataset_dir, tmp_path):
+    kill_and_resume(tmp_path, [
+        f"--data_dir={dataset_dir}", "--weights=none", "--image_size=48", "--batch_size=4",
+        "--epochs=3", "--rotation=0.1", "--zoom=0.2", "--seed=3"], kill_at_epoch=2, epochs=3)
+
+
+def test_fine_tuning_resumes_mid_phase_and_matches_an_uninterrupted_run(dataset_dir, tmp_path):
+    _, resumed = kill_and_resume(tmp_path, [
+        f"--data_dir={dataset_dir}", "--weights=none", "--image_size=48", "--batch_size=4",
+        "--epochs=1", "--fine_tune_from=block5_conv1", "--fine_tune_epochs=2", "--flip=none",
+        "--zoom=0", "--cache_features", "--seed=4"], kill_at_epoch=3, epochs=3)
+    assert [row["phase"] for row in resumed["epochs"]] == ["head", "fine_tune", "fine_tune"]

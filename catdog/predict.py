@@ -1,0 +1,86 @@
+"""Label your own photos: `python -m catdog.predict --model=PATH IMAGE_OR_DIR...`.
+
+Prints one line per image, `path<TAB>label<TAB>probability`, or with --format=jsonl one JSON
+object per line with every class's probability. Folders are searched for images recursively.
+A file that cannot be read gets an error line instead (on stderr for text, as an object with
+"error" for jsonl), and the exit status is 1 at the end; the other images are still labelled.
+Works on the .h5 and on a SavedModel version folder alike, with equal results.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from catdog import data, export
+from catdog import flags as catdog_flags
+from catdog.errors import CatdogError
+
+
+def image_paths(arguments: Sequence[str]) -> Iterator[str]:
+    """Files as given; folders expanded to their image files, sorted, recursively."""
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            yield from sorted(str(p) for p in path.rglob("*")
+                              if p.is_file() and p.suffix.lower() in data.IMAGE_EXTENSIONS)
+        else:
+            yield argument
+
+
+def predict_paths(classifier: export.Classifier, paths: Sequence[str],
+                  batch_size: int) -> Iterator[dict]:
+    """One result per path, in order: path, label, probability, probabilities; or path, error."""
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        pixels, readable, errors = [], [], {}
+        for path in chunk:
+            problem = data.image_problem(path) if Path(path).is_file() else "no such file"
+            if problem:
+                errors[path] = problem
+                continue
+            pixels.append(tf.cast(data.load_image(tf.constant(path), classifier.image_size),
+                                  tf.float32).numpy())
+            readable.append(path)
+        probabilities = iter(classifier.predict(np.stack(pixels)) if pixels else [])
+        for path in chunk:
+            if path in errors:
+                yield {"path": path, "error": errors[path]}
+                continue
+            row = next(probabilities)
+            best = int(row.argmax())
+            yield {"path": path, "label": classifier.class_names[best],
+                   "probability": float(row[best]),
+                   "probabilities": dict(zip(classifier.class_names, map(float, row)))}
+
+
+def main(argv: Sequence[str]) -> int:
+    from absl import flags
+
+    f = flags.FLAGS
+    paths = list(image_paths(argv[1:]))
+    if not paths:
+        raise CatdogError("usage: python -m catdog.predict --model=PATH IMAGE_OR_DIR... "
+                          "(no images given or found)")
+    classifier = export.load_classifier(f.model)
+    failures = 0
+    for result in predict_paths(classifier, paths, f.batch_size):
+        failures += "error" in result
+        if f.format == "jsonl":
+            print(json.dumps(result), flush=True)
+        elif "error" in result:
+            print(f"{result['path']}\terror: {result['error']}", file=sys.stderr, flush=True)
+        else:
+            print(f"{result['path']}\t{result['label']}\t{result['probability']:.6f}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    from catdog import cli
+
+    cli.run(main, catdog_flags.define_predict_flags)

@@ -1,0 +1,50 @@
+"""Predict: one line per image from .h5 or SavedModel alike; bad files get an error line."""
+
+import json
+
+import keras
+import pytest
+
+from catdog import export, predict
+from catdog import model as model_lib
+from conftest import run_catdog
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    keras.utils.set_random_seed(5)
+    model = model_lib.build_classifier(2, 32, "none")
+    return export.export_all(model, ("cats", "dogs"), tmp_path_factory.mktemp("e"), "catdog")
+
+
+def test_h5_and_saved_model_label_a_folder_equally(exported, dataset_dir):
+    paths = list(predict.image_paths([str(dataset_dir / "validation")]))
+    assert len(paths) == 12
+    by_h5 = list(predict.predict_paths(export.load_classifier(exported.h5), paths, 5))
+    by_sm = list(predict.predict_paths(export.load_classifier(exported.saved_model), paths, 5))
+    assert [r["path"] for r in by_h5] == paths
+    assert [r["label"] for r in by_h5] == [r["label"] for r in by_sm]
+    for a, b in zip(by_h5, by_sm):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+        assert set(a["probabilities"]) == {"cats", "dogs"}
+
+
+def test_cli_labels_a_folder_and_reports_bad_files_without_a_traceback(exported, dataset_dir):
+    folder = dataset_dir / "validation"
+    (folder / "cats" / "empty.jpg").write_bytes(b"")
+    result = run_catdog("predict", f"--model={exported.saved_model}", str(folder),
+                        str(folder / "missing.png"))
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 12
+    for line in lines:
+        path, label, probability = line.split("\t")
+        assert label in ("cats", "dogs") and 0.5 <= float(probability) <= 1
+    assert "empty.jpg\terror: Input is empty." in result.stderr
+    assert "missing.png\terror: no such file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    jsonl = run_catdog("predict", f"--model={exported.h5}", "--format=jsonl", str(folder))
+    records = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert jsonl.returncode == 1 and len(records) == 13
+    assert [r["error"] for r in records if "error" in r] == ["Input is empty."]
