@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, input_pb2, model_pb2,
@@ -228,8 +229,6 @@ class Client:
 
 
 def _tensor_info(info) -> dict[str, Any]:
-    import tensorflow as tf
-
     return {"dtype": tf.dtypes.as_dtype(info.dtype).name,
             "shape": [d.size for d in info.tensor_shape.dim]}
 
