@@ -289,7 +289,7 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
                                 config.model_name, config.keep_versions)
     logging.info("exported %s and %s", exports.h5, exports.saved_model)
     summary = _summary(config, splits, distribution, progress, history, exports,
-                       time.perf_counter() - wall_start)
+                       time.perf_counter() - wall_start, inputs.feature_seconds)
     run.write_summary(summary)
     return TrainResult(trainer.model, splits.class_names, summary, exports)
 
@@ -306,12 +306,15 @@ class EpochInputs:
                        "validation": data.decoded_images(splits.validation, size)}
         self._features: dict[str, tf.data.Dataset] = {}
         self._validation: dict[bool, Any] = {}
+        self.feature_seconds = 0.0  # spent computing (or reading) features in this process
 
     def _features_of(self, split: str) -> tf.data.Dataset:
         if split not in self._features:
             files = self.splits.train if split == "train" else self.splits.validation
+            start = time.perf_counter()
             self._features[split] = features_lib.cached_features(
                 self.trainer.feature_extractor, files, self.trainer.config, self.precision, split)
+            self.feature_seconds += time.perf_counter() - start
         return self._features[split]
 
     def train(self, seed: int) -> tuple[tf.data.Dataset, bool]:
@@ -362,7 +365,7 @@ def _record_epoch(row: dict[str, Any], run: RunDir, writer: tf.summary.SummaryWr
 
 def _summary(config: Config, splits: data.Splits, distribution: distribute.Distribution,
              progress: Progress, history: list[dict[str, float]], exports: export.Exports,
-             wall_seconds: float) -> dict[str, Any]:
+             wall_seconds: float, feature_seconds: float) -> dict[str, Any]:
     train_seconds = float(progress.train_seconds)
     return {
         "flags": config.to_dict(),
@@ -379,6 +382,7 @@ def _summary(config: Config, splits: data.Splits, distribution: distribute.Distr
         "train_images_per_second": int(progress.train_images) / train_seconds
         if train_seconds else 0.0,
         "wall_seconds": wall_seconds,
+        "feature_seconds": feature_seconds,
         "exports": {"h5": str(exports.h5), "saved_model": str(exports.saved_model)},
     }
 

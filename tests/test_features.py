@@ -21,6 +21,7 @@ def config_for(dataset_dir, tmp_path, **overrides):
 def test_training_on_cached_features_equals_training_on_images(dataset_dir, tmp_path):
     on_images = train.train(config_for(dataset_dir, tmp_path / "a"))
     cached = train.train(config_for(dataset_dir, tmp_path / "b", cache_features=True))
+    assert cached.summary["feature_seconds"] > 0
     for a, b in zip(on_images.summary["epochs"], cached.summary["epochs"]):
         for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
