@@ -60,10 +60,12 @@ def compute_features(extractor: keras.Model, decoded: tf.data.Dataset, batch_siz
     return np.concatenate(features), np.concatenate(labels)
 
 
-def cached_features(extractor: keras.Model, files: data.ImageFiles, config: Config,
-                    precision: str, name: str) -> tf.data.Dataset:
+def cached_features(extractor: keras.Model, files: data.ImageFiles, decoded: tf.data.Dataset,
+                    config: Config, precision: str, name: str) -> tf.data.Dataset:
     """(features, label) pairs of `files`: read from --feature_cache_dir when a matching entry
-    exists, else computed (and written there, atomically, when the flag is set)."""
+    exists, else computed from `decoded` (the run's own `data.decoded_images(files)`, so the
+    images are decoded and held in memory once) and written there, atomically, when the flag
+    is set."""
     folder = (Path(config.feature_cache_dir) / f"{name}-{cache_key(config, files, precision)}"
               if config.feature_cache_dir else None)
     if folder and (folder / _FILE).exists():
@@ -71,9 +73,8 @@ def cached_features(extractor: keras.Model, files: data.ImageFiles, config: Conf
             features, labels = stored["features"], stored["labels"]
         logging.info("%s features: read %d from %s", name, len(labels), folder)
     else:
-        features, labels = compute_features(
-            extractor, data.decoded_images(files, config.image_size), config.batch_size,
-            len(files), name)
+        features, labels = compute_features(extractor, decoded, config.batch_size, len(files),
+                                            name)
         logging.info("%s features: computed %d", name, len(labels))
         if folder:
             _write_atomically(folder, features, labels)

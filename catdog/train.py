@@ -313,7 +313,8 @@ class EpochInputs:
             files = self.splits.train if split == "train" else self.splits.validation
             start = time.perf_counter()
             self._features[split] = features_lib.cached_features(
-                self.trainer.feature_extractor, files, self.trainer.config, self.precision, split)
+                self.trainer.feature_extractor, files, self.images[split], self.trainer.config,
+                self.precision, split)
             self.feature_seconds += time.perf_counter() - start
         return self._features[split]
 
