@@ -191,16 +191,23 @@ def _short_tf_error(error: tf.errors.OpError) -> str:
     return re.sub(r"\s*name:\s*\S*$", "", message.strip())
 
 
+def read_checked_image(path: str, image_size: int | None = None
+                       ) -> tuple[tf.Tensor | None, str | None]:
+    """Eagerly reads and decodes one file (and resizes it when `image_size` is given):
+    (image, None), or (None, why it cannot be used as an image)."""
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        return None, (f"unsupported extension '{Path(path).suffix}' "
+                      f"(expected one of {', '.join(IMAGE_EXTENSIONS)})")
+    try:
+        image = decode_image(tf.io.read_file(path))
+    except tf.errors.OpError as error:
+        return None, _short_tf_error(error)
+    return (image if image_size is None else resize_image(image, image_size)), None
+
+
 def image_problem(path: str) -> str | None:
     """Why `path` cannot be used as a training image, or None if it decodes."""
-    if not path.lower().endswith(IMAGE_EXTENSIONS):
-        return (f"unsupported extension '{Path(path).suffix}' "
-                f"(expected one of {', '.join(IMAGE_EXTENSIONS)})")
-    try:
-        decode_image(tf.io.read_file(path))
-    except tf.errors.OpError as error:
-        return _short_tf_error(error)
-    return None
+    return read_checked_image(path)[1]
 
 
 def check_images(paths: Sequence[str]) -> list[BadImage]:

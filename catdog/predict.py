@@ -38,15 +38,14 @@ def predict_paths(classifier: export.Classifier, paths: Sequence[str],
     """One result per path, in order: path, label, probability, probabilities; or path, error."""
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        pixels, readable, errors = [], [], {}
+        pixels, errors = [], {}
         for path in chunk:
-            problem = data.image_problem(path) if Path(path).is_file() else "no such file"
+            image, problem = (data.read_checked_image(path, classifier.image_size)
+                              if Path(path).is_file() else (None, "no such file"))
             if problem:
                 errors[path] = problem
                 continue
-            pixels.append(tf.cast(data.load_image(tf.constant(path), classifier.image_size),
-                                  tf.float32).numpy())
-            readable.append(path)
+            pixels.append(tf.cast(image, tf.float32).numpy())
         probabilities = iter(classifier.predict(np.stack(pixels)) if pixels else [])
         for path in chunk:
             if path in errors:
