@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,17 @@ def dataset_dir(tmp_path: Path) -> Path:
     write_split(root / "train", 16, seed=1)
     write_split(root / "validation", 6, seed=2)
     return root
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (all bound at once, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def run_catdog(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:

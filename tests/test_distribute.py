@@ -5,7 +5,6 @@ Devices can only be split before TensorFlow starts, so distributed runs happen i
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import types
@@ -17,7 +16,7 @@ import pytest
 
 from catdog import distribute, train
 from catdog.config import Config
-from conftest import run_catdog, run_python
+from conftest import free_ports, run_catdog, run_python
 
 RELOAD_IN_FLOAT32 = """
 import sys, json, numpy as np, tensorflow as tf, keras
@@ -106,16 +105,6 @@ def test_xla_compiled_model_step_trains_on_cpu(dataset_dir, tmp_path):
     result = train.train(config)
     assert result.summary["distribution"]["jit_compile"] is True
     assert np.isfinite(result.summary["epochs"][0]["loss"])
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def run_two_workers(dataset_dir, run: Path, scratch: Path, epochs: int):

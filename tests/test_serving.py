@@ -23,7 +23,7 @@ from catdog import data, export, serve, signatures, wire
 from catdog import model as model_lib
 from catdog.client import Client
 from catdog.wire import ServingError
-from conftest import class_image, run_catdog
+from conftest import class_image, free_ports, run_catdog
 
 CLASS_NAMES = ("cats", "dogs")
 IMAGE_SIZE = 32
@@ -272,16 +272,10 @@ def test_a_new_version_is_picked_up(exported, tmp_path, jpegs):
 
 # --- the command lines ------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_and_client_command_lines(exported, jpegs, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "catdog.serve", f"--model_base_path={exported[2]}", "--port=0",
-         f"--rest_api_port={free_port()}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+         f"--rest_api_port={free_ports(1)[0]}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         text=True)
     try:
         banner = process.stdout.readline()
@@ -312,7 +306,7 @@ def test_serve_refuses_a_base_path_without_versions(tmp_path):
 def test_client_retries_unavailable_with_backoff_then_reports_it(scheme, monkeypatch):
     pauses = []
     monkeypatch.setattr("catdog.client.time.sleep", pauses.append)
-    client = Client(f"{scheme}://127.0.0.1:{free_port()}", "catdog", timeout=5, retries=3,
+    client = Client(f"{scheme}://127.0.0.1:{free_ports(1)[0]}", "catdog", timeout=5, retries=3,
                     backoff_seconds=0.1)
     with pytest.raises(ServingError) as error:
         client.status()
