@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from catdog import serve, signatures
+from catdog import contract, serve
 from catdog.client import Client
 
 _BASE = flags.DEFINE_string("model_base_path", "export/catdog", "SavedModel versions to serve.")
@@ -65,7 +65,7 @@ def main(argv):
     payloads = jpeg_payloads(_IMAGES.value, 16, _IMAGE_PX.value)
     server = serve.start_server("catdog", _BASE.value, port=0, rest_api_port=0)
     version = server.manager.refresh()
-    signature = tf.saved_model.load(str(version.path)).signatures[signatures.SERVING_DEFAULT]
+    signature = tf.saved_model.load(str(version.path)).signatures[contract.SERVING_DEFAULT]
     in_process = lambda payload: signature(image_bytes=tf.constant([payload]))  # noqa: E731
     urls = {"gRPC": f"grpc://127.0.0.1:{server.grpc_port}",
             "REST": f"http://127.0.0.1:{server.rest_port}"}

@@ -27,14 +27,14 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from google.protobuf import json_format
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, input_pb2, model_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from catdog import flags as catdog_flags
-from catdog import signatures, wire
+from catdog import contract, wire
 from catdog.errors import CatdogError
 from catdog.wire import ServingError
 
@@ -71,9 +71,9 @@ class GrpcTransport:
                 ) -> dict[str, np.ndarray]:
         request = predict_pb2.PredictRequest(model_spec=spec)
         for key, array in inputs.items():
-            request.inputs[key].CopyFrom(wire.to_tensor_proto(array))
+            request.inputs[key].CopyFrom(wire.tensor_proto(array))
         response = self._call(self.prediction.Predict, request)
-        return {k: wire.from_tensor_proto(v) for k, v in response.outputs.items()}
+        return {k: wire.array_from_proto(v) for k, v in response.outputs.items()}
 
     def classify(self, spec: model_pb2.ModelSpec, examples: list) -> list[dict[str, float]]:
         request = classification_pb2.ClassificationRequest(
@@ -102,6 +102,7 @@ class RestTransport:
     def __init__(self, base_url: str, timeout: float):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self._output_names: dict[tuple, list[str]] = {}
 
     def _url(self, spec: model_pb2.ModelSpec, suffix: str = "") -> str:
         version = f"/versions/{spec.version.value}" if spec.HasField("version") else ""
@@ -126,17 +127,35 @@ class RestTransport:
     def predict(self, spec: model_pb2.ModelSpec, inputs: dict[str, np.ndarray]
                 ) -> dict[str, np.ndarray]:
         body = wire.predict_body(inputs, spec.signature_name)
-        return wire.outputs_from_response(self._request(self._url(spec, ":predict"), body))
+        document = self._request(self._url(spec, ":predict"), body)
+        return wire.outputs_from_json(document, self._outputs_of(spec))
+
+    def _outputs_of(self, spec: model_pb2.ModelSpec) -> list[str]:
+        """The signature's output aliases (a one-output response does not name its output)."""
+        key = (spec.name, spec.version.value, spec.signature_name)
+        if key not in self._output_names:
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            self.metadata(spec).metadata["signature_def"].Unpack(signature_map)
+            signature = signature_map.signature_def[spec.signature_name or
+                                                    contract.SERVING_DEFAULT]
+            self._output_names[key] = sorted(signature.outputs)
+        return self._output_names[key]
 
     def classify(self, spec: model_pb2.ModelSpec, examples: list) -> list[dict[str, float]]:
         body = {"signature_name": spec.signature_name,
                 "examples": [wire.example_to_json(e) for e in examples]}
-        result = self._request(self._url(spec, ":classify"), body)["result"]
-        return [{label: score for label, score in pairs} for pairs in result]
+        return wire.classifications_from_json(self._request(self._url(spec, ":classify"), body))
 
     def metadata(self, spec: model_pb2.ModelSpec) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        return json_format.ParseDict(self._request(self._url(spec, "/metadata")),
-                                     get_model_metadata_pb2.GetModelMetadataResponse())
+        """TF Serving writes the SignatureDefMap under metadata.signature_def, without @type."""
+        document = self._request(self._url(spec, "/metadata"))
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        json_format.ParseDict(document["model_spec"], response.model_spec,
+                              ignore_unknown_fields=True)
+        response.metadata["signature_def"].Pack(json_format.ParseDict(
+            document["metadata"]["signature_def"], get_model_metadata_pb2.SignatureDefMap(),
+            ignore_unknown_fields=True))
+        return response
 
     def status(self, spec: model_pb2.ModelSpec) -> get_model_status_pb2.GetModelStatusResponse:
         return json_format.ParseDict(self._request(self._url(spec)),
@@ -189,10 +208,11 @@ class Client:
     def predict(self, images: Sequence[Image]) -> list[Prediction]:
         """Label, its probability and all class probabilities for each image (path or bytes)."""
         encoded = np.array([_read(image) for image in images], dtype=object)
-        outputs = self.predict_raw(signatures.SERVING_DEFAULT, {signatures.IMAGE_BYTES: encoded})
-        labels = [c.decode() if isinstance(c, bytes) else str(c) for c in outputs["classes"]]
-        return [Prediction(label, float(p[i]), tuple(float(x) for x in p))
-                for label, i, p in zip(labels, outputs["class_ids"], outputs["probabilities"])]
+        outputs = self.predict_raw(contract.SERVING_DEFAULT, {contract.IMAGE_BYTES: encoded})
+        labels = [c.decode() if isinstance(c, bytes) else str(c)
+                  for c in outputs[contract.CLASSES]]
+        return [Prediction(label, float(p[i]), tuple(float(x) for x in p)) for label, i, p in
+                zip(labels, outputs[contract.CLASS_IDS], outputs[contract.PROBABILITIES])]
 
     def predict_raw(self, signature_name: str, inputs: dict[str, np.ndarray]
                     ) -> dict[str, np.ndarray]:
@@ -202,9 +222,9 @@ class Client:
 
     def classify(self, images: Sequence[Image]) -> list[dict[str, float]]:
         """{class name: probability} for each image, through TF Serving's Classify API."""
-        examples = [signatures.image_example(_read(image)) for image in images]
+        examples = [wire.image_example(_read(image)) for image in images]
         return self._with_retries(lambda: self.transport.classify(
-            self._spec(signatures.CLASSIFY), examples))
+            self._spec(contract.CLASSIFY), examples))
 
     def metadata(self) -> dict[str, dict[str, Any]]:
         """{signature name: {"method", "inputs", "outputs"}} with dtypes and shapes."""
@@ -229,8 +249,11 @@ class Client:
 
 
 def _tensor_info(info) -> dict[str, Any]:
-    return {"dtype": tf.dtypes.as_dtype(info.dtype).name,
-            "shape": [d.size for d in info.tensor_shape.dim]}
+    """dtype as TensorFlow names it; shape None for any rank, -1 for any size."""
+    dtype = (tf.dtypes.as_dtype(info.dtype).name if info.dtype != types_pb2.DT_INVALID
+             else "invalid")
+    return {"dtype": dtype, "shape": None if info.tensor_shape.unknown_rank else
+            [d.size for d in info.tensor_shape.dim]}
 
 
 def _read(image: Image) -> bytes:
@@ -266,6 +289,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    from catdog import cli
+    from catdog import cli, flags as catdog_flags
 
     cli.run(main, catdog_flags.define_client_flags)

@@ -25,10 +25,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from catdog import signatures
+from catdog import contract, signatures
 from catdog.errors import CatdogError
 
-CLASS_NAMES_ATTR = "catdog_class_names"
+CLASS_NAMES_ATTR = contract.H5_CLASS_NAMES_ATTR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +138,11 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
         return Classifier(lambda pixels: forward(tf.constant(pixels, tf.float32)).numpy(),
                           class_names, model.input_shape[1])
     if (path / "saved_model.pb").is_file():
-        signature = tf.saved_model.load(str(path)).signatures[signatures.PREDICT_PIXELS]
-        class_names = (path / "assets" / signatures.LABELS_FILE).read_text().splitlines()
-        image_size = signature.structured_input_signature[1][signatures.PIXELS].shape[1]
+        signature = tf.saved_model.load(str(path)).signatures[contract.PREDICT_PIXELS]
+        class_names = (path / "assets" / contract.LABELS_FILE).read_text().splitlines()
+        image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
         return Classifier(
             lambda pixels: signature(pixels=tf.constant(pixels, tf.float32))[
-                "probabilities"].numpy(), class_names, image_size)
+                contract.PROBABILITIES].numpy(), class_names, image_size)
     raise CatdogError(f"--model={path} is neither a .h5 file nor a SavedModel version folder "
                       "(one holding saved_model.pb, e.g. export/catdog/1)")

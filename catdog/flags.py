@@ -187,11 +187,35 @@ def define_serve_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          "Largest request accepted (gRPC message or REST body).",
                          lower_bound=1024, flag_values=fv)
     flags.DEFINE_float("file_system_poll_wait_seconds", 1.0,
-                       "How often to look for a new version.", lower_bound=0.05, flag_values=fv)
-    flags.register_validator(
-        "model_base_path", os.path.isdir,
-        message="must be an existing folder of SavedModel versions (e.g. export/catdog)",
-        flag_values=fv)
+                       "How often to look for new or removed versions.", lower_bound=0.05,
+                       flag_values=fv)
+    flags.DEFINE_string("model_config_file", "",
+                        "A ModelServerConfig text proto (several models, version policies, "
+                        "version labels); replaces --model_name/--model_base_path.",
+                        flag_values=fv)
+    flags.DEFINE_float("model_config_file_poll_wait_seconds", 0.0,
+                       "How often to re-read --model_config_file; 0 reads it once.",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_string("monitoring_config_file", "",
+                        "A MonitoringConfig text proto; enables Prometheus metrics on the REST "
+                        "port.", flag_values=fv)
+    flags.DEFINE_bool("enable_batching", False,
+                      "Batch concurrent Predict requests into one session run.", flag_values=fv)
+    flags.DEFINE_string("batching_parameters_file", "",
+                        "A BatchingParameters text proto (with --enable_batching).",
+                        flag_values=fv)
+    flags.DEFINE_integer("rest_api_timeout_in_ms", 0,
+                         "Session run timeout of a request; 0 means none.", lower_bound=0,
+                         flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["model_base_path", "model_config_file"],
+        lambda f: bool(f["model_config_file"]) or os.path.isdir(f["model_base_path"]),
+        message="--model_base_path must be an existing folder of SavedModel versions "
+                "(e.g. export/catdog), unless --model_config_file is given", flag_values=fv)
+    for name in ("model_config_file", "monitoring_config_file", "batching_parameters_file"):
+        flags.register_validator(
+            name, lambda path: not path or os.path.isfile(path),
+            message="must name an existing text proto file", flag_values=fv)
 
 
 def define_client_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

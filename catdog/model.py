@@ -10,10 +10,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from catdog import contract
 from catdog.config import Config
 from catdog.errors import CatdogError
 
-INPUT_NAME = "pixels"
+INPUT_NAME = contract.PIXELS  # the serving signatures feed this name
 BASE_NAME = "vgg16"
 OUTPUT_NAME = "probabilities"
 POOL_NAME = "pool"

@@ -1,320 +1,356 @@
 """A local stand-in for TensorFlow Serving, for laptops and CI where the real one cannot run.
 
     python -m catdog.serve --model_base_path=export/catdog [--model_name=catdog]
-                           [--port=8500] [--rest_api_port=8501]
+    python -m catdog.serve --model_config_file=serving/models.config
+                           [--enable_batching --batching_parameters_file=serving/batching.config]
+                           [--monitoring_config_file=serving/monitoring.config]
 
-Production uses TF Serving itself (see serving/). This server implements the part of its API that
-catdog's client uses, with TF Serving's formats, routes and status codes: gRPC
-`PredictionService` Predict, Classify and GetModelMetadata and `ModelService` GetModelStatus; REST
-status, metadata, `:predict`, `:classify` (and `:regress`, which no catdog signature supports).
-Like TF Serving's C++ loader it loads each version from the SavedModel's MetaGraphDef into a graph
-and session and runs signatures by tensor name, so a model that serves here serves there. It
-serves the newest integer version under the base path, picks up new ones as they appear, replays
-the version's warm-up requests before serving it, binds 127.0.0.1 unless told otherwise, and
-refuses requests larger than --max_request_bytes.
+Production uses TF Serving itself (see serving/). This server speaks TF Serving's APIs as TF
+Serving's own tests and recorded responses define them, under TF Serving's flag names: gRPC
+`PredictionService` (Predict, Classify, Regress, MultiInference, GetModelMetadata) and
+`ModelService` (GetModelStatus, HandleReloadConfigRequest); REST `/v1/models/...` status,
+metadata, `:predict`, `:classify`, `:regress`, with `/versions/N` and `/labels/L`; Prometheus
+metrics. What it does not do is listed in serving/README.md ("Differences from TF Serving").
+It imports no training code: only the wire format, the contract names and the errors.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import re
 import threading
-from collections.abc import Mapping, Sequence
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
 from http import server as http_server
 from pathlib import Path
 
 import grpc
-import numpy as np
-import tensorflow as tf
 from absl import logging
-from google.protobuf import json_format
-from tensorflow.core.protobuf import meta_graph_pb2
+from google.protobuf import json_format, message
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                     get_model_status_pb2, model_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc,
-                                     status_pb2)
+                                     get_model_status_pb2, inference_pb2, model_management_pb2,
+                                     model_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2, status_pb2)
 
-from catdog import flags as catdog_flags
-from catdog import signatures, wire
+from catdog import contract, wire
+from catdog.batching import BatchingOptions
 from catdog.errors import CatdogError
+from catdog.server_core import ServerCore, single_model_config
+from catdog.serving_config import (BatchingParameters, ModelServerConfig, MonitoringConfig,
+                                   parse_text_proto)
+from catdog.serving_metrics import Metrics
 from catdog.wire import ServingError
 
-REGRESS_METHOD = "tensorflow/serving/regress"
-_REST_ROUTE = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?:(?P<metadata>/metadata)|:(?P<verb>classify|regress|predict))?$", re.IGNORECASE)
+# model_servers/http_rest_api_util.cc
+_PREDICTION_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+                              r":(classify|regress|predict)", re.IGNORECASE)
+_STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|"
+                          r"(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
+_INT64_MAX = (1 << 63) - 1
 
 
-# --- one loaded version ------------------------------------------------------------------------
+# --- the API, once for both transports ------------------------------------------------------------
 
-class Servable:
-    """One SavedModel version in its own graph and session, run through its signature defs."""
-
-    def __init__(self, name: str, version: int, path: Path):
-        self.name, self.version, self.path = name, version, path
-        self.graph = tf.Graph()
-        self.session = tf.compat.v1.Session(graph=self.graph)
-        meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
-        self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = {
-            key: sig for key, sig in meta_graph.signature_def.items() if not key.startswith("__")}
-
-    def signature(self, name: str, method: str | None = None) -> meta_graph_pb2.SignatureDef:
-        key = name or signatures.SERVING_DEFAULT
-        if key not in self.signature_defs:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"Serving signature key \"{key}\" not found.")
-        signature = self.signature_defs[key]
-        if method and signature.method_name != method:
-            raise wire.invalid(f"Expected {method.rsplit('/', 1)[-1]} signature method_name to be "
-                               f"{method}. Was: {signature.method_name}")
-        return signature
-
-    def input_dtypes(self, signature_name: str) -> dict[str, tf.dtypes.DType]:
-        return {k: tf.dtypes.as_dtype(v.dtype)
-                for k, v in self.signature(signature_name).inputs.items()}
-
-    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
-            output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """Runs a signature on named arrays; bad names, dtypes or shapes are INVALID_ARGUMENT."""
-        signature = self.signature(signature_name)
-        expected = sorted(signature.inputs)
-        if sorted(inputs) != expected:
-            raise wire.invalid(f"input tensor alias mismatch: got {sorted(inputs)}, the "
-                               f"signature expects {expected}")
-        feed = {}
-        for key, array in inputs.items():
-            info = signature.inputs[key]
-            feed[info.name] = _checked_input(key, array, info)
-        wanted = list(output_filter) or sorted(signature.outputs)
-        unknown = set(wanted) - set(signature.outputs)
-        if unknown:
-            raise wire.invalid(f"output tensor alias not found in signature: {sorted(unknown)[0]}")
-        try:
-            return self.session.run({k: signature.outputs[k].name for k in wanted}, feed)
-        except tf.errors.OpError as error:
-            raise ServingError.from_tf_error(error) from None
-
-    def classify(self, signature_name: str, examples: Sequence[tf.train.Example]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Classes and scores [N, C] of a classify-method signature for tf.Examples."""
-        signature = self.signature(signature_name, signatures.CLASSIFY_METHOD)
-        (input_key,) = signature.inputs
-        serialized = np.array([e.SerializeToString() for e in examples], dtype=object)
-        outputs = self.run(signature_name, {input_key: serialized})
-        return outputs["classes"], outputs["scores"]
-
-    def warm_up(self) -> int:
-        """Replays assets.extra/tf_serving_warmup_requests as TF Serving does; returns the count."""
-        path = self.path / signatures.WARMUP_FILE
-        if not path.exists():
-            return 0
-        count = 0
-        for record in tf.data.TFRecordDataset(str(path)):
-            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            if log.HasField("predict_log"):
-                request = log.predict_log.request
-                self.run(request.model_spec.signature_name,
-                         {k: wire.from_tensor_proto(v) for k, v in request.inputs.items()})
-            elif log.HasField("classify_log"):
-                request = log.classify_log.request
-                self.classify(request.model_spec.signature_name,
-                              request.input.example_list.examples)
-            count += 1
-        return count
-
-    def close(self) -> None:
-        self.session.close()
-
-
-def _checked_input(key: str, array: np.ndarray, info: meta_graph_pb2.TensorInfo) -> np.ndarray:
-    dtype = tf.dtypes.as_dtype(info.dtype)
-    actual = tf.dtypes.as_dtype(array.dtype) if array.dtype != object else tf.string
-    if actual != dtype:
-        raise wire.invalid(f"input '{key}' must be {dtype.name}, not {actual.name}")
-    if not info.tensor_shape.unknown_rank:
-        shape = [d.size for d in info.tensor_shape.dim]
-        if len(array.shape) != len(shape) or any(
-                want not in (-1, got) for want, got in zip(shape, array.shape)):
-            raise wire.invalid(f"input '{key}' has shape {list(array.shape)}; the signature "
-                               f"expects {shape} (-1: any size)")
-    return array
-
-
-# --- versions of one model ---------------------------------------------------------------------
-
-class ModelManager:
-    """Keeps the newest version under a base path loaded, as TF Serving's `latest` policy does."""
-
-    def __init__(self, name: str, base_path: str | Path):
-        self.name = name
-        self.base_path = Path(base_path)
-        self._lock = threading.Lock()
-        self._current: Servable | None = None
-        self._failed: set[int] = set()
-        self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
-
-    def refresh(self) -> Servable | None:
-        """Loads the newest version if it is newer than the one served; returns what is served."""
-        versions = sorted((int(p.name) for p in self.base_path.iterdir() if p.name.isdigit()),
-                          reverse=True) if self.base_path.is_dir() else []
-        current = self._current
-        for version in versions:
-            if current and version <= current.version:
-                break
-            if version in self._failed:
-                continue
-            try:
-                servable = Servable(self.name, version, self.base_path / str(version))
-                logging.info("warmed up %s version %d with %d requests", self.name, version,
-                             servable.warm_up())
-            except Exception as error:  # a broken version must not stop the server
-                logging.error("could not load %s version %d: %s", self.name, version, error)
-                self._failed.add(version)
-                continue
-            with self._lock:
-                old, self._current = self._current, servable
-            if old:
-                old.close()
-            logging.info("serving %s version %d from %s", self.name, version, servable.path)
-            break
-        return self._current
-
-    def start_polling(self, seconds: float) -> None:
-        def poll():
-            while not self._stop.wait(seconds):
-                self.refresh()
-
-        self._poller = threading.Thread(target=poll, name="version-poller", daemon=True)
-        self._poller.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._poller:
-            self._poller.join()
-        if self._current:
-            self._current.close()
-
-    def servable(self, spec: model_pb2.ModelSpec) -> Servable:
-        """The servable a request's model spec names, or NOT_FOUND as TF Serving words it."""
-        current = self._current
-        version = spec.version.value if spec.HasField("version") else None
-        if spec.name != self.name or current is None:
-            request = f"Specific({spec.name}, {version})" if version else f"Latest({spec.name})"
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Servable not found for request: {request}")
-        if spec.version_label:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Unrecognized servable version label: {spec.version_label}")
-        if version is not None and version != current.version:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Servable not found for request: Specific({spec.name}, {version})")
-        return current
-
-
-# --- the API, once for both transports ----------------------------------------------------------
-
-def predict(manager: ModelManager, request: predict_pb2.PredictRequest
-            ) -> predict_pb2.PredictResponse:
-    servable = manager.servable(request.model_spec)
-    inputs = {k: wire.from_tensor_proto(v) for k, v in request.inputs.items()}
-    outputs = servable.run(request.model_spec.signature_name, inputs, request.output_filter)
-    response = predict_pb2.PredictResponse(model_spec=_spec_of(servable, request.model_spec))
-    for key, array in outputs.items():
-        response.outputs[key].CopyFrom(wire.to_tensor_proto(array))
-    return response
-
-
-def classify(manager: ModelManager, request: classification_pb2.ClassificationRequest
-             ) -> classification_pb2.ClassificationResponse:
-    servable = manager.servable(request.model_spec)
-    if not request.input.HasField("example_list"):
-        raise wire.invalid("classify takes input.example_list")
-    classes, scores = servable.classify(request.model_spec.signature_name,
-                                        request.input.example_list.examples)
-    response = classification_pb2.ClassificationResponse(
-        model_spec=_spec_of(servable, request.model_spec))
-    for row_classes, row_scores in zip(classes, scores):
-        response.result.classifications.add(classes=[
-            classification_pb2.Class(label=c.decode(), score=float(s))
-            for c, s in zip(row_classes, row_scores)])
-    return response
-
-
-def metadata(manager: ModelManager, request: get_model_metadata_pb2.GetModelMetadataRequest
-             ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-    servable = manager.servable(request.model_spec)
-    unsupported = set(request.metadata_field) - {"signature_def"}
-    if unsupported or not request.metadata_field:
-        raise wire.invalid(f"Metadata field {sorted(unsupported or {''})[0]!r} is not "
-                           "supported; the only field is 'signature_def'")
-    signature_map = get_model_metadata_pb2.SignatureDefMap()
-    for key, signature in servable.signature_defs.items():
-        signature_map.signature_def[key].CopyFrom(signature)
-    response = get_model_metadata_pb2.GetModelMetadataResponse(
-        model_spec=_spec_of(servable, request.model_spec))
-    response.metadata["signature_def"].Pack(signature_map)
-    return response
-
-
-def model_status(manager: ModelManager, request: get_model_status_pb2.GetModelStatusRequest
-                 ) -> get_model_status_pb2.GetModelStatusResponse:
-    servable = manager.servable(request.model_spec)
-    return get_model_status_pb2.GetModelStatusResponse(model_version_status=[
-        get_model_status_pb2.ModelVersionStatus(
-            version=servable.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE,
-            status=status_pb2.StatusProto(error_code=0, error_message=""))])
-
-
-def _spec_of(servable: Servable, spec: model_pb2.ModelSpec) -> model_pb2.ModelSpec:
-    result = model_pb2.ModelSpec(name=servable.name, signature_name=spec.signature_name)
+def _spec_of(servable, spec: model_pb2.ModelSpec, signature_name: str | None = None
+             ) -> model_pb2.ModelSpec:
+    """MakeModelSpec: the model name, the version served and the signature resolved."""
+    result = model_pb2.ModelSpec(name=spec.name, signature_name=(
+        signature_name if signature_name is not None else
+        spec.signature_name or contract.SERVING_DEFAULT))
     result.version.value = servable.version
     return result
 
 
-# --- gRPC --------------------------------------------------------------------------------------
+def _require_spec(request) -> None:
+    if not request.HasField("model_spec"):
+        raise wire.invalid("Missing ModelSpec")
 
-def _grpc_method(function):
+
+def predict(core: ServerCore, request: predict_pb2.PredictRequest, max_bytes: int
+            ) -> predict_pb2.PredictResponse:
+    _require_spec(request)
+    servable = core.servable(request.model_spec)
+    with servable.in_use():
+        inputs = {k: wire.array_from_proto(v, max_bytes) for k, v in request.inputs.items()}
+        outputs = servable.predict(request.model_spec.signature_name, inputs,
+                                   request.output_filter)
+    response = predict_pb2.PredictResponse(model_spec=_spec_of(servable, request.model_spec))
+    for alias, array in outputs.items():
+        response.outputs[alias].CopyFrom(wire.tensor_proto(array))
+    return response
+
+
+def classify(core: ServerCore, request: classification_pb2.ClassificationRequest, _=None
+             ) -> classification_pb2.ClassificationResponse:
+    _require_spec(request)
+    servable = core.servable(request.model_spec)
+    with servable.in_use():
+        result = servable.classify(request.model_spec.signature_name, request.input)
+    return classification_pb2.ClassificationResponse(
+        model_spec=_spec_of(servable, request.model_spec), result=result)
+
+
+def regress(core: ServerCore, request: regression_pb2.RegressionRequest, _=None
+            ) -> regression_pb2.RegressionResponse:
+    _require_spec(request)
+    servable = core.servable(request.model_spec)
+    with servable.in_use():
+        result = servable.regress(request.model_spec.signature_name, request.input)
+    return regression_pb2.RegressionResponse(
+        model_spec=_spec_of(servable, request.model_spec), result=result)
+
+
+def multi_inference(core: ServerCore, request: inference_pb2.MultiInferenceRequest, _=None
+                    ) -> inference_pb2.MultiInferenceResponse:
+    """Several classify/regress signatures of one model over the same examples."""
+    if not request.tasks:
+        raise wire.invalid("Found no tasks in MultiInferenceRequest.")
+    names, signatures = {t.model_spec.name for t in request.tasks}, set()
+    if "" in names:
+        raise wire.invalid("Found ModelSpec with an empty model name.")
+    if len(names) > 1:
+        raise wire.invalid("All ModelSpecs in a MultiInferenceRequest must access the same "
+                           "model name.")
+    servable = core.servable(request.tasks[0].model_spec)
+    response = inference_pb2.MultiInferenceResponse()
+    with servable.in_use():
+        for task in request.tasks:
+            signature = task.model_spec.signature_name or contract.SERVING_DEFAULT
+            if signature in signatures:
+                raise wire.invalid(f"Duplicate evaluation of signature: {signature}")
+            signatures.add(signature)
+            if signature not in servable.signature_defs:
+                raise wire.invalid(f"Requested signature not found in model graph: {signature}")
+            result = response.results.add(model_spec=_spec_of(servable, task.model_spec))
+            if task.method_name == contract.CLASSIFY_METHOD:
+                result.classification_result.CopyFrom(servable.classify(signature, request.input))
+            elif task.method_name == contract.REGRESS_METHOD:
+                result.regression_result.CopyFrom(servable.regress(signature, request.input))
+            else:
+                raise wire.invalid(f"Unsupported signature method_name: {task.method_name}")
+    return response
+
+
+def metadata(core: ServerCore, request: get_model_metadata_pb2.GetModelMetadataRequest, _=None
+             ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    _require_spec(request)
+    if not request.metadata_field:
+        raise wire.invalid("GetModelMetadataRequest must specify at least one metadata_field")
+    for field in request.metadata_field:
+        if field != "signature_def":
+            raise wire.invalid(f"Metadata field {field} is not supported")
+    servable = core.servable(request.model_spec)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature in servable.signature_defs.items():
+        signature_map.signature_def[key].CopyFrom(signature)
+    response = get_model_metadata_pb2.GetModelMetadataResponse(
+        model_spec=_spec_of(servable, request.model_spec, request.model_spec.signature_name))
+    response.metadata["signature_def"].Pack(signature_map)
+    return response
+
+
+def model_status(core: ServerCore, request: get_model_status_pb2.GetModelStatusRequest, _=None
+                 ) -> get_model_status_pb2.GetModelStatusResponse:
+    _require_spec(request)
+    manager = core.manager(request.model_spec.name)
+    spec = request.model_spec
+    version = None
+    if spec.WhichOneof("version_choice") == "version":
+        version = spec.version.value
+    elif spec.WhichOneof("version_choice") == "version_label":
+        version = manager.servable(spec).version
+    return get_model_status_pb2.GetModelStatusResponse(
+        model_version_status=manager.status(version))
+
+
+def reload_config(core: ServerCore, request: model_management_pb2.ReloadConfigRequest, _=None
+                  ) -> model_management_pb2.ReloadConfigResponse:
+    try:
+        core.reload_config(request.config)
+    except ValueError as error:
+        raise wire.invalid(str(error)) from None
+    return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
+
+
+# --- calls, metrics and errors ------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Api:
+    """The server's state every call needs: models, limits, metrics."""
+
+    core: ServerCore
+    max_request_bytes: int
+    metrics: Metrics
+
+    def call(self, function: Callable, request, api: str, entrypoint: str):
+        """Runs one API call: any failure becomes a ServingError; the request is counted."""
+        start = time.monotonic()
+        name = getattr(getattr(request, "model_spec", None), "name", "") or \
+            (request.tasks[0].model_spec.name if getattr(request, "tasks", None) else "")
+        try:
+            response = function(self.core, request, self.max_request_bytes)
+        except ServingError as error:
+            self.metrics.record(name, api, entrypoint, error.code.name, None)
+            raise
+        except Exception as error:  # the server answers every request and keeps serving
+            logging.exception("internal error in %s", api)
+            self.metrics.record(name, api, entrypoint, "INTERNAL", None)
+            raise ServingError(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"
+                               ) from None
+        self.metrics.record(name, api, entrypoint, "OK", (time.monotonic() - start) * 1e6)
+        return response
+
+
+# --- gRPC ---------------------------------------------------------------------------------------
+
+def _grpc_method(function: Callable, api: str):
     def method(self, request, context):
         try:
-            return function(self.manager, request)
+            return self.api.call(function, request, api, "GRPC")
         except ServingError as error:
             context.abort(error.code, error.message)
     return method
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager):
-        self.manager = manager
+    def __init__(self, api: Api):
+        self.api = api
 
-    Predict = _grpc_method(predict)
-    Classify = _grpc_method(classify)
-    GetModelMetadata = _grpc_method(metadata)
+    Predict = _grpc_method(predict, "Predict")
+    Classify = _grpc_method(classify, "Classify")
+    Regress = _grpc_method(regress, "Regress")
+    MultiInference = _grpc_method(multi_inference, "MultiInference")
+    GetModelMetadata = _grpc_method(metadata, "GetModelMetadata")
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager):
-        self.manager = manager
+    def __init__(self, api: Api):
+        self.api = api
 
-    GetModelStatus = _grpc_method(model_status)
+    GetModelStatus = _grpc_method(model_status, "GetModelStatus")
+    HandleReloadConfigRequest = _grpc_method(reload_config, "HandleReloadConfigRequest")
 
 
-# --- REST --------------------------------------------------------------------------------------
+# --- REST ---------------------------------------------------------------------------------------
+
+def _spec_from_path(name: str, version: str | None, label: str | None) -> model_pb2.ModelSpec:
+    """ParseModelInfo + FillModelSpecWithNameVersionAndLabel."""
+    spec = model_pb2.ModelSpec(name=urllib.parse.unquote(name or ""))
+    if version:
+        if int(version) > _INT64_MAX:
+            raise wire.invalid(f"Failed to convert version: {version} to numeric.")
+        spec.version.value = int(version)
+    if label:
+        spec.version_label = urllib.parse.unquote(label)
+    return spec
+
+
+def _proto_json(message_: message.Message, preserve_names: bool) -> dict:
+    return json_format.MessageToDict(message_, preserving_proto_field_name=preserve_names,
+                                      always_print_fields_with_no_presence=True)
+
+
+def rest_request(api: Api, http_method: str, path: str, body: bytes) -> tuple[str, str]:
+    """HttpRestApiHandler::ProcessRequest: (API name for metrics, JSON text), or ServingError."""
+    malformed = wire.invalid(f"Malformed request: {http_method} {path}")
+    if http_method == "POST":
+        match = _PREDICTION_PATH.fullmatch(path)
+        if not match:
+            raise malformed
+        spec = _spec_from_path(*match.groups()[:3])
+        verb = match[4].lower()
+        return verb, _counted(api, spec.name, verb, lambda: _rest_post(
+            api.core, spec, verb, body, api.max_request_bytes))
+    if http_method == "GET":
+        match = _STATUS_PATH.fullmatch(path)
+        if not match:
+            raise malformed
+        spec = _spec_from_path(*match.groups()[:3])
+        if not spec.name:
+            raise wire.invalid("Missing model name in request.")
+        if match[4]:
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=spec, metadata_field=["signature_def"])
+            response = metadata(api.core, request)
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            response.metadata["signature_def"].Unpack(signature_map)
+            return "metadata", wire.dumps({
+                "model_spec": _proto_json(response.model_spec, True),
+                "metadata": {"signature_def": _proto_json(signature_map, True)}})
+        response = model_status(api.core, get_model_status_pb2.GetModelStatusRequest(
+            model_spec=spec))
+        return "status", wire.dumps(_proto_json(response, False))
+    raise malformed
+
+
+def _counted(api: Api, model_name: str, verb: str, work: Callable[[], str]) -> str:
+    start = time.monotonic()
+    try:
+        output = work()
+    except ServingError as error:
+        api.metrics.record(model_name, verb, "REST", error.code.name, None)
+        raise
+    api.metrics.record(model_name, verb, "REST", "OK", (time.monotonic() - start) * 1e6)
+    return output
+
+
+def _rest_post(core: ServerCore, spec: model_pb2.ModelSpec, verb: str, body: bytes,
+               max_bytes: int) -> str:
+    document = wire.parse_json(body)
+    spec.signature_name = wire.signature_name_of(document)
+    if verb == "predict":
+        servable = core.servable(spec)
+        with servable.in_use():
+            tensors, row = wire.predict_inputs_from_json(
+                document, servable.input_dtypes(spec.signature_name))
+            inputs = {k: wire.array_from_proto(v, max_bytes) for k, v in tensors.items()}
+            return wire.json_from_outputs(servable.predict(spec.signature_name, inputs), row)
+    request_input = wire.input_from_json(document)
+    if verb == "classify":
+        response = classify(core, classification_pb2.ClassificationRequest(
+            model_spec=spec, input=request_input))
+        return wire.json_from_classification_result(response.result)
+    response = regress(core, regression_pb2.RegressionRequest(model_spec=spec,
+                                                               input=request_input))
+    return wire.json_from_regression_result(response.result)
+
 
 class RestHandler(http_server.BaseHTTPRequestHandler):
-    """TF Serving's REST API over the same functions as gRPC."""
+    """TF Serving's REST API (and its Prometheus page) over the same functions as gRPC."""
 
-    manager: ModelManager
-    max_request_bytes: int
+    api: Api
+    monitoring_path: str | None = None
     protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds an idle or half-sent connection may hold a thread
 
     def do_GET(self):
+        if self.monitoring_path and self.path.split("?")[0] == self.monitoring_path:
+            self._reply(200, self.api.metrics.page(), "text/plain")
+            return
         self._handle("GET")
 
     def do_POST(self):
         self._handle("POST")
+
+    def do_PUT(self):
+        self._handle("PUT")
+
+    def do_DELETE(self):
+        self._handle("DELETE")
+
+    def do_PATCH(self):
+        self._handle("PATCH")
+
+    def do_OPTIONS(self):
+        """A CORS preflight: TF Serving answers OK when an http(s) Origin is given."""
+        self._read_body()
+        if re.search(r"https?://", self.headers.get("Origin", "")):
+            self._reply(200, "")
+        else:
+            self._reply_error(ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                                           "Origin header is missing in CORS preflight"))
 
     def log_message(self, format, *args):
         logging.debug("%s %s", self.address_string(), format % args)
@@ -322,123 +358,189 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
     def _handle(self, http_method: str) -> None:
         try:
             body = self._read_body()
-            self._reply(200, self._route(http_method, body))
+            path = self.path.split("?")[0]
+            if not re.fullmatch(r"/v1/.*", path, re.IGNORECASE):
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"No handler for {path}")
+            _, output = rest_request(self.api, http_method, path, body)
+            self._reply(200, output)
         except ServingError as error:
-            self._reply(wire.http_status(error.code), {"error": error.message})
+            self._reply_error(error)
+        except Exception as error:  # the server answers every request and keeps serving
+            logging.exception("internal error in REST %s %s", http_method, self.path)
+            self._reply_error(ServingError(grpc.StatusCode.INTERNAL,
+                                           f"{type(error).__name__}: {error}"))
 
     def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > self.max_request_bytes:
+        header = self.headers.get("Content-Length") or "0"
+        if not header.isdigit():
+            self.close_connection = True
+            raise wire.invalid(f"Content-Length: {header!r} is not a non-negative integer")
+        length = int(header)
+        if length > self.api.max_request_bytes:
             self.close_connection = True
             raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"request body of {length} bytes exceeds the limit of "
-                               f"{self.max_request_bytes} bytes")
+                               f"{self.api.max_request_bytes} bytes")
         return self.rfile.read(length)
 
-    def _route(self, http_method: str, body: bytes) -> dict:
-        match = _REST_ROUTE.match(self.path)
-        verb = match and match["verb"]
-        if not match or (http_method == "POST") != bool(verb):
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Malformed request: {http_method} {self.path}")
-        spec = model_pb2.ModelSpec(name=match["name"], version_label=match["label"] or "")
-        if match["version"]:
-            spec.version.value = int(match["version"])
-        if http_method == "GET":
-            if match["metadata"]:
-                request = get_model_metadata_pb2.GetModelMetadataRequest(
-                    model_spec=spec, metadata_field=["signature_def"])
-                return _to_json(metadata(self.manager, request))
-            return _to_json(model_status(self.manager, get_model_status_pb2.GetModelStatusRequest(
-                model_spec=spec)))
-        document = _parse_json(body)
-        if isinstance(document, dict) and "signature_name" in document:
-            spec.signature_name = str(document["signature_name"])
-        servable = self.manager.servable(spec)
-        if verb.lower() == "predict":
-            inputs, row = wire.parse_predict_body(
-                document, servable.input_dtypes(spec.signature_name))
-            return wire.predict_response(servable.run(spec.signature_name, inputs), row)
-        method = signatures.CLASSIFY_METHOD if verb.lower() == "classify" else REGRESS_METHOD
-        servable.signature(spec.signature_name, method)
-        classes, scores = servable.classify(spec.signature_name, wire.examples_from_json(document))
-        return wire.classify_response(classes, scores)
+    def _reply_error(self, error: ServingError) -> None:
+        self._reply(wire.http_status(error.code), wire.json_error(error.message))
 
-    def _reply(self, status: int, document: dict) -> None:
-        payload = json.dumps(document).encode()
+    def _reply(self, status: int, text: str, content_type: str = "application/json") -> None:
+        payload = text.encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
 
 
-def _parse_json(body: bytes):
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise wire.invalid(f"JSON Parse error: {error}") from None
+# --- the server ---------------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """What `start_server` needs beyond the models: TF Serving's flags, as values."""
 
-def _to_json(message) -> dict:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                      always_print_fields_with_no_presence=True)
+    host: str = "127.0.0.1"
+    port: int = 8500
+    rest_api_port: int | None = 8501
+    max_request_bytes: int = 64 << 20
+    file_system_poll_wait_seconds: float = 1.0
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: float = 0.0
+    monitoring_config_file: str = ""
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    rest_api_timeout_in_ms: int = 0
+    threads: int = 16
 
-
-# --- the server --------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class LocalServer:
     """A running local server; `grpc_port` and `rest_port` are the bound ports."""
 
-    manager: ModelManager
+    core: ServerCore
     grpc_server: grpc.Server
     rest_server: http_server.ThreadingHTTPServer | None
     grpc_port: int
     rest_port: int
+    metrics: Metrics
 
     def stop(self) -> None:
         self.grpc_server.stop(grace=1).wait()
         if self.rest_server:
             self.rest_server.shutdown()
             self.rest_server.server_close()
-        self.manager.stop()
+        self.core.stop()
 
 
-def start_server(model_name: str, model_base_path: str | Path, *, host: str = "127.0.0.1",
-                 port: int = 8500, rest_api_port: int = 8501, max_request_bytes: int = 64 << 20,
-                 poll_seconds: float = 1.0, threads: int = 16) -> LocalServer:
-    """Loads the newest version and starts gRPC (and REST unless its port is None); port 0
-    picks a free port."""
-    manager = ModelManager(model_name, model_base_path)
-    if manager.refresh() is None:
-        raise CatdogError(f"--model_base_path={model_base_path} holds no loadable version "
-                          "(an integer-named folder with saved_model.pb)")
-    options = [("grpc.max_receive_message_length", max_request_bytes),
-               ("grpc.max_send_message_length", max_request_bytes)]
-    grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=threads),
-                              options=options)
+def _model_server_config(model_name: str, model_base_path: str | Path | None,
+                         options: ServerOptions) -> ModelServerConfig:
+    if options.model_config_file:
+        return parse_text_proto(options.model_config_file, ModelServerConfig,
+                                "model_config_file")
+    if not model_base_path:
+        raise CatdogError("give --model_base_path (one model) or --model_config_file (several)")
+    return single_model_config(model_name, model_base_path)
+
+
+def _servable_options(options: ServerOptions) -> dict:
+    batching = None
+    if options.enable_batching:
+        proto = (parse_text_proto(options.batching_parameters_file, BatchingParameters,
+                                  "batching_parameters_file")
+                 if options.batching_parameters_file else BatchingParameters())
+        try:
+            batching = BatchingOptions.from_proto(proto)
+        except ValueError as error:
+            raise CatdogError(f"--batching_parameters_file={options.batching_parameters_file}: "
+                              f"{error}") from None
+    return {"batcher_options": batching, "timeout_ms": options.rest_api_timeout_in_ms}
+
+
+def _monitoring_path(options: ServerOptions) -> str | None:
+    if not options.monitoring_config_file:
+        return None
+    config = parse_text_proto(options.monitoring_config_file, MonitoringConfig,
+                              "monitoring_config_file")
+    if not config.prometheus_config.enable:
+        return None
+    return config.prometheus_config.path or "/monitoring/prometheus/metrics"
+
+
+def _watch_config_file(core: ServerCore, path: str, seconds: float) -> None:
+    """Re-reads --model_config_file every `seconds` and applies it when it changed."""
+    last = [Path(path).read_text()]
+
+    def poll():
+        text = Path(path).read_text()
+        if text != last[0]:
+            core.reload_config(parse_text_proto(path, ModelServerConfig, "model_config_file"))
+            last[0] = text
+            logging.info("applied the changed %s", path)
+
+    core.every(seconds, poll, "config-poller")
+
+
+def start_server(model_name: str = "catdog", model_base_path: str | Path | None = None,
+                 options: ServerOptions = ServerOptions(), **overrides) -> LocalServer:
+    """Loads the models and starts gRPC (and REST unless its port is None); port 0 picks a
+    free port. `overrides` replace fields of `options` (e.g. port=0, rest_api_port=0)."""
+    options = dataclasses.replace(options, **overrides)
+    config = _model_server_config(model_name, model_base_path, options)
+    monitoring_path = _monitoring_path(options)
+    core = ServerCore(config, _servable_options(options))
+    if not any(m.loaded_versions() for m in core.models()):
+        core.stop()
+        where = options.model_config_file or model_base_path
+        raise CatdogError(f"{where} holds no loadable version (an integer-named folder with "
+                          "saved_model.pb)")
+    core.every(options.file_system_poll_wait_seconds, core.refresh, "version-poller")
+    if options.model_config_file:
+        _watch_config_file(core, options.model_config_file,
+                           options.model_config_file_poll_wait_seconds)
+    api = Api(core, options.max_request_bytes, Metrics())
+    grpc_server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=options.threads),
+        options=[("grpc.max_receive_message_length", options.max_request_bytes),
+                 ("grpc.max_send_message_length", -1)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager), grpc_server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), grpc_server)
-    grpc_port = grpc_server.add_insecure_port(f"{host}:{port}")
+        PredictionService(api), grpc_server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(api), grpc_server)
+    grpc_port = grpc_server.add_insecure_port(f"{options.host}:{options.port}")
     if grpc_port == 0:
-        raise CatdogError(f"--port={port}: cannot listen on {host}:{port}")
+        core.stop()
+        raise CatdogError(f"--port={options.port}: cannot listen on {options.host}")
     grpc_server.start()
     rest_server, rest_port = None, 0
-    if rest_api_port is not None:
-        handler = type("Handler", (RestHandler,), {"manager": manager,
-                                                   "max_request_bytes": max_request_bytes})
+    if options.rest_api_port is not None:
+        handler = type("Handler", (RestHandler,), {"api": api,
+                                                   "monitoring_path": monitoring_path})
         try:
-            rest_server = http_server.ThreadingHTTPServer((host, rest_api_port), handler)
+            rest_server = http_server.ThreadingHTTPServer((options.host, options.rest_api_port),
+                                                          handler)
         except OSError as error:
             grpc_server.stop(None)
-            raise CatdogError(f"--rest_api_port={rest_api_port}: {error.strerror}") from error
+            core.stop()
+            raise CatdogError(f"--rest_api_port={options.rest_api_port}: {error.strerror}"
+                              ) from error
         rest_server.daemon_threads = True
         rest_port = rest_server.server_address[1]
         threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
-    manager.start_polling(poll_seconds)
-    return LocalServer(manager, grpc_server, rest_server, grpc_port, rest_port)
+    return LocalServer(core, grpc_server, rest_server, grpc_port, rest_port, api.metrics)
+
+
+def options_from_flags(flag_values) -> ServerOptions:
+    f = flag_values
+    return ServerOptions(
+        host=f.host, port=f.port, rest_api_port=f.rest_api_port or None,
+        max_request_bytes=f.max_request_bytes,
+        file_system_poll_wait_seconds=f.file_system_poll_wait_seconds,
+        model_config_file=f.model_config_file,
+        model_config_file_poll_wait_seconds=f.model_config_file_poll_wait_seconds,
+        monitoring_config_file=f.monitoring_config_file, enable_batching=f.enable_batching,
+        batching_parameters_file=f.batching_parameters_file,
+        rest_api_timeout_in_ms=f.rest_api_timeout_in_ms)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -447,12 +549,12 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise CatdogError(f"unexpected arguments {list(argv[1:])}")
     f = flags.FLAGS
-    server = start_server(
-        f.model_name, f.model_base_path, host=f.host, port=f.port,
-        rest_api_port=f.rest_api_port or None, max_request_bytes=f.max_request_bytes,
-        poll_seconds=f.file_system_poll_wait_seconds)
-    print(f"serving {f.model_name} on gRPC {f.host}:{server.grpc_port}"
-          + (f" and REST http://{f.host}:{server.rest_port}" if server.rest_server else ""),
+    options = options_from_flags(f)
+    server = start_server(f.model_name, f.model_base_path if not f.model_config_file else None,
+                          options)
+    models = ", ".join(sorted(m.name for m in server.core.models()))
+    print(f"serving {models} on gRPC {options.host}:{server.grpc_port}"
+          + (f" and REST http://{options.host}:{server.rest_port}" if server.rest_server else ""),
           flush=True)
     try:
         server.grpc_server.wait_for_termination()
@@ -463,6 +565,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    from catdog import cli
+    from catdog import cli, flags as catdog_flags
 
     cli.run(main, catdog_flags.define_serve_flags)

@@ -1,6 +1,7 @@
 """The SavedModel's serving contract: signatures, the labels asset, and warm-up requests.
 
-    serving_default  image_bytes  string [N] (JPEG/PNG/GIF/BMP)  → probabilities, class_ids, classes
+    serving_default  image_bytes  string [N] or one string []    → probabilities, class_ids, classes
+                                  (JPEG/PNG/GIF/BMP)
     predict_pixels   pixels       float32 [N, S, S, 3], RGB 0–255 → probabilities, class_ids, classes
     classify         inputs       serialized tf.Example [N] with the image under image/encoded
                                   → classes string [N, C], scores float32 [N, C]
@@ -24,25 +25,10 @@ from tensorflow_serving.apis import (classification_pb2, input_pb2, model_pb2, p
                                      prediction_log_pb2)
 
 from catdog import data
-from catdog import model as model_lib
-
-SERVING_DEFAULT = "serving_default"
-PREDICT_PIXELS = "predict_pixels"
-CLASSIFY = "classify"
-IMAGE_BYTES = "image_bytes"
-PIXELS = model_lib.INPUT_NAME
-CLASSIFY_INPUTS = "inputs"
-IMAGE_FEATURE = "image/encoded"
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-LABELS_FILE = "labels.txt"
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-
-
-def image_example(encoded: bytes) -> tf.train.Example:
-    """The tf.Example that the classify signature expects for one encoded image."""
-    return tf.train.Example(features=tf.train.Features(feature={
-        IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))}))
+from catdog.wire import image_example
+from catdog.contract import (CLASS_IDS, CLASSES, CLASSIFY, CLASSIFY_INPUTS, CLASSIFY_METHOD,
+                             IMAGE_BYTES, IMAGE_FEATURE, LABELS_FILE, PIXELS, PREDICT_PIXELS,
+                             PROBABILITIES, SCORES, SERVING_DEFAULT, WARMUP_FILE)
 
 
 def serving_archive(model: keras.Model, labels_path: Path) -> keras.export.ExportArchive:
@@ -64,12 +50,13 @@ def serving_archive(model: keras.Model, labels_path: Path) -> keras.export.Expor
     def predictions(pixels):
         probabilities = tf.cast(model(pixels, training=False), tf.float32)
         class_ids = tf.argmax(probabilities, axis=-1)
-        return {"probabilities": probabilities, "class_ids": class_ids,
-                "classes": labels.lookup(class_ids)}
+        return {PROBABILITIES: probabilities, CLASS_IDS: class_ids,
+                CLASSES: labels.lookup(class_ids)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
+    # Any rank: TF Serving's own example clients send one image as a scalar string.
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name=IMAGE_BYTES)])
     def serve_image_bytes(image_bytes):
-        return predictions(pixels_of(image_bytes))
+        return predictions(pixels_of(tf.reshape(image_bytes, [-1])))
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=PIXELS)])
@@ -80,9 +67,9 @@ def serving_archive(model: keras.Model, labels_path: Path) -> keras.export.Expor
     def classify(inputs):
         features = tf.io.parse_example(
             inputs, {IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
-        scores = predictions(pixels_of(features[IMAGE_FEATURE]))["probabilities"]
+        scores = predictions(pixels_of(features[IMAGE_FEATURE]))[PROBABILITIES]
         names = labels.lookup(tf.range(num_classes, dtype=tf.int64))
-        return {"classes": tf.tile(names[None], [tf.shape(scores)[0], 1]), "scores": scores}
+        return {CLASSES: tf.tile(names[None], [tf.shape(scores)[0], 1]), SCORES: scores}
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -1,43 +1,61 @@
 """TensorFlow Serving's wire format, defined once for the client, the local server and the tests.
 
-REST (tensorflow_serving/g3doc/api_rest.md, util/json_tensor.cc): a predict body holds an optional
-`signature_name` and either row `instances` or columnar `inputs`; binary strings travel as
-`{"b64": "<standard base64>"}`, and a DT_STRING output whose name ends in `_bytes` is written back
-that way. Errors are `{"error": "<message>"}` with the HTTP status `http_status` gives.
-gRPC: tensors are TensorProtos, errors are status codes with the same messages.
+Every rule here is TF Serving's own (tensorflow_serving/util/json_tensor.cc,
+model_servers/http_server.cc, servables/tensorflow/predict_util.cc), including its error
+messages, so a client written against one server works against the other:
+
+- gRPC tensors carry their values in the typed fields (`float_val`, `int64_val`, `string_val`...),
+  as TF Serving's Predict fills them (`Tensor::AsProtoField`); `tensor_content` is read too.
+- REST predict bodies hold an optional `signature_name` and either row `instances` or columnar
+  `inputs`; a JSON value is checked against the signature input's dtype only (shapes are left to
+  the graph); binary strings travel as `{"b64": "..."}`, and a DT_STRING output whose alias ends in
+  `_bytes` is written back that way. Floats are written with six significant digits unless that
+  does not round-trip. Classify and regress answer `{"results": ...}`; errors `{"error": "..."}`.
+- JSON is parsed without a nesting limit and anything after the first complete document is
+  ignored, as rapidjson's iterative, stop-when-done parse does.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
-import tensorflow as tf
+from tensorflow.core.example import example_pb2, feature_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
-BYTES_SUFFIX = "_bytes"
+from catdog.contract import BYTES_SUFFIX, IMAGE_FEATURE
+
+TensorProto = tensor_pb2.TensorProto
 
 # model_servers/http_server.cc, ToHTTPStatusCode.
 _HTTP_STATUS = {
     grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.ABORTED: 409,
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
     grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
     grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
     grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.CANCELLED: 499,
 }
-_CODE_OF_TF_ERROR = {code.value[0]: code for code in grpc.StatusCode}
+_CODE_OF_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class ServingError(Exception):
@@ -49,10 +67,10 @@ class ServingError(Exception):
         self.message = message
 
     @classmethod
-    def from_tf_error(cls, error: tf.errors.OpError) -> ServingError:
+    def from_tf_error(cls, error: Exception) -> ServingError:
         """TensorFlow's error codes are gRPC's, so a session error keeps its code."""
-        return cls(_CODE_OF_TF_ERROR.get(error.error_code, grpc.StatusCode.UNKNOWN),
-                   error.message.split("\n\t")[0].strip())
+        code = _CODE_OF_NUMBER.get(getattr(error, "error_code", 2), grpc.StatusCode.UNKNOWN)
+        return cls(code, str(getattr(error, "message", error)).split("\n\t")[0].strip())
 
 
 def invalid(message: str) -> ServingError:
@@ -64,176 +82,608 @@ def http_status(code: grpc.StatusCode) -> int:
 
 
 def code_of_http_status(status: int) -> grpc.StatusCode:
-    """The most specific gRPC code that TF Serving maps to `status` (for REST clients)."""
+    """The gRPC code a REST client reports for an HTTP status (the first TF Serving maps there:
+    400 reads as INVALID_ARGUMENT, 500 as UNKNOWN)."""
     for code, http in _HTTP_STATUS.items():
         if http == status:
             return code
     return grpc.StatusCode.UNKNOWN
 
 
-# --- JSON values ⇄ numpy -----------------------------------------------------------------------
-
-def _decode_json_value(value: Any) -> Any:
-    """Nested JSON lists with {"b64": ...} objects → the same nesting with bytes."""
-    if isinstance(value, list):
-        return [_decode_json_value(v) for v in value]
-    if isinstance(value, dict):
-        if list(value) != ["b64"] or not isinstance(value["b64"], str):
-            raise invalid("JSON object: a binary value must be an object with one key 'b64' "
-                          "and a string value")
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (binascii.Error, ValueError):
-            raise invalid("Unable to base64 decode") from None
-    if isinstance(value, str):
-        return value.encode()
-    return value
+def dtype_name(dtype: int) -> str:
+    """TensorFlow's DataTypeString: DT_FLOAT → "float", DT_STRING → "string"."""
+    return types_pb2.DataType.Name(dtype)[3:].lower() if dtype in types_pb2.DataType.values() \
+        else f"unknown dtype {dtype}"
 
 
-def json_to_array(value: Any, dtype: tf.dtypes.DType, name: str) -> np.ndarray:
-    """A JSON tensor value as a numpy array of the input's dtype, or INVALID_ARGUMENT."""
-    decoded = _decode_json_value(value)
-    try:
-        if dtype == tf.string:
-            array = np.array(decoded, dtype=object)
-            if array.dtype != object or not all(isinstance(v, bytes) for v in array.flat):
-                raise ValueError("expected strings")
-            return array
-        array = np.array(decoded)
-        if array.dtype == object or array.dtype.kind in "SU" or (
-                dtype.is_integer and array.dtype.kind == "f"):
-            raise ValueError(f"expected {dtype.name} numbers")
-        return array.astype(dtype.as_numpy_dtype)
-    except ValueError as error:
-        raise invalid(f"input '{name}': {error} of one shape "
-                      f"(a {dtype.name} tensor, nested lists of equal length)") from None
+# --- gRPC tensors --------------------------------------------------------------------------------
+
+_TYPED_FIELD = {
+    types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_INT32: "int_val", types_pb2.DT_INT16: "int_val", types_pb2.DT_INT8: "int_val",
+    types_pb2.DT_UINT8: "int_val", types_pb2.DT_UINT16: "int_val",
+    types_pb2.DT_INT64: "int64_val", types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val", types_pb2.DT_BOOL: "bool_val",
+    types_pb2.DT_STRING: "string_val", types_pb2.DT_HALF: "half_val",
+    types_pb2.DT_BFLOAT16: "half_val", types_pb2.DT_COMPLEX64: "scomplex_val",
+    types_pb2.DT_COMPLEX128: "dcomplex_val",
+}
 
 
-def array_to_json(array: np.ndarray, name: str) -> Any:
-    """A numpy output as JSON: bytes as {"b64"} for `*_bytes` outputs, else as text."""
-    if array.dtype == object:
-        if name.endswith(BYTES_SUFFIX):
-            return np.vectorize(lambda b: {"b64": base64.b64encode(b).decode()},
-                                otypes=[object])(array).tolist()
-        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(
-            array).tolist()
-    return array.tolist()
+def _numpy_dtype(dtype: int) -> np.dtype:
+    import tensorflow as tf  # only the dtype table; cheap once TensorFlow is loaded
+
+    return np.dtype(tf.dtypes.as_dtype(dtype).as_numpy_dtype)
 
 
-def bytes_to_json(data: bytes) -> dict[str, str]:
-    return {"b64": base64.b64encode(data).decode()}
+def _proto_dtype(array: np.ndarray) -> int:
+    if array.dtype == object or array.dtype.kind in "SU":
+        return types_pb2.DT_STRING
+    import tensorflow as tf
+
+    return tf.dtypes.as_dtype(array.dtype).as_datatype_enum
 
 
-# --- REST predict ------------------------------------------------------------------------------
-
-def parse_predict_body(body: Any, input_dtypes: Mapping[str, tf.dtypes.DType]
-                       ) -> tuple[dict[str, np.ndarray], bool]:
-    """A predict body's inputs as arrays, and whether it was row format (`instances`)."""
-    if not isinstance(body, dict):
-        raise invalid("JSON body must be an object")
-    if ("instances" in body) == ("inputs" in body):
-        raise invalid("JSON Value: body must have either 'instances' (row format) or 'inputs' "
-                      "(columnar format), not both or neither")
-    row = "instances" in body
-    value = body["instances" if row else "inputs"]
-    names = sorted(input_dtypes)
-    if row:
-        if not isinstance(value, list):
-            raise invalid("'instances' must be a list")
-        if len(names) == 1:
-            columns = {names[0]: value}
-        else:
-            if not all(isinstance(v, dict) for v in value):
-                raise invalid(f"'instances' must be a list of objects with keys {names}")
-            columns = {n: [v.get(n) for v in value] for n in names}
-    elif len(names) == 1 and not isinstance(value, dict):
-        columns = {names[0]: value}
+def tensor_proto(value: Any) -> TensorProto:
+    """A TensorProto with its values in the typed field, as TF Serving's responses carry them."""
+    array = np.asarray(value)
+    dtype = _proto_dtype(array)
+    proto = TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in array.shape]))
+    flat = array.reshape(-1)
+    if dtype == types_pb2.DT_STRING:
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+    elif dtype in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
+        proto.half_val.extend(flat.view(np.uint16).tolist())
+    elif dtype in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128):
+        getattr(proto, _TYPED_FIELD[dtype]).extend(flat.view(flat.real.dtype).tolist())
     else:
-        if not isinstance(value, dict):
-            raise invalid(f"'inputs' must be an object with keys {names}")
-        columns = value
-    unknown = set(columns) - set(names)
-    if unknown:
-        raise invalid(f"input tensor alias not found in signature: {sorted(unknown)[0]}. "
-                      f"Inputs expected to be in the set {{{','.join(names)}}}.")
-    return {n: json_to_array(v, input_dtypes[n], n) for n, v in columns.items()}, row
+        getattr(proto, _TYPED_FIELD[dtype]).extend(flat.tolist())
+    return proto
 
 
-def predict_response(outputs: Mapping[str, np.ndarray], row: bool) -> dict[str, Any]:
-    """{"predictions": …} for row requests, {"outputs": …} for columnar ones."""
-    encoded = {name: array_to_json(array, name) for name, array in outputs.items()}
+def array_from_proto(proto: TensorProto, max_bytes: int = 1 << 31) -> np.ndarray:
+    """The array a TensorProto describes, checked before anything is allocated: a usable dtype,
+    a known non-negative shape, no more values than the shape holds, at most `max_bytes`."""
+    if proto.dtype not in _TYPED_FIELD:
+        raise invalid(f"tensor parsing error: dtype {dtype_name(proto.dtype)} cannot be sent "
+                      "in a request")
+    if proto.tensor_shape.unknown_rank or any(d.size < 0 for d in proto.tensor_shape.dim):
+        raise invalid("tensor parsing error: a request tensor needs a fully known shape")
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    count = math.prod(shape)
+    itemsize = 8 if proto.dtype == types_pb2.DT_STRING else _numpy_dtype(proto.dtype).itemsize
+    if count * itemsize > max_bytes:
+        raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"tensor of shape {list(shape)} ({dtype_name(proto.dtype)}) would "
+                           f"take {count * itemsize} bytes; the limit is {max_bytes}")
+    if proto.tensor_content:
+        if len(proto.tensor_content) != count * itemsize:
+            raise invalid(f"tensor parsing error: tensor_content holds "
+                          f"{len(proto.tensor_content)} bytes; shape {list(shape)} of "
+                          f"{dtype_name(proto.dtype)} needs {count * itemsize}")
+        return np.frombuffer(proto.tensor_content, _numpy_dtype(proto.dtype)).reshape(shape)
+    values = getattr(proto, _TYPED_FIELD[proto.dtype])
+    per_item = 2 if proto.dtype in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128) else 1
+    if len(values) > count * per_item:
+        raise invalid(f"tensor parsing error: {len(values)} values for shape {list(shape)}")
+    if proto.dtype == types_pb2.DT_STRING:
+        flat = np.empty(count, dtype=object)
+        flat[:len(values)] = list(values)
+        flat[len(values):] = values[-1] if values else b""
+        return flat.reshape(shape)
+    import tensorflow as tf
+
+    return tf.make_ndarray(proto)  # pads with the last value (or zeros), as TensorFlow does
+
+
+# --- JSON text -----------------------------------------------------------------------------------
+
+_PY_TO_RAPIDJSON_ERROR = (
+    ("Expecting property name", "Missing a name for object member."),
+    ("Expecting ':'", "Missing a colon after a name of object member."),
+    ("Unterminated string", "Missing a closing quotation mark in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
+    ("Invalid control character", "Invalid encoding in string."),
+    ("Expecting ','", "Missing a comma or ']' after an array element."),
+)
+_TOKEN = re.compile(r'\s*(?:(?P<open>[\[{])|(?P<close>[\]}])|(?P<comma>,)|(?P<colon>:)|'
+                    r'(?P<string>")|(?P<number>-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?)|'
+                    r'(?P<literal>true|false|null|NaN|-?Infinity))')
+_LITERALS = {"true": True, "false": False, "null": None, "NaN": math.nan,
+             "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def parse_json(body: bytes | str) -> Any:
+    """A JSON document as TF Serving's rapidjson reads it: NaN/Infinity allowed, no nesting
+    limit, text after the first document ignored; errors are INVALID_ARGUMENT."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError as error:
+        raise invalid(f"JSON Parse error: Invalid encoding in string. at offset: "
+                      f"{error.start}") from None
+    if not text.strip():
+        raise invalid("JSON Parse error: The document is empty")
+    start = len(text) - len(text.lstrip())
+    try:
+        return json.JSONDecoder().raw_decode(text, start)[0]
+    except RecursionError:
+        return _parse_deep_json(text, start)
+    except json.JSONDecodeError as error:
+        reason = next((ours for theirs, ours in _PY_TO_RAPIDJSON_ERROR
+                       if error.msg.startswith(theirs)), "Invalid value.")
+        raise invalid(f"JSON Parse error: {reason} at offset: {error.pos}") from None
+
+
+def _parse_deep_json(text: str, position: int) -> Any:
+    """An explicit-stack JSON parser for documents nested deeper than Python's recursion limit."""
+    stack: list[tuple[Any, str | None]] = []  # (container, pending object key)
+    key: str | None = None
+    while True:
+        match = _TOKEN.match(text, position)
+        if not match:
+            raise invalid(f"JSON Parse error: Invalid value. at offset: {position}")
+        position = match.end()
+        kind = match.lastgroup
+        if kind in ("comma", "colon"):
+            continue
+        if kind == "open":
+            stack.append(([] if match["open"] == "[" else {}, key))
+            key = None
+            continue
+        if kind == "close":
+            value, key = stack.pop()
+        elif kind == "string":
+            value, position = json.decoder.scanstring(text, position)
+            if stack and isinstance(stack[-1][0], dict) and key is None:
+                key = value
+                continue
+        elif kind == "number":
+            number = match["number"]
+            value = float(number) if any(c in number for c in ".eE") else int(number)
+        else:
+            value = _LITERALS[match["literal"]]
+        if not stack:
+            return value
+        container = stack[-1][0]
+        if isinstance(container, dict):
+            container[key] = value
+            key = None
+        else:
+            container.append(value)
+
+
+class _Raw(str):
+    """Text written into JSON as it is (a number formatted the way TF Serving formats it)."""
+
+
+def dumps(value: Any) -> str:
+    """JSON text of plain values, lists, dicts and `_Raw` numbers."""
+    if isinstance(value, _Raw):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(dumps(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def json_error(message: str) -> str:
+    """TF Serving's error body (util/json_tensor.cc, MakeJsonFromStatus)."""
+    return json.dumps({"error": message})
+
+
+def _decimal(value: float, single: bool) -> _Raw:
+    """WriteDecimal: six significant digits unless that does not round-trip, '.0' on whole
+    numbers, NaN and ±Infinity as rapidjson writes them."""
+    if math.isnan(value):
+        return _Raw("NaN")
+    if math.isinf(value):
+        return _Raw("-Infinity" if value < 0 else "Infinity")
+    text = "%.6g" % value
+    parse = np.float32 if single else float
+    if parse(text) != parse(value):
+        text = "%.*g" % (9 if single else 17, value)
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return _Raw(text)
+
+
+def _debug(value: Any, limit: int = 200) -> str:
+    """A bounded rendering of a JSON value for error messages (JsonValueToDebugString)."""
+    try:
+        text = json.dumps(value)
+    except (RecursionError, ValueError):
+        text = "<a deeply nested value>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
+
+
+# --- REST predict: JSON → request tensors ---------------------------------------------------------
+
+_INT_RANGES = {
+    types_pb2.DT_INT32: (-(1 << 31), 1 << 31), types_pb2.DT_INT16: (-(1 << 31), 1 << 31),
+    types_pb2.DT_INT8: (-(1 << 31), 1 << 31), types_pb2.DT_UINT8: (-(1 << 31), 1 << 31),
+    types_pb2.DT_INT64: (-(1 << 63), 1 << 63), types_pb2.DT_UINT32: (0, 1 << 32),
+    types_pb2.DT_UINT64: (0, 1 << 64),
+}
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _b64decode(value: Any) -> bytes:
+    if not _is_b64(value):
+        raise invalid(f"JSON Value: {_debug(value)} not formatted correctly for base64 data")
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid("Unable to base64 decode") from None
+
+
+def _tensor_value(value: Any, dtype: int) -> Any:
+    """AddValueToTensor: one JSON leaf as a value of `dtype`, or TF Serving's type error."""
+    def type_error():
+        return invalid(f"JSON Value: {_debug(value)} Type: {_json_type(value)} is not of "
+                       f"expected type: {dtype_name(dtype)}")
+
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
+        if not is_number:
+            raise type_error()
+        return float(value)
+    if dtype in _INT_RANGES:
+        low, high = _INT_RANGES[dtype]
+        if not (is_number and isinstance(value, int) and low <= value < high):
+            raise type_error()
+        return value
+    if dtype == types_pb2.DT_STRING:
+        if isinstance(value, dict):
+            return _b64decode(value)
+        if not isinstance(value, str):
+            raise type_error()
+        return value.encode()
+    if dtype == types_pb2.DT_BOOL:
+        if not isinstance(value, bool):
+            raise type_error()
+        return value
+    raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"Conversion of JSON Value: "
+                       f"{_debug(value)} to type: {dtype_name(dtype)}")
+
+
+def _dense_shape(value: Any) -> list[int]:
+    """GetDenseTensorShape: the shape read down the first elements."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _leaves(value: Any, shape: Sequence[int], dtype: int) -> list:
+    """FillTensorProto: the leaves of a dense nested list in order, every list the size its
+    level declares and every leaf at the last level."""
+    rank = len(shape)
+    out: list = []
+    stack = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if not isinstance(item, list):
+            if level != rank:
+                raise invalid(f"JSON Value: {_debug(item)} found at incorrect level: "
+                              f"{level + 1} in the JSON DOM. Expected at level: {rank}")
+            out.append(_tensor_value(item, dtype))
+            continue
+        if level >= rank:
+            raise invalid(f"Encountered list at unexpected level: {level} expected < {rank}")
+        if len(item) != shape[level]:
+            raise invalid(f"Encountered list at unexpected size: {len(item)} at level: "
+                          f"{level} expected size: {shape[level]}")
+        stack.extend((v, level + 1) for v in reversed(item))
+    return out
+
+
+def _proto_of(dtype: int, shape: Sequence[int], values: list) -> TensorProto:
+    proto = TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in shape]))
+    field = getattr(proto, _TYPED_FIELD[dtype])
+    if dtype == types_pb2.DT_FLOAT:
+        values = np.asarray(values, np.float64).astype(np.float32).tolist()
+    field.extend(values)
+    return proto
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(n) for n in shape) + "]"
+
+
+def signature_name_of(document: Any) -> str:
+    """The request's optional `signature_name` (FillSignature); '' when absent."""
+    if not isinstance(document, dict):
+        raise invalid(f"JSON Value: {_debug(document)} Is not object")
+    name = document.get("signature_name", "")
+    if not isinstance(name, str):
+        raise invalid(f"JSON Value: {_debug(document)} not formatted correctly. "
+                      "'signature_name' key must be a string value.")
+    return name
+
+
+def _instances(items: list, dtypes: Mapping[str, int]) -> dict[str, TensorProto]:
+    """FillTensorMapFromInstancesList: row format, batched along a new first dimension."""
+    if not isinstance(items[0], dict) and len(dtypes) > 1:
+        raise invalid("instances is a plain list, but expecting list of objects as multiple "
+                      "input tensors required as per tensorinfo_map")
+    named = isinstance(items[0], dict) and not _is_b64(items[0])
+    shapes: dict[str, list[int]] = {}
+    values: dict[str, list] = {name: [] for name in dtypes}
+    for index, item in enumerate(items):
+        if named != (isinstance(item, dict) and not _is_b64(item)):
+            raise invalid(f"Expecting {'object but got list' if named else 'value/list but got object'}"
+                          f" at item {index} of input list")
+        pairs = item.items() if named else [(next(iter(dtypes)), item)]
+        for name, value in pairs:
+            try:
+                if name not in dtypes:
+                    raise invalid(f"JSON object: does not have named input: {name}")
+                shape = _dense_shape(value)
+                leaves = _leaves(value, shape, dtypes[name])
+                if name in shapes and math.prod(shapes[name]) != len(leaves):
+                    raise invalid(f"Expecting tensor size: {math.prod(shapes[name])} but got: "
+                                  f"{len(leaves)}")
+                if name in shapes and shapes[name] != shape:
+                    raise invalid(f"Expecting shape {_shape_text(shapes[name])} but got: "
+                                  f"{_shape_text(shape)}")
+            except ServingError as error:
+                key = f" key: {name}" if named else ""
+                raise ServingError(error.code, f"Failed to process element: {index}{key} of "
+                                   f"'instances' list. Error: {error}") from None
+            shapes[name] = shape
+            values[name].extend(leaves)
+        if named and set(item) != set(dtypes):
+            raise invalid(f"Failed to process element: {index} of 'instances' list. JSON "
+                          f"object: {_debug(item)} keys must be equal to: "
+                          f"{','.join(sorted(dtypes))}")
+    return {name: _proto_of(dtypes[name], [len(items), *shapes[name]], values[name])
+            for name in shapes}
+
+
+def _columns(value: Any, dtypes: Mapping[str, int]) -> dict[str, TensorProto]:
+    """FillTensorMapFromInputsMap: columnar format, each input given whole."""
+    if not isinstance(value, dict) or _is_b64(value):
+        if len(dtypes) > 1:
+            raise invalid("inputs is a plain value/list, but expecting an object as multiple "
+                          "input tensors required as per tensorinfo_map")
+        columns = {next(iter(dtypes)): value}
+    else:
+        missing = [name for name in dtypes if name not in value]
+        if missing:
+            raise invalid(f"Missing named input: {missing[0]} in 'inputs' object.")
+        columns = {name: value[name] for name in dtypes}
+    tensors = {}
+    for name, column in columns.items():
+        shape = _dense_shape(column)
+        tensors[name] = _proto_of(dtypes[name], shape, _leaves(column, shape, dtypes[name]))
+    return tensors
+
+
+def predict_inputs_from_json(document: dict, dtypes: Mapping[str, int]
+                             ) -> tuple[dict[str, TensorProto], bool]:
+    """FillPredictRequestFromJson: the request tensors of a predict body for a signature whose
+    inputs have `dtypes` (alias → DataType), and whether the body was row format."""
+    if not dtypes:
+        raise invalid(f"Failed to get input map for signature: "
+                      f"{document.get('signature_name') or 'DEFAULT'}")
+    if "instances" in document and "inputs" in document:
+        raise invalid(f"JSON Value: {_debug(document)} Not formatted correctly expecting only "
+                      "one of 'inputs' or 'instances' keys to exist ")
+    if "instances" in document:
+        items = document["instances"]
+        if not isinstance(items, list):
+            raise invalid(f"JSON Value: {_debug(document)} Expecting 'instances' to be an "
+                          "list/array")
+        if not items:
+            raise invalid(f"JSON Value: {_debug(document)} No values in 'instances' array")
+        return _instances(items, dtypes), True
+    if "inputs" in document:
+        return _columns(document["inputs"], dtypes), False
+    raise invalid("Missing 'inputs' or 'instances' key")
+
+
+# --- REST predict: response tensors → JSON --------------------------------------------------------
+
+def _json_values(array: np.ndarray, alias: str) -> Any:
+    """AddTensorValues: nested lists of JSON values for one tensor (or one batch item)."""
+    kind = array.dtype.kind
+    if array.dtype == object or kind in "SU":
+        as_bytes = alias.endswith(BYTES_SUFFIX)
+
+        def leaf(v):
+            data = v if isinstance(v, bytes) else str(v).encode()
+            return ({"b64": base64.b64encode(data).decode()} if as_bytes
+                    else data.decode("utf-8", "replace"))
+    elif kind == "f" and array.dtype.itemsize in (4, 8):
+        single = array.dtype.itemsize == 4
+
+        def leaf(v):
+            return _decimal(float(v), single)
+    elif kind in "iub":
+        leaf = (bool if kind == "b" else int)
+    else:
+        raise invalid(f"Failed to write JSON value for tensor type: {array.dtype.name}")
+    flat = [leaf(v) for v in array.reshape(-1).tolist()] if array.dtype != object else \
+        [leaf(v) for v in array.reshape(-1)]
+    for size in reversed(array.shape[1:] if array.ndim else ()):
+        flat = [flat[i:i + size] for i in range(0, len(flat), size)]
+    return flat if array.ndim else flat[0]
+
+
+def json_from_outputs(outputs: Mapping[str, np.ndarray], row: bool) -> str:
+    """MakeJsonFromTensors: {"predictions": ...} for row requests, {"outputs": ...} for
+    columnar ones; one output is written bare, several as objects keyed by alias."""
+    if not outputs:
+        raise invalid("Cannot convert empty tensor map to JSON")
+    names = sorted(outputs)
     if not row:
-        return {"outputs": next(iter(encoded.values())) if len(encoded) == 1 else encoded}
-    if len(encoded) == 1:
-        return {"predictions": next(iter(encoded.values()))}
-    count = len(next(iter(outputs.values())))
-    return {"predictions": [{name: values[i] for name, values in encoded.items()}
-                            for i in range(count)]}
+        columns = {n: _json_values(np.asarray(outputs[n]), n) for n in names}
+        return dumps({"outputs": columns if len(names) > 1 else columns[names[0]]})
+    batch = None
+    for name in names:
+        array = np.asarray(outputs[name])
+        if array.ndim == 0:
+            raise invalid(f"Tensor name: {name} has no shape information ")
+        if batch is not None and array.shape[0] != batch:
+            raise invalid(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} "
+                          f"expecting: {batch}")
+        batch = array.shape[0]
+    arrays = {n: np.asarray(outputs[n]) for n in names}
+    per_output = {n: [_json_values(np.asarray(item, a.dtype), n) for item in a]
+                  for n, a in arrays.items()}
+    if len(names) == 1:
+        return dumps({"predictions": per_output[names[0]]})
+    return dumps({"predictions": [{n: per_output[n][i] for n in names} for i in range(batch)]})
 
+
+# --- REST classify and regress -------------------------------------------------------------------
+
+def _add_feature_value(feature: feature_pb2.Feature, name: str, value: Any) -> None:
+    """AddValueToFeature: the first value fixes the feature's kind; the rest must agree."""
+    def incompatible():
+        kind = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}.get(
+            feature.WhichOneof("kind"), "UNKNOWN")
+        return invalid(f"Unexpected element type in feature: {name} expecting type: {kind}")
+
+    def add(kind, item):
+        if feature.WhichOneof("kind") not in (None, kind):
+            raise incompatible()
+        getattr(feature, kind).value.append(item)
+
+    if value is None or isinstance(value, list) or (isinstance(value, dict) and
+                                                    not _is_b64(value)):
+        raise invalid(f"Feature: {name} has element with unexpected JSON type: "
+                      f"{_json_type(value)}")
+    if isinstance(value, bool):
+        add("int64_list", int(value))
+    elif isinstance(value, dict):
+        add("bytes_list", _b64decode(value))
+    elif isinstance(value, str):
+        add("bytes_list", value.encode())
+    elif isinstance(value, float):
+        add("float_list", value)
+    elif not -(1 << 63) <= value < (1 << 63):
+        raise invalid(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+    else:
+        add("int64_list", value)
+
+
+def example_from_json(value: Any, example: example_pb2.Example) -> None:
+    """MakeExampleFromJsonObject: {feature: value or [values]} into a tf.Example."""
+    if not isinstance(value, dict):
+        raise invalid(f"Example must be JSON object but got JSON {_json_type(value)}")
+    for name, content in value.items():
+        feature = example.features.feature[name]
+        for item in content if isinstance(content, list) else [content]:
+            _add_feature_value(feature, name, item)
+
+
+def input_from_json(document: dict) -> input_pb2.Input:
+    """FillClassifyRegressRequestFromJson: `examples` (and an optional `context`) as an Input."""
+    result = input_pb2.Input()
+    has_context = "context" in document
+    if has_context:
+        example_from_json(document["context"], result.example_list_with_context.context)
+    examples = document.get("examples")
+    if "examples" not in document:
+        raise invalid(f"JSON Value: {_debug(document)} When method is classify, key "
+                      "'examples' is expected and was not found")
+    if not isinstance(examples, list):
+        raise invalid(f"JSON Value: {_debug(document)} Expecting 'examples' value to be an "
+                      "list/array")
+    if not examples:
+        raise invalid(f"JSON Value: {_debug(document)} 'examples' value is an empty array")
+    target = (result.example_list_with_context.examples if has_context
+              else result.example_list.examples)
+    for item in examples:
+        example_from_json(item, target.add())
+    return result
+
+
+def json_from_classification_result(result: classification_pb2.ClassificationResult) -> str:
+    """{"results": [[[label, score], ...], ...]}, one list per example."""
+    if not result.classifications:
+        raise invalid("Cannot convert empty ClassificationResults to JSON")
+    return dumps({"results": [[[c.label, _decimal(c.score, True)] for c in item.classes]
+                              for item in result.classifications]})
+
+
+def json_from_regression_result(result: regression_pb2.RegressionResult) -> str:
+    """{"results": [value, ...]}, one value per example."""
+    if not result.regressions:
+        raise invalid("Cannot convert empty RegressionResults to JSON")
+    return dumps({"results": [_decimal(r.value, True) for r in result.regressions]})
+
+
+# --- the client's side of REST -------------------------------------------------------------------
 
 def predict_body(inputs: Mapping[str, np.ndarray], signature_name: str) -> dict[str, Any]:
     """A columnar predict body (columnar keeps several named outputs unambiguous)."""
     columns = {}
     for name, array in inputs.items():
         array = np.asarray(array)
-        columns[name] = (np.vectorize(bytes_to_json, otypes=[object])(array).tolist()
+        columns[name] = (np.vectorize(lambda b: {"b64": base64.b64encode(b).decode()},
+                                      otypes=[object])(array).tolist()
                          if array.dtype == object else array.tolist())
     return {"signature_name": signature_name, "inputs": columns}
 
 
-def outputs_from_response(body: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The arrays of a columnar predict response with several named outputs."""
-    outputs = body["outputs"]
-    return {name: np.array(value) for name, value in outputs.items()}
+def _array_from_json(value: Any) -> np.ndarray:
+    def decode(v):
+        if isinstance(v, list):
+            return [decode(x) for x in v]
+        return base64.b64decode(v["b64"]) if _is_b64(v) else v
+
+    decoded = decode(value)
+    array = np.array(decoded, dtype=object)
+    if all(isinstance(v, (bytes, str)) for v in array.reshape(-1)):
+        return array
+    return np.array(decoded)
 
 
-# --- REST classify -----------------------------------------------------------------------------
-
-def _feature(value: Any) -> tf.train.Feature:
-    values = value if isinstance(value, list) else [value]
-    decoded = [_decode_json_value(v) for v in values]
-    if all(isinstance(v, bytes) for v in decoded):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=decoded))
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in decoded):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=decoded))
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in decoded):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=decoded))
-    raise invalid("example feature values must all be strings, integers or numbers")
+def outputs_from_json(document: Mapping[str, Any], output_names: Sequence[str]
+                      ) -> dict[str, np.ndarray]:
+    """The arrays of a columnar predict response; `output_names` names a bare single output."""
+    outputs = document["outputs"]
+    if isinstance(outputs, dict) and not _is_b64(outputs) and len(output_names) != 1:
+        return {name: _array_from_json(value) for name, value in outputs.items()}
+    return {output_names[0]: _array_from_json(outputs)}
 
 
-def examples_from_json(body: Any) -> list[tf.train.Example]:
-    """The tf.Examples of a classify body `{"examples": [{feature: value, ...}, ...]}`."""
-    if not isinstance(body, dict) or not isinstance(body.get("examples"), list):
-        raise invalid("JSON body must be an object with an 'examples' list")
-    examples = []
-    for item in body["examples"]:
-        if not isinstance(item, dict):
-            raise invalid("each example must be an object of feature name to value")
-        examples.append(tf.train.Example(features=tf.train.Features(
-            feature={name: _feature(value) for name, value in item.items()})))
-    return examples
+def classifications_from_json(document: Mapping[str, Any]) -> list[dict[str, float]]:
+    """{label: score} per example from a classify response's `results`."""
+    return [{label: float(score) for label, score in item} for item in document["results"]]
 
 
-def classify_response(classes: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    """{"result": [[[label, score], ...], ...]}, one list per example."""
-    return {"result": [[[label.decode(), float(score)] for label, score in zip(row_c, row_s)]
-                       for row_c, row_s in zip(classes, scores)]}
+def image_example(encoded: bytes) -> example_pb2.Example:
+    """The tf.Example that a catdog classify signature expects for one encoded image."""
+    return example_pb2.Example(features=feature_pb2.Features(feature={
+        IMAGE_FEATURE: feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[encoded]))}))
 
 
-def example_to_json(example: tf.train.Example) -> dict[str, Any]:
-    """A tf.Example of bytes features as a classify-body example."""
-    return {name: [bytes_to_json(v) for v in feature.bytes_list.value]
-            for name, feature in example.features.feature.items()}
-
-
-# --- gRPC tensors ------------------------------------------------------------------------------
-
-def to_tensor_proto(array: np.ndarray | Sequence) -> tf.compat.v1.TensorProto:
-    return tf.make_tensor_proto(np.asarray(array))
-
-
-def from_tensor_proto(proto: tf.compat.v1.TensorProto) -> np.ndarray:
-    try:
-        return tf.make_ndarray(proto)
-    except (TypeError, ValueError) as error:
-        raise invalid(f"malformed TensorProto: {error}") from None
+def example_to_json(example: example_pb2.Example) -> dict[str, Any]:
+    """A tf.Example as a classify-body example (bytes as {"b64"}, numbers as numbers)."""
+    body = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        values = list(getattr(feature, kind).value) if kind else []
+        body[name] = ([{"b64": base64.b64encode(v).decode()} for v in values]
+                      if kind == "bytes_list" else values)
+    return body

@@ -1,0 +1,68 @@
+"""TF Serving's request metrics in Prometheus' text format, under TF Serving's names.
+
+    :tensorflow:serving:request_count{model_name="m",status="OK"}           (counter)
+    :tensorflow:serving:request_latency{model_name="m",API="predict",entrypoint="REST"}
+                                             (histogram in microseconds, buckets 10·1.8^i, i<33)
+
+Names, labels, buckets and layout follow servables/tensorflow/util.cc and
+util/prometheus_exporter.cc, so dashboards built on TF Serving read these unchanged.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+
+REQUEST_COUNT = ":tensorflow:serving:request_count"
+REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+LATENCY_BUCKETS = tuple(10 * 1.8 ** i for i in range(33))  # Buckets::Exponential(10, 1.8, 33)
+
+
+def _number(value: float) -> str:
+    """absl::StrCat of a double: six significant digits."""
+    return "%.6g" % value
+
+
+def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
+    return ",".join('{}="{}"'.format(k, v.replace("\\", "\\\\").replace('"', '\\"'))
+                    for k, v in pairs)
+
+
+class Metrics:
+    """Request counts by model and status, latency histograms by model, API and entrypoint."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: dict[tuple, int] = {}
+        self._latency: dict[tuple, list] = {}  # labels → [bucket counts..., sum]
+
+    def record(self, model_name: str, api: str, entrypoint: str, status: str,
+               latency_micros: float | None) -> None:
+        """One finished request; latency is recorded for successful ones, as TF Serving does."""
+        with self._lock:
+            key = (("model_name", model_name), ("status", status))
+            self._counts[key] = self._counts.get(key, 0) + 1
+            if latency_micros is not None:
+                labels = (("model_name", model_name), ("API", api), ("entrypoint", entrypoint))
+                cell = self._latency.setdefault(labels, [0] * (len(LATENCY_BUCKETS) + 1) + [0.0])
+                cell[bisect.bisect_left(LATENCY_BUCKETS, latency_micros)] += 1
+                cell[-1] += latency_micros
+
+    def page(self) -> str:
+        """The Prometheus exposition page (PrometheusExporter::GeneratePage)."""
+        lines = []
+        with self._lock:
+            lines.append(f"# TYPE {REQUEST_COUNT} counter")
+            lines += [f"{REQUEST_COUNT}{{{_labels(k)}}} {n}" for k, n in
+                      sorted(self._counts.items())]
+            lines.append(f"# TYPE {REQUEST_LATENCY} histogram")
+            for labels, cell in sorted(self._latency.items()):
+                total = 0
+                prefix = f"{REQUEST_LATENCY}_bucket{{{_labels(labels)},"
+                for i, count in enumerate(cell[:-1]):
+                    total += count
+                    limit = _number(LATENCY_BUCKETS[i]) if i < len(LATENCY_BUCKETS) else "+Inf"
+                    lines.append(f'{prefix}le="{limit}"}} {total}')
+                lines.append(f"{REQUEST_LATENCY}_sum{{{_labels(labels)}}} {_number(cell[-1])}")
+                lines.append(f"{REQUEST_LATENCY}_count{{{_labels(labels)}}} {total}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,69 @@
+"""The small models TF Serving's own tests serve, built here the way its generator builds them.
+
+TF Serving tests its servers with `half_plus_two` (y = 0.5·x + 2) and `half_plus_three`
+(y = 0.5·x + 3), written by servables/tensorflow/testdata/saved_model_half_plus_two.py as TF1
+graphs: a placeholder of serialized tf.Examples parsed into `x` and `x2`, variables a, b, c, and
+the signatures below. These builders write the same graph and signature defs (names, dtypes,
+shapes, method names) into zero-padded version folders, as TF Serving's testdata does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+tf1 = tf.compat.v1
+PREDICT = "tensorflow/serving/predict"
+CLASSIFY = "tensorflow/serving/classify"
+REGRESS = "tensorflow/serving/regress"
+
+
+def _signature(inputs: dict, outputs: dict, method: str):
+    return tf1.saved_model.signature_def_utils.build_signature_def(
+        {k: tf1.saved_model.utils.build_tensor_info(v) for k, v in inputs.items()},
+        {k: tf1.saved_model.utils.build_tensor_info(v) for k, v in outputs.items()}, method)
+
+
+def write_half_plus(export_dir: Path, b: float = 2.0) -> Path:
+    """One version of half_plus_two (b=2) or half_plus_three (b=3) at `export_dir`."""
+    graph = tf.Graph()
+    with graph.as_default(), tf1.Session(graph=graph) as session:
+        a = tf1.Variable(0.5, name="a")
+        b = tf1.Variable(b, name="b")
+        c = tf1.Variable(3.0, name="c")
+        # No shape: the recorded testdata models (and their metadata bodies) have none.
+        serialized = tf1.placeholder(tf.string, name="tf_example")
+        parsed = tf1.parse_example(serialized, {
+            "x": tf1.FixedLenFeature([1], dtype=tf.float32),
+            "x2": tf1.FixedLenFeature([1], dtype=tf.float32, default_value=[0.0])})
+        for name in ("x", "x2"):  # a batch of one value, as the recorded models declare
+            parsed[name].set_shape([None, 1])
+        x = tf.identity(parsed["x"], name="x")
+        y = tf.identity(tf.add(tf.multiply(a, x), b), name="y")
+        y2 = tf.identity(tf.add(tf.multiply(a, x), c), name="y2")
+        x2 = tf.identity(parsed["x2"], name="x2")
+        a2 = tf1.Variable(0.5, name="a2")
+        c2 = tf1.Variable(3.0, name="c2")
+        y3 = tf.identity(tf.add(tf.multiply(a2, x2), c2), name="y3")
+        signatures = {
+            "serving_default": _signature({"x": x}, {"y": y}, PREDICT),
+            "regress_x_to_y": _signature({"inputs": serialized}, {"outputs": y}, REGRESS),
+            "regress_x_to_y2": _signature({"inputs": serialized}, {"outputs": y2}, REGRESS),
+            "regress_x2_to_y3": _signature({"inputs": x2}, {"outputs": y3}, REGRESS),
+            "classify_x_to_y": _signature({"inputs": serialized}, {"scores": y}, CLASSIFY),
+            "classify_x2_to_y3": _signature({"inputs": x2}, {"scores": y3}, CLASSIFY),
+        }
+        session.run(tf1.global_variables_initializer())
+        builder = tf1.saved_model.builder.SavedModelBuilder(str(export_dir))
+        builder.add_meta_graph_and_variables(session, [tf1.saved_model.tag_constants.SERVING],
+                                             signature_def_map=signatures)
+        builder.save()
+    return export_dir
+
+
+def half_plus_two(base: Path, versions=(123,), b: float = 2.0) -> Path:
+    """A model base path holding the given versions in zero-padded folders (`00000123`)."""
+    for version in versions:
+        write_half_plus(base / f"{version:08d}", b)
+    return base
