@@ -102,7 +102,7 @@ class RestTransport:
     def __init__(self, base_url: str, timeout: float):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._output_names: dict[tuple, list[str]] = {}
+        self._output_names: dict[tuple, str] = {}
 
     def _url(self, spec: model_pb2.ModelSpec, suffix: str = "") -> str:
         version = f"/versions/{spec.version.value}" if spec.HasField("version") else ""
@@ -128,17 +128,17 @@ class RestTransport:
                 ) -> dict[str, np.ndarray]:
         body = wire.predict_body(inputs, spec.signature_name)
         document = self._request(self._url(spec, ":predict"), body)
-        return wire.outputs_from_json(document, self._outputs_of(spec))
+        return wire.outputs_from_json(document, lambda: self._only_output_of(spec))
 
-    def _outputs_of(self, spec: model_pb2.ModelSpec) -> list[str]:
-        """The signature's output aliases (a one-output response does not name its output)."""
+    def _only_output_of(self, spec: model_pb2.ModelSpec) -> str:
+        """The alias of a one-output signature (TF Serving's response does not name it)."""
         key = (spec.name, spec.version.value, spec.signature_name)
         if key not in self._output_names:
             signature_map = get_model_metadata_pb2.SignatureDefMap()
             self.metadata(spec).metadata["signature_def"].Unpack(signature_map)
             signature = signature_map.signature_def[spec.signature_name or
                                                     contract.SERVING_DEFAULT]
-            self._output_names[key] = sorted(signature.outputs)
+            self._output_names[key] = next(iter(signature.outputs))
         return self._output_names[key]
 
     def classify(self, spec: model_pb2.ModelSpec, examples: list) -> list[dict[str, float]]:

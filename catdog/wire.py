@@ -22,7 +22,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -658,13 +658,14 @@ def _array_from_json(value: Any) -> np.ndarray:
     return np.array(decoded)
 
 
-def outputs_from_json(document: Mapping[str, Any], output_names: Sequence[str]
+def outputs_from_json(document: Mapping[str, Any], single_output_name: Callable[[], str]
                       ) -> dict[str, np.ndarray]:
-    """The arrays of a columnar predict response; `output_names` names a bare single output."""
+    """The arrays of a columnar predict response. Several outputs come keyed by alias; one comes
+    bare, and `single_output_name()` says its alias (from the signature's metadata)."""
     outputs = document["outputs"]
-    if isinstance(outputs, dict) and not _is_b64(outputs) and len(output_names) != 1:
+    if isinstance(outputs, dict) and not _is_b64(outputs):
         return {name: _array_from_json(value) for name, value in outputs.items()}
-    return {output_names[0]: _array_from_json(outputs)}
+    return {single_output_name(): _array_from_json(outputs)}
 
 
 def classifications_from_json(document: Mapping[str, Any]) -> list[dict[str, float]]:

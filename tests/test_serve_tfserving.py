@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from catdog import serve
 from catdog.errors import CatdogError
-from tfserving_models import half_plus_two
+from tfserving_models import half_plus_two, recorded_metadata
 
 TWO_VERSIONS = "saved_model_half_plus_two_2_versions"  # H's model, policy specific {123}
 CONFIG = """
@@ -178,46 +178,11 @@ def _sorted(value):
     return value
 
 
-def _tensor(dtype, name, dims):
-    shape = ({"dim": [], "unknown_rank": True} if dims is None else
-             {"dim": [{"size": str(d), "name": ""} for d in dims], "unknown_rank": False})
-    return {"dtype": dtype, "tensor_shape": shape, "name": name}
-
-
-def _expected_metadata(model_name: str) -> dict:
-    """M saved_model_half_plus_two_2_versions_metadata.json, written out field by field."""
-    examples = _tensor("DT_STRING", "tf_example:0", None)
-    float_col = (-1, 1)
-
-    def sig(method, inputs, outputs):
-        return {"inputs": inputs, "outputs": outputs, "method_name": method, "defaults": {}}
-
-    return {
-        "model_spec": {"name": model_name, "signature_name": "", "version": "123"},
-        "metadata": {"signature_def": {"signature_def": {
-            "regress_x2_to_y3": sig("tensorflow/serving/regress",
-                                    {"inputs": _tensor("DT_FLOAT", "x2:0", float_col)},
-                                    {"outputs": _tensor("DT_FLOAT", "y3:0", float_col)}),
-            "serving_default": sig("tensorflow/serving/predict",
-                                   {"x": _tensor("DT_FLOAT", "x:0", float_col)},
-                                   {"y": _tensor("DT_FLOAT", "y:0", float_col)}),
-            "classify_x_to_y": sig("tensorflow/serving/classify", {"inputs": examples},
-                                   {"scores": _tensor("DT_FLOAT", "y:0", float_col)}),
-            "classify_x2_to_y3": sig("tensorflow/serving/classify",
-                                     {"inputs": _tensor("DT_FLOAT", "x2:0", float_col)},
-                                     {"scores": _tensor("DT_FLOAT", "y3:0", float_col)}),
-            "regress_x_to_y2": sig("tensorflow/serving/regress", {"inputs": examples},
-                                   {"outputs": _tensor("DT_FLOAT", "y2:0", float_col)}),
-            "regress_x_to_y": sig("tensorflow/serving/regress", {"inputs": examples},
-                                  {"outputs": _tensor("DT_FLOAT", "y:0", float_col)}),
-        }}}}
-
-
 def test_get_model_metadata_is_the_recorded_body(server):
     """H GetModelMetadata; S testGetModelMetadataREST (no "@type", signature_def twice)."""
     status, body = rest(server, "GET", f"/v1/models/{TWO_VERSIONS}/metadata")
     assert status == 200
-    assert _sorted(body) == _sorted(_expected_metadata(TWO_VERSIONS))
+    assert _sorted(body) == _sorted(recorded_metadata(TWO_VERSIONS))
     recorded = os.environ.get("CATDOG_TFSERVING_TESTDATA")
     if recorded:
         path = Path(recorded) / "saved_model_half_plus_two_2_versions_metadata.json"

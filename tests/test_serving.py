@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 import keras
@@ -329,3 +330,88 @@ def test_client_times_out_on_a_silent_server(scheme):
         with pytest.raises(ServingError) as error:
             client.status()
     assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# --- TF Serving's example clients and shipped configs -----------------------------------------
+
+def _expected_class_id(model, jpeg: Path) -> int:
+    return int(np.argmax(exported_probabilities(model, jpeg)))
+
+
+def test_tf_serving_resnet_client_rest_reads_the_label(exported, local_server, jpegs):
+    """example/resnet_client.py with MODEL_ACCEPT_JPG: `{"instances": [{"b64": jpeg}]}`, then
+    argmax of predictions[0] (its output name, 'probabilities' here, aside)."""
+    jpeg_bytes = base64.b64encode(jpegs[1].read_bytes()).decode("utf-8")
+    predict_request = '{"instances" : [{"b64": "%s"}]}' % jpeg_bytes
+    code, document = post(local_server, "/v1/models/catdog:predict", predict_request.encode())
+    prediction = document["predictions"][0]["probabilities"]
+    assert code == 200 and np.argmax(prediction) == _expected_class_id(exported[0], jpegs[1])
+
+
+def test_tf_serving_resnet_client_grpc_reads_the_label(exported, local_server, jpegs):
+    """example/resnet_client_grpc.py: one JPEG as a scalar tensor_proto, result read from
+    `.float_val` (input and output names aside)."""
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    data_ = jpegs[0].read_bytes()
+    channel = grpc.insecure_channel(f"127.0.0.1:{local_server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "catdog"
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(data_))
+    result = stub.Predict(request, 10.0).outputs["probabilities"].float_val
+    assert len(result) == len(CLASS_NAMES)
+    assert np.argmax(result) == _expected_class_id(exported[0], jpegs[0])
+
+
+def test_shipped_models_config_serves_its_labels(exported, tmp_path, jpegs):
+    """serving/models.config as shipped (its base path moved here): latest 2 versions,
+    labels stable → 1 and canary → 2."""
+    model = exported[0]
+    base = tmp_path / "catdog"
+    for _ in range(2):
+        export.export_saved_model(model, CLASS_NAMES, base)
+    shipped = (Path(__file__).resolve().parents[1] / "serving" / "models.config").read_text()
+    config = tmp_path / "models.config"
+    config.write_text(shipped.replace('"/models/catdog"', f'"{base}"'))
+    server = serve.start_server(options=serve.ServerOptions(
+        port=0, rest_api_port=0, model_config_file=str(config)))
+    try:
+        rest = f"http://127.0.0.1:{server.rest_port}"
+        assert [s["version"] for s in Client(rest).status()] == [1, 2]
+        for label, version in (("stable", 1), ("canary", 2)):
+            request = urllib.request.Request(f"{rest}/v1/models/catdog/labels/{label}")
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = json.loads(response.read())
+            assert body["model_version_status"][0]["version"] == str(version)
+            code, answer = post(server, f"/v1/models/catdog/labels/{label}:predict", json.dumps(
+                {"instances": [{"b64": base64.b64encode(jpegs[0].read_bytes()).decode()}]}
+            ).encode())
+            assert code == 200 and answer["predictions"][0]["classes"] in CLASS_NAMES
+    finally:
+        server.stop()
+
+
+def test_batching_merges_concurrent_requests_and_keeps_answers(exported, tmp_path, jpegs):
+    """--enable_batching with serving/batching.config: 8 concurrent clients get the answers an
+    unbatched server gives."""
+    batching = Path(__file__).resolve().parents[1] / "serving" / "batching.config"
+    server = serve.start_server("catdog", exported[2], port=0, rest_api_port=None,
+                                enable_batching=True, batching_parameters_file=str(batching))
+    try:
+        url = f"grpc://127.0.0.1:{server.grpc_port}"
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            batched = list(pool.map(lambda i: Client(url).predict([jpegs[i % len(jpegs)]])[0],
+                                    range(16)))
+        for i, prediction in enumerate(batched):
+            alone = exported_probabilities(exported[0], jpegs[i % len(jpegs)])
+            np.testing.assert_allclose(prediction.probabilities, alone, atol=1e-5)
+    finally:
+        server.stop()
+
+
+def exported_probabilities(model, jpeg: Path) -> np.ndarray:
+    pixels = tf.cast(data.resize_image(data.decode_image(jpeg.read_bytes()), IMAGE_SIZE),
+                     tf.float32)[None]
+    return model(pixels, training=False)[0].numpy()

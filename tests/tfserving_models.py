@@ -67,3 +67,39 @@ def half_plus_two(base: Path, versions=(123,), b: float = 2.0) -> Path:
     for version in versions:
         write_half_plus(base / f"{version:08d}", b)
     return base
+
+
+def _tensor(dtype, name, dims):
+    shape = ({"dim": [], "unknown_rank": True} if dims is None else
+             {"dim": [{"size": str(d), "name": ""} for d in dims], "unknown_rank": False})
+    return {"dtype": dtype, "tensor_shape": shape, "name": name}
+
+
+def recorded_metadata(model_name: str) -> dict:
+    """TF Serving's REST metadata body for these models, written out field by field from its
+    recorded servables/tensorflow/testdata/saved_model_half_plus_two_2_versions_metadata.json."""
+    examples = _tensor("DT_STRING", "tf_example:0", None)
+    float_col = (-1, 1)
+
+    def sig(method, inputs, outputs):
+        return {"inputs": inputs, "outputs": outputs, "method_name": method, "defaults": {}}
+
+    return {
+        "model_spec": {"name": model_name, "signature_name": "", "version": "123"},
+        "metadata": {"signature_def": {"signature_def": {
+            "regress_x2_to_y3": sig("tensorflow/serving/regress",
+                                    {"inputs": _tensor("DT_FLOAT", "x2:0", float_col)},
+                                    {"outputs": _tensor("DT_FLOAT", "y3:0", float_col)}),
+            "serving_default": sig("tensorflow/serving/predict",
+                                   {"x": _tensor("DT_FLOAT", "x:0", float_col)},
+                                   {"y": _tensor("DT_FLOAT", "y:0", float_col)}),
+            "classify_x_to_y": sig("tensorflow/serving/classify", {"inputs": examples},
+                                   {"scores": _tensor("DT_FLOAT", "y:0", float_col)}),
+            "classify_x2_to_y3": sig("tensorflow/serving/classify",
+                                     {"inputs": _tensor("DT_FLOAT", "x2:0", float_col)},
+                                     {"scores": _tensor("DT_FLOAT", "y3:0", float_col)}),
+            "regress_x_to_y2": sig("tensorflow/serving/regress", {"inputs": examples},
+                                   {"outputs": _tensor("DT_FLOAT", "y2:0", float_col)}),
+            "regress_x_to_y": sig("tensorflow/serving/regress", {"inputs": examples},
+                                  {"outputs": _tensor("DT_FLOAT", "y:0", float_col)}),
+        }}}}

@@ -1,0 +1,59 @@
+"""catdog.batching: TF Serving's batching semantics on a recorded session run."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catdog.batching import Batcher, BatchingOptions
+from catdog.serving_config import BatchingParameters, parse_text_proto
+from catdog.wire import ServingError
+
+
+def test_concurrent_tasks_are_merged_padded_and_split_back():
+    release, sizes = threading.Event(), []
+
+    def run(feeds, fetches):
+        sizes.append(len(feeds["x"]))
+        release.wait(30)  # hold the first batch so the other tasks queue up behind it
+        return [feeds["x"] * 2]
+
+    batcher = Batcher(run, BatchingOptions(max_batch_size=8, batch_timeout_micros=10**6,
+                                           num_batch_threads=1, allowed_batch_sizes=(4, 8)))
+    results = {}
+
+    def task(i):
+        results[i] = batcher.run({"x": np.full((1, 2), i, np.float32)}, ["y"])[0]
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(6)]
+    threads[0].start()
+    while not sizes:  # the first task is running alone
+        threading.Event().wait(0.01)
+    for thread in threads[1:]:
+        thread.start()
+    while batcher._queue.qsize() < 5:
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    batcher.stop()
+    assert sizes == [4, 8]  # one task padded to 4, then five tasks padded to 8
+    assert all(results[i].tolist() == [[2 * i, 2 * i]] for i in range(6))
+
+
+def test_a_task_larger_than_the_batch_is_refused():
+    batcher = Batcher(lambda feeds, fetches: [feeds["x"]], BatchingOptions(max_batch_size=2))
+    with pytest.raises(ServingError, match="larger than maximum input batch size 2"):
+        batcher.run({"x": np.zeros((3, 1))}, ["y"])
+    batcher.stop()
+
+
+def test_shipped_batching_config_parses_as_tf_serving_parses_it(tmp_path):
+    options = BatchingOptions.from_proto(parse_text_proto(
+        Path(__file__).resolve().parents[1] / "serving" / "batching.config", BatchingParameters, "batching_parameters_file"))
+    assert options == BatchingOptions(32, 2000, 100, 2, (8, 16, 32))
+    (tmp_path / "bad.config").write_text("max_batch_size: 3")
+    with pytest.raises(Exception, match="Error parsing text-format "
+                                        "tensorflow.serving.BatchingParameters"):
+        parse_text_proto(tmp_path / "bad.config", BatchingParameters, "batching_parameters_file")
