@@ -7,6 +7,8 @@ Starts `catdog.serve` on free loopback ports in this process, sends one JPEG per
 images resized to --image_px first, as a client would upload them) with 1 and 8 concurrent
 clients, and prints p50/p99 latency and throughput next to calling the SavedModel's
 `serving_default` signature in-process on the same images; the ratio is the serving overhead.
+gRPC is measured twice more with --enable_batching (serving/batching.config), off and on side
+by side, since batching trades a little latency for throughput under concurrency.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from tensorflow_serving.apis import model_pb2
+
 from catdog import contract, serve
 from catdog.client import Client
 
@@ -31,6 +35,8 @@ _IMAGES = flags.DEFINE_string("images", "../shared/datasets/cats_vs_dogs/validat
                               "Folder of JPEGs to send.")
 _IMAGE_PX = flags.DEFINE_integer("image_px", 150, "Side the JPEGs are resized to before sending.")
 _REQUESTS = flags.DEFINE_integer("requests", 48, "Requests per row (spread over the clients).")
+_BATCHING = flags.DEFINE_string("batching_parameters_file", "serving/batching.config",
+                                "BatchingParameters for the batching rows.")
 
 
 def jpeg_payloads(folder: str, count: int, side: int) -> list[bytes]:
@@ -64,11 +70,15 @@ def main(argv):
     del argv
     payloads = jpeg_payloads(_IMAGES.value, 16, _IMAGE_PX.value)
     server = serve.start_server("catdog", _BASE.value, port=0, rest_api_port=0)
-    version = server.manager.refresh()
+    batching = serve.start_server("catdog", _BASE.value, port=0, rest_api_port=None,
+                                  enable_batching=True,
+                                  batching_parameters_file=_BATCHING.value)
+    version = server.core.servable(model_pb2.ModelSpec(name="catdog"))
     signature = tf.saved_model.load(str(version.path)).signatures[contract.SERVING_DEFAULT]
     in_process = lambda payload: signature(image_bytes=tf.constant([payload]))  # noqa: E731
     urls = {"gRPC": f"grpc://127.0.0.1:{server.grpc_port}",
-            "REST": f"http://127.0.0.1:{server.rest_port}"}
+            "REST": f"http://127.0.0.1:{server.rest_port}",
+            "gRPC, batching on": f"grpc://127.0.0.1:{batching.grpc_port}"}
     clients = {name: Client(url, "catdog", timeout=120) for name, url in urls.items()}
     rows = []
     try:
@@ -82,6 +92,7 @@ def main(argv):
         for client in clients.values():
             client.close()
         server.stop()
+        batching.stop()
 
     baseline = {c: rps for name, c, _, _, rps in rows if name == "in-process signature"}
     print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores, "

@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (classification_pb2, input_pb2, prediction_l
                                      regression_pb2)
 
 from catdog import contract, wire
+from catdog.batching import Batcher, BatchingOptions
 from catdog.wire import ServingError
 
 DEFAULT_SIGNATURE = contract.SERVING_DEFAULT
@@ -32,8 +33,8 @@ class Servable:
     """A SavedModel version in its own graph and session; counts the requests running on it so
     that it is unloaded only once they have finished."""
 
-    def __init__(self, name: str, version: int, path: Path, batcher_options=None,
-                 timeout_ms: int = 0):
+    def __init__(self, name: str, version: int, path: Path,
+                 batcher_options: BatchingOptions | None = None, timeout_ms: int = 0):
         self.name, self.version, self.path = name, version, Path(path)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
@@ -45,11 +46,7 @@ class Servable:
         self._callables_lock = threading.Lock()
         self._in_flight = 0
         self._idle = threading.Condition()
-        self.batcher = None
-        if batcher_options is not None:
-            from catdog.batching import Batcher
-
-            self.batcher = Batcher(self._run, batcher_options)
+        self.batcher = Batcher(self._run, batcher_options) if batcher_options else None
 
     # --- request accounting -------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class ModelManager:
         """One poll: load the versions the policy wants, then retire the ones it does not."""
         folders = version_folders(Path(self.config.base_path))
         wanted = aspired_versions(self.config, folders)
+        self._failed = {v: m for v, m in self._failed.items() if v in wanted}
         for version in sorted(wanted - set(self._loaded), reverse=True):
             self._load(version, folders[version])
         with self._lock:

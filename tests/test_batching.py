@@ -52,7 +52,7 @@ def test_a_task_larger_than_the_batch_is_refused():
 def test_shipped_batching_config_parses_as_tf_serving_parses_it(tmp_path):
     options = BatchingOptions.from_proto(parse_text_proto(
         Path(__file__).resolve().parents[1] / "serving" / "batching.config", BatchingParameters, "batching_parameters_file"))
-    assert options == BatchingOptions(32, 2000, 100, 2, (8, 16, 32))
+    assert options == BatchingOptions(32, 2000, 100, 2, ())
     (tmp_path / "bad.config").write_text("max_batch_size: 3")
     with pytest.raises(Exception, match="Error parsing text-format "
                                         "tensorflow.serving.BatchingParameters"):
