@@ -64,6 +64,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._loaded: dict[int, Servable] = {}
         self._failed: dict[int, str] = {}
+        self._refreshing = threading.Lock()  # one poll at a time (poller, config reload)
 
     @property
     def name(self) -> str:
@@ -71,6 +72,10 @@ class ModelManager:
 
     def refresh(self) -> None:
         """One poll: load the versions the policy wants, then retire the ones it does not."""
+        with self._refreshing:
+            self._refresh()
+
+    def _refresh(self) -> None:
         folders = version_folders(Path(self.config.base_path))
         wanted = aspired_versions(self.config, folders)
         self._failed = {v: m for v, m in self._failed.items() if v in wanted}
@@ -166,29 +171,28 @@ class ServerCore:
         self.reload_config(config)
 
     def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Serves the models `config` lists: new ones are loaded, dropped ones unloaded."""
+        """Serves the models `config` lists: new ones are loaded before they are published,
+        dropped ones unloaded once their requests finish."""
         if config.WhichOneof("config") != "model_config_list":
             raise ValueError("the model config must hold a model_config_list")
         configs = {c.name: c for c in config.model_config_list.config}
         with self._lock:
-            dropped = [m for n, m in self._models.items() if n not in configs]
-            for name, model_config in configs.items():
-                manager = self._models.get(name)
-                if manager and manager.config.base_path == model_config.base_path:
-                    manager.config = model_config
-                else:
-                    if manager:
-                        dropped.append(manager)
-                    self._models[name] = ModelManager(model_config, self._options)
-            for manager in dropped:
-                if self._models.get(manager.name) is manager:
-                    del self._models[manager.name]
-        for manager in list(self._models.values()):
-            manager.refresh()
-        for manager in dropped:
-            threading.Thread(target=manager.stop, name="unload-model", daemon=True).start()
+            current = dict(self._models)
+        models = {}
         for name, model_config in configs.items():
-            loaded = self._models[name].loaded_versions()
+            manager = current.get(name)
+            if manager is None or manager.config.base_path != model_config.base_path:
+                manager = ModelManager(model_config, self._options)
+            manager.config = model_config
+            manager.refresh()
+            models[name] = manager
+        with self._lock:
+            self._models = models
+        for manager in current.values():
+            if models.get(manager.name) is not manager:
+                threading.Thread(target=manager.stop, name="unload-model", daemon=True).start()
+        for name, model_config in configs.items():
+            loaded = models[name].loaded_versions()
             for label, version in model_config.version_labels.items():
                 if version not in loaded:
                     logging.warning("%s: label %r names version %d, which is not loaded",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -365,5 +366,39 @@ def test_tf_saved_model_save_multiple_signatures(tmp_path):
             grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
         _verify_predict(stub, "default", 2.0, signature_name="custom_signature_key")
         _verify_predict(stub, "default", 1.0)
+    finally:
+        server.stop()
+
+
+def test_version_label_over_grpc(stubs):
+    """H Predict via a version label, over gRPC's model_spec.version_label."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.version_label = TWO_VERSIONS, "Version_Label"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0]]))
+    result = stubs[0].Predict(request, 20)
+    assert result.model_spec.version.value == 123 and list(result.outputs["y"].float_val) == [2.5]
+
+
+def test_model_config_reload(models, tmp_path):
+    """S testModelConfigReload: a rewritten --model_config_file is applied on the next poll."""
+    config = tmp_path / "model_config.txt"
+    base = 'model_config_list: {{ config: {{ name: "{name}", base_path: "{path}", ' \
+           'model_platform: "tensorflow" }} }}'
+    config.write_text(base.format(name="half_plus_two", path=models / "half_plus_two"))
+    server = serve.start_server(options=serve.ServerOptions(
+        port=0, rest_api_port=None, model_config_file=str(config),
+        model_config_file_poll_wait_seconds=0.1))
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        _verify_predict(stub, "half_plus_two", 3.0, specify_output=False)
+        new = tmp_path / "model_config.new"  # replaced whole, so no poll reads half a file
+        new.write_text(base.format(name="half_plus_three", path=models / "half_plus_three"))
+        new.replace(config)
+        deadline = time.monotonic() + 30
+        while {m.name for m in server.core.models()} != {"half_plus_three"}:
+            assert time.monotonic() < deadline, "the new config was never applied"
+            time.sleep(0.05)
+        _verify_predict(stub, "half_plus_three", 4.0, specify_output=False)
     finally:
         server.stop()
