@@ -186,6 +186,12 @@ def define_serve_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("max_request_bytes", 64 << 20,
                          "Largest request accepted (gRPC message or REST body).",
                          lower_bound=1024, flag_values=fv)
+    flags.DEFINE_integer("max_request_instances", 256,
+                         "Most instances (batch size or tf.Examples) one request may hold.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("max_rest_connections", 64,
+                         "Most REST connections served at once; more are answered 503.",
+                         lower_bound=1, flag_values=fv)
     flags.DEFINE_float("file_system_poll_wait_seconds", 1.0,
                        "How often to look for new or removed versions.", lower_bound=0.05,
                        flag_values=fv)

@@ -53,6 +53,33 @@ _INT64_MAX = (1 << 63) - 1
 
 # --- the API, once for both transports ------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The work one request may ask for; past these a request is RESOURCE_EXHAUSTED."""
+
+    max_request_bytes: int = 64 << 20  # message or body size, and any one decoded tensor
+    max_request_instances: int = 256  # batch size (first dimension) or tf.Examples
+
+
+def _check_instances(count: int, limits: Limits) -> None:
+    if count > limits.max_request_instances:
+        raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"request holds {count} instances; the limit is "
+                           f"{limits.max_request_instances} (--max_request_instances)")
+
+
+def _checked_arrays(tensors, limits: Limits) -> dict:
+    """Request tensors as arrays, each checked against the byte and instance limits."""
+    arrays = {k: wire.array_from_proto(v, limits.max_request_bytes) for k, v in tensors.items()}
+    for array in arrays.values():
+        _check_instances(array.shape[0] if array.ndim else 1, limits)
+    return arrays
+
+
+def _examples_in(request_input) -> int:
+    kind = request_input.WhichOneof("kind")
+    return len(getattr(request_input, kind).examples) if kind else 0
+
 def _spec_of(servable, spec: model_pb2.ModelSpec, signature_name: str | None = None
              ) -> model_pb2.ModelSpec:
     """MakeModelSpec: the model name, the version served and the signature resolved."""
@@ -68,12 +95,12 @@ def _require_spec(request) -> None:
         raise wire.invalid("Missing ModelSpec")
 
 
-def predict(core: ServerCore, request: predict_pb2.PredictRequest, max_bytes: int
+def predict(core: ServerCore, request: predict_pb2.PredictRequest, limits: Limits = Limits()
             ) -> predict_pb2.PredictResponse:
     _require_spec(request)
     servable = core.servable(request.model_spec)
     with servable.in_use():
-        inputs = {k: wire.array_from_proto(v, max_bytes) for k, v in request.inputs.items()}
+        inputs = _checked_arrays(request.inputs, limits)
         outputs = servable.predict(request.model_spec.signature_name, inputs,
                                    request.output_filter)
     response = predict_pb2.PredictResponse(model_spec=_spec_of(servable, request.model_spec))
@@ -82,9 +109,10 @@ def predict(core: ServerCore, request: predict_pb2.PredictRequest, max_bytes: in
     return response
 
 
-def classify(core: ServerCore, request: classification_pb2.ClassificationRequest, _=None
+def classify(core: ServerCore, request: classification_pb2.ClassificationRequest, limits: Limits = Limits()
              ) -> classification_pb2.ClassificationResponse:
     _require_spec(request)
+    _check_instances(_examples_in(request.input), limits)
     servable = core.servable(request.model_spec)
     with servable.in_use():
         result = servable.classify(request.model_spec.signature_name, request.input)
@@ -92,9 +120,10 @@ def classify(core: ServerCore, request: classification_pb2.ClassificationRequest
         model_spec=_spec_of(servable, request.model_spec), result=result)
 
 
-def regress(core: ServerCore, request: regression_pb2.RegressionRequest, _=None
+def regress(core: ServerCore, request: regression_pb2.RegressionRequest, limits: Limits = Limits()
             ) -> regression_pb2.RegressionResponse:
     _require_spec(request)
+    _check_instances(_examples_in(request.input), limits)
     servable = core.servable(request.model_spec)
     with servable.in_use():
         result = servable.regress(request.model_spec.signature_name, request.input)
@@ -102,9 +131,10 @@ def regress(core: ServerCore, request: regression_pb2.RegressionRequest, _=None
         model_spec=_spec_of(servable, request.model_spec), result=result)
 
 
-def multi_inference(core: ServerCore, request: inference_pb2.MultiInferenceRequest, _=None
-                    ) -> inference_pb2.MultiInferenceResponse:
+def multi_inference(core: ServerCore, request: inference_pb2.MultiInferenceRequest,
+                    limits: Limits = Limits()) -> inference_pb2.MultiInferenceResponse:
     """Several classify/regress signatures of one model over the same examples."""
+    _check_instances(_examples_in(request.input) * max(1, len(request.tasks)), limits)
     if not request.tasks:
         raise wire.invalid("Found no tasks in MultiInferenceRequest.")
     names, signatures = {t.model_spec.name for t in request.tasks}, set()
@@ -181,7 +211,7 @@ class Api:
     """The server's state every call needs: models, limits, metrics."""
 
     core: ServerCore
-    max_request_bytes: int
+    limits: Limits
     metrics: Metrics
 
     def call(self, function: Callable, request, api: str, entrypoint: str):
@@ -190,7 +220,7 @@ class Api:
         name = getattr(getattr(request, "model_spec", None), "name", "") or \
             (request.tasks[0].model_spec.name if getattr(request, "tasks", None) else "")
         try:
-            response = function(self.core, request, self.max_request_bytes)
+            response = function(self.core, request, self.limits)
         except ServingError as error:
             self.metrics.record(name, api, entrypoint, error.code.name, None)
             raise
@@ -262,7 +292,7 @@ def rest_request(api: Api, http_method: str, path: str, body: bytes) -> tuple[st
         spec = _spec_from_path(*match.groups()[:3])
         verb = match[4].lower()
         return verb, _counted(api, spec.name, verb, lambda: _rest_post(
-            api.core, spec, verb, body, api.max_request_bytes))
+            api.core, spec, verb, body, api.limits))
     if http_method == "GET":
         match = _STATUS_PATH.fullmatch(path)
         if not match:
@@ -297,7 +327,7 @@ def _counted(api: Api, model_name: str, verb: str, work: Callable[[], str]) -> s
 
 
 def _rest_post(core: ServerCore, spec: model_pb2.ModelSpec, verb: str, body: bytes,
-               max_bytes: int) -> str:
+               limits: Limits) -> str:
     document = wire.parse_json(body)
     spec.signature_name = wire.signature_name_of(document)
     if verb == "predict":
@@ -305,15 +335,15 @@ def _rest_post(core: ServerCore, spec: model_pb2.ModelSpec, verb: str, body: byt
         with servable.in_use():
             tensors, row = wire.predict_inputs_from_json(
                 document, servable.input_dtypes(spec.signature_name))
-            inputs = {k: wire.array_from_proto(v, max_bytes) for k, v in tensors.items()}
+            inputs = _checked_arrays(tensors, limits)
             return wire.json_from_outputs(servable.predict(spec.signature_name, inputs), row)
     request_input = wire.input_from_json(document)
     if verb == "classify":
         response = classify(core, classification_pb2.ClassificationRequest(
-            model_spec=spec, input=request_input))
+            model_spec=spec, input=request_input), limits)
         return wire.json_from_classification_result(response.result)
     response = regress(core, regression_pb2.RegressionRequest(model_spec=spec,
-                                                               input=request_input))
+                                                               input=request_input), limits)
     return wire.json_from_regression_result(response.result)
 
 
@@ -323,7 +353,7 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
     api: Api
     monitoring_path: str | None = None
     protocol_version = "HTTP/1.1"
-    timeout = 60  # seconds an idle or half-sent connection may hold a thread
+    timeout = 30  # seconds an idle or half-sent connection may hold its thread
 
     def do_GET(self):
         if self.monitoring_path and self.path.split("?")[0] == self.monitoring_path:
@@ -376,11 +406,11 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
             self.close_connection = True
             raise wire.invalid(f"Content-Length: {header!r} is not a non-negative integer")
         length = int(header)
-        if length > self.api.max_request_bytes:
+        if length > self.api.limits.max_request_bytes:
             self.close_connection = True
             raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"request body of {length} bytes exceeds the limit of "
-                               f"{self.api.max_request_bytes} bytes")
+                               f"{self.api.limits.max_request_bytes} bytes")
         return self.rfile.read(length)
 
     def _reply_error(self, error: ServingError) -> None:
@@ -395,6 +425,45 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
+class RestServer(http_server.ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` at once: past that a connection is
+    answered 503 (UNAVAILABLE, which clients retry) and closed instead of holding a thread."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int):
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request) -> None:
+        body = wire.json_error(f"the server holds {self.max_connections} connections "
+                               "(--max_rest_connections); retry later").encode()
+        try:
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
+                            b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                            % (len(body), body))
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+
 # --- the server ---------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -405,6 +474,8 @@ class ServerOptions:
     port: int = 8500
     rest_api_port: int | None = 8501
     max_request_bytes: int = 64 << 20
+    max_request_instances: int = 256
+    max_rest_connections: int = 64
     file_system_poll_wait_seconds: float = 1.0
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: float = 0.0
@@ -421,7 +492,7 @@ class LocalServer:
 
     core: ServerCore
     grpc_server: grpc.Server
-    rest_server: http_server.ThreadingHTTPServer | None
+    rest_server: RestServer | None
     grpc_port: int
     rest_port: int
     metrics: Metrics
@@ -499,7 +570,7 @@ def start_server(model_name: str = "catdog", model_base_path: str | Path | None 
     if options.model_config_file:
         _watch_config_file(core, options.model_config_file,
                            options.model_config_file_poll_wait_seconds)
-    api = Api(core, options.max_request_bytes, Metrics())
+    api = Api(core, Limits(options.max_request_bytes, options.max_request_instances), Metrics())
     grpc_server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=options.threads),
         options=[("grpc.max_receive_message_length", options.max_request_bytes),
@@ -517,14 +588,13 @@ def start_server(model_name: str = "catdog", model_base_path: str | Path | None 
         handler = type("Handler", (RestHandler,), {"api": api,
                                                    "monitoring_path": monitoring_path})
         try:
-            rest_server = http_server.ThreadingHTTPServer((options.host, options.rest_api_port),
-                                                          handler)
+            rest_server = RestServer((options.host, options.rest_api_port), handler,
+                                     options.max_rest_connections)
         except OSError as error:
             grpc_server.stop(None)
             core.stop()
             raise CatdogError(f"--rest_api_port={options.rest_api_port}: {error.strerror}"
                               ) from error
-        rest_server.daemon_threads = True
         rest_port = rest_server.server_address[1]
         threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
     return LocalServer(core, grpc_server, rest_server, grpc_port, rest_port, api.metrics)
@@ -534,7 +604,8 @@ def options_from_flags(flag_values) -> ServerOptions:
     f = flag_values
     return ServerOptions(
         host=f.host, port=f.port, rest_api_port=f.rest_api_port or None,
-        max_request_bytes=f.max_request_bytes,
+        max_request_bytes=f.max_request_bytes, max_request_instances=f.max_request_instances,
+        max_rest_connections=f.max_rest_connections,
         file_system_poll_wait_seconds=f.file_system_poll_wait_seconds,
         model_config_file=f.model_config_file,
         model_config_file_poll_wait_seconds=f.model_config_file_poll_wait_seconds,

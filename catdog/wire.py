@@ -34,6 +34,7 @@ from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb
 from catdog.contract import BYTES_SUFFIX, IMAGE_FEATURE
 
 TensorProto = tensor_pb2.TensorProto
+MAX_RANK = 32  # numpy's and this server's limit on the dimensions of a request tensor
 
 # model_servers/http_server.cc, ToHTTPStatusCode.
 _HTTP_STATUS = {
@@ -150,6 +151,9 @@ def array_from_proto(proto: TensorProto, max_bytes: int = 1 << 31) -> np.ndarray
                       "in a request")
     if proto.tensor_shape.unknown_rank or any(d.size < 0 for d in proto.tensor_shape.dim):
         raise invalid("tensor parsing error: a request tensor needs a fully known shape")
+    if len(proto.tensor_shape.dim) > MAX_RANK:
+        raise invalid(f"tensor parsing error: rank {len(proto.tensor_shape.dim)} is more than "
+                      f"{MAX_RANK}")
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     count = math.prod(shape)
     itemsize = 8 if proto.dtype == types_pb2.DT_STRING else _numpy_dtype(proto.dtype).itemsize
