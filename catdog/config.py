@@ -7,6 +7,7 @@ import json
 from typing import Any, Literal
 
 from catdog.errors import CatdogError
+from catdog.images import MAX_IMAGE_PIXELS
 
 Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
 Strategy = Literal["auto", "default", "one_device", "mirrored", "multi_worker"]
@@ -21,7 +22,7 @@ CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "run_dir", "export_dir", "model_name", "keep_versions", "download", "download_url",
      "download_sha256", "strategy", "devices", "logical_devices", "jit_compile", "fine_tune_epochs",
-     "cache_features", "feature_cache_dir"}
+     "cache_features", "feature_cache_dir", "max_image_pixels"}
 )
 
 
@@ -46,6 +47,7 @@ class Config:
     zoom: float = 0.2
     seed: int = 42
     on_bad_image: OnBadImage = "skip"
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     run_dir: str = "runs/catdog"
     export_dir: str = "export"
     model_name: str = "catdog"

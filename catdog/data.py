@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import os
 import random
-import re
+import stat
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -27,10 +27,18 @@ from absl import logging
 from catdog import flags as catdog_flags
 from catdog.config import Config
 from catdog.errors import CatdogError
+from catdog.images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, image_problem, load_image
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 SPLITS = ("train", "validation")
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class BadImage:
+    """A file that cannot be used as an image, and why."""
+
+    path: str
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +48,7 @@ class ImageFiles:
     paths: tuple[str, ...]
     labels: tuple[int, ...]
     class_names: tuple[str, ...]
+    skipped: tuple[BadImage, ...] = ()  # entries found but never read, and why
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -48,18 +57,10 @@ class ImageFiles:
         """The same files less `paths`."""
         kept = [(p, label) for p, label in zip(self.paths, self.labels) if p not in paths]
         return ImageFiles(tuple(p for p, _ in kept), tuple(label for _, label in kept),
-                          self.class_names)
+                          self.class_names, self.skipped)
 
     def class_counts(self) -> dict[str, int]:
         return {name: self.labels.count(i) for i, name in enumerate(self.class_names)}
-
-
-@dataclasses.dataclass(frozen=True)
-class BadImage:
-    """A file that cannot be used as an image, and why."""
-
-    path: str
-    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,28 +98,81 @@ def class_names_in(folder: str | os.PathLike) -> tuple[str, ...]:
 
 
 def list_images(folder: str | os.PathLike, class_names: Sequence[str]) -> ImageFiles:
-    """Every visible file under `folder/<class>/`, labelled by its class's index."""
+    """Every visible file under `folder/<class>/`, labelled by its class's index; entries that
+    must not be read are in `skipped` with the reason."""
     folder = Path(folder)
-    paths, labels = [], []
+    paths, labels, skipped = [], [], []
     for label, name in enumerate(class_names):
         class_dir = folder / name
         if not class_dir.is_dir():
             raise CatdogError(f"class folder {class_dir} is missing; every split needs the "
                               f"same class sub-folders {list(class_names)}")
-        files = sorted(
-            str(Path(root) / f)
-            for root, dirs, names in os.walk(class_dir, followlinks=True)
-            for f in names
-            if not f.startswith(".") and not _hidden_dir_in(Path(root), class_dir))
+        files, problems = _class_files(class_dir)
+        skipped += problems
         if not files:
             raise CatdogError(f"class folder {class_dir} holds no images")
         paths += files
         labels += [label] * len(files)
-    return ImageFiles(tuple(paths), tuple(labels), tuple(class_names))
+    return ImageFiles(tuple(paths), tuple(labels), tuple(class_names), tuple(skipped))
 
 
-def _hidden_dir_in(root: Path, top: Path) -> bool:
-    return any(part.startswith(".") for part in root.relative_to(top).parts)
+def _class_files(class_dir: Path) -> tuple[list[str], list[BadImage]]:
+    """The regular files under a class folder, each once, in sorted order. Symlinked folders
+    are followed once (a loop ends there); a symlink that leads out of the class folder, a
+    FIFO, socket or device, a broken link or an unreadable folder is reported, never read."""
+    top = class_dir.resolve()
+    seen_folders: set[Path] = set()
+    seen_files: dict[Path, str] = {}
+    files: list[str] = []
+    problems: list[BadImage] = []
+    stack = [class_dir]
+    while stack:
+        current = stack.pop()
+        real = current.resolve()
+        if real in seen_folders:
+            continue
+        if real != top and top not in real.parents:
+            problems.append(BadImage(str(current), f"a link to {real}, outside the class "
+                                                   f"folder {class_dir}; not followed"))
+            continue
+        seen_folders.add(real)
+        try:
+            entries = sorted(current.iterdir(), reverse=True)
+        except OSError as error:
+            problems.append(BadImage(str(current), f"cannot read folder: {error.strerror}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            problem = _entry_problem(entry, top, class_dir, seen_files)
+            if problem == "folder":
+                stack.append(entry)
+            elif problem:
+                problems.append(BadImage(str(entry), problem))
+            else:
+                seen_files[entry.resolve()] = str(entry)
+                files.append(str(entry))
+    return sorted(files), problems
+
+
+def _entry_problem(entry: Path, top: Path, class_dir: Path, seen: dict[Path, str]) -> str | None:
+    """None for a regular file to read, "folder" for a folder to walk, else why to skip it."""
+    try:
+        mode = entry.stat().st_mode
+    except OSError as error:
+        return f"cannot be read: {error.strerror} (a broken link?)"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    target = entry.resolve()
+    if top not in target.parents:
+        return f"a link to {target}, outside the class folder {class_dir}; not read"
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device")
+        return f"{kind}, not a regular file; not read"
+    if target in seen:
+        return f"the same file as {seen[target]}; counted once"
+    return None
 
 
 def split_files(files: ImageFiles, fraction: float, seed: int) -> tuple[ImageFiles, ImageFiles]:
@@ -166,55 +220,11 @@ def find_splits(data_dir: str | os.PathLike, validation_split: float,
 # Decoding and checking images
 
 
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """JPEG/PNG/BMP/GIF bytes → uint8 RGB [H, W, 3] (grayscale expanded, alpha dropped)."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def resize_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Squashes an image to `image_size`², antialiased, keeping uint8 RGB in 0–255."""
-    resized = tf.image.resize(image, [image_size, image_size], antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-
-
-def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Reads, decodes and resizes one image file; graph-compatible for tf.data."""
-    return resize_image(decode_image(tf.io.read_file(path)), image_size)
-
-
-def _short_tf_error(error: tf.errors.OpError) -> str:
-    """'Input is empty.' instead of TensorFlow's '{{function_node …}} Input is empty. [Op:…]'."""
-    message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message)
-    message = re.sub(r"\s*\[Op:\w+\]", "", message)
-    return re.sub(r"\s*name:\s*\S*$", "", message.strip())
-
-
-def read_checked_image(path: str, image_size: int | None = None
-                       ) -> tuple[tf.Tensor | None, str | None]:
-    """Eagerly reads and decodes one file (and resizes it when `image_size` is given):
-    (image, None), or (None, why it cannot be used as an image)."""
-    if not path.lower().endswith(IMAGE_EXTENSIONS):
-        return None, (f"unsupported extension '{Path(path).suffix}' "
-                      f"(expected one of {', '.join(IMAGE_EXTENSIONS)})")
-    try:
-        image = decode_image(tf.io.read_file(path))
-    except tf.errors.OpError as error:
-        return None, _short_tf_error(error)
-    return (image if image_size is None else resize_image(image, image_size)), None
-
-
-def image_problem(path: str) -> str | None:
-    """Why `path` cannot be used as a training image, or None if it decodes."""
-    return read_checked_image(path)[1]
-
-
-def check_images(paths: Sequence[str]) -> list[BadImage]:
+def check_images(paths: Sequence[str], max_pixels: int = MAX_IMAGE_PIXELS) -> list[BadImage]:
     """Decodes every file once, in parallel, and returns those that fail, in `paths` order."""
     workers = os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = pool.map(image_problem, paths)
+        problems = pool.map(lambda path: image_problem(path, max_pixels), paths)
         return [BadImage(p, problem) for p, problem in zip(paths, problems) if problem]
 
 
@@ -223,7 +233,8 @@ def prepare_splits(config: Config) -> Splits:
     if config.download and not Path(config.data_dir).exists():
         download_dataset(config.download_url, config.data_dir, config.download_sha256)
     train, validation = find_splits(config.data_dir, config.validation_split, config.seed)
-    bad = check_images(train.paths + validation.paths)
+    bad = list(dict.fromkeys(train.skipped + validation.skipped)) + check_images(
+        train.paths + validation.paths, config.max_image_pixels)
     if bad:
         for item in bad:
             logging.warning("bad image %s: %s", item.path, item.reason)
@@ -248,7 +259,8 @@ def prepare_splits(config: Config) -> Splits:
 # tf.data pipelines
 
 
-def decoded_images(files: ImageFiles, image_size: int) -> tf.data.Dataset:
+def decoded_images(files: ImageFiles, image_size: int,
+                   max_pixels: int = MAX_IMAGE_PIXELS) -> tf.data.Dataset:
     """(uint8 image [S, S, 3], int32 label) pairs, decoded in parallel and cached in memory.
 
     Build it once per split and derive each epoch's batches from it, so files are decoded in the
@@ -256,7 +268,7 @@ def decoded_images(files: ImageFiles, image_size: int) -> tf.data.Dataset:
     """
     dataset = tf.data.Dataset.from_tensor_slices(
         (list(files.paths), tf.constant(files.labels, tf.int32)))
-    dataset = dataset.map(lambda path, label: (load_image(path, image_size), label),
+    dataset = dataset.map(lambda path, label: (load_image(path, image_size, max_pixels), label),
                           num_parallel_calls=AUTOTUNE, deterministic=True)
     return dataset.cache()
 
@@ -333,21 +345,26 @@ def _dataset_root(extracted: Path, url: str) -> Path:
 # Command line
 
 
-def check_folder(folder: str) -> list[BadImage]:
+def check_folder(folder: str, max_pixels: int = MAX_IMAGE_PIXELS) -> list[BadImage]:
     """Checks every image of a dataset folder (with or without train/ and validation/)."""
     root = Path(folder)
     tops = [root / s for s in SPLITS if (root / s).is_dir()] or [root]
     paths: list[str] = []
+    skipped: list[BadImage] = []
     for top in tops:
-        paths += list_images(top, class_names_in(top)).paths
+        files = list_images(top, class_names_in(top))
+        paths += files.paths
+        skipped += files.skipped
     logging.info("checking %d files under %s", len(paths), folder)
-    return check_images(paths)
+    return skipped + check_images(paths, max_pixels)
 
 
 def main(argv: Sequence[str]) -> int:
     command = argv[1:2]
     if command == ["check"] and len(argv) == 3:
-        bad = check_folder(argv[2])
+        from absl import flags
+
+        bad = check_folder(argv[2], flags.FLAGS.max_image_pixels)
         for item in bad:
             print(f"{item.path}: {item.reason}")
         print(f"{len(bad)} bad file(s)", file=sys.stderr)

@@ -25,7 +25,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image, ImageDraw
 
-from catdog import data, export
+from catdog import data, export, images
 from catdog import flags as catdog_flags
 from catdog.errors import CatdogError
 
@@ -36,10 +36,10 @@ CAPTION_HEIGHT = 30
 MAX_GRID_IMAGES = 64
 
 
-def predict_files(classifier: export.Classifier, files: data.ImageFiles,
-                  batch_size: int) -> np.ndarray:
+def predict_files(classifier: export.Classifier, files: data.ImageFiles, batch_size: int,
+                  max_pixels: int = images.MAX_IMAGE_PIXELS) -> np.ndarray:
     """Probabilities [N, C] for every file, in order, with a progress bar."""
-    decoded = data.decoded_images(files, classifier.image_size)
+    decoded = data.decoded_images(files, classifier.image_size, max_pixels)
     progbar = keras.utils.Progbar(math.ceil(len(files) / batch_size), unit_name="batch")
     probabilities = []
     for step, (pixels, _) in enumerate(data.batches(decoded, batch_size), 1):
@@ -146,7 +146,7 @@ def misclassified_grid(files: data.ImageFiles, probabilities: np.ndarray,
     for slot, index in enumerate(wrong):
         x, y = (slot % GRID_COLUMNS) * THUMBNAIL, (slot // GRID_COLUMNS) * (
             THUMBNAIL + CAPTION_HEIGHT)
-        pixels = data.load_image(tf.constant(files.paths[index]), THUMBNAIL).numpy()
+        pixels = images.load_image(tf.constant(files.paths[index]), THUMBNAIL).numpy()
         grid.paste(Image.fromarray(pixels), (x, y))
         draw.text((x + 3, y + THUMBNAIL + 2),
                   f"{class_names[labels[index]]} -> {class_names[predicted[index]]}",
@@ -156,8 +156,8 @@ def misclassified_grid(files: data.ImageFiles, probabilities: np.ndarray,
     return grid
 
 
-def evaluate(model_path: str, data_dir: str, output_dir: str,
-             batch_size: int = 32) -> dict[str, Any]:
+def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 32,
+             max_pixels: int = images.MAX_IMAGE_PIXELS) -> dict[str, Any]:
     """Evaluates an exported model on a class-folder dataset and writes the three reports."""
     classifier = export.load_classifier(model_path)
     folder_classes = data.class_names_in(data_dir)
@@ -165,11 +165,11 @@ def evaluate(model_path: str, data_dir: str, output_dir: str,
         raise CatdogError(f"--data_dir={data_dir} has classes {list(folder_classes)} but the "
                           f"model knows {classifier.class_names}")
     files = data.list_images(data_dir, classifier.class_names)
-    bad = data.check_images(files.paths)
+    bad = list(files.skipped) + data.check_images(files.paths, max_pixels)
     for item in bad:
         logging.warning("skipping %s: %s", item.path, item.reason)
     files = files.without({item.path for item in bad})
-    probabilities = predict_files(classifier, files, batch_size)
+    probabilities = predict_files(classifier, files, batch_size, max_pixels)
     report = {"model": str(model_path), "data_dir": str(data_dir),
               "class_names": list(classifier.class_names),
               **compute_metrics(np.array(files.labels), probabilities, classifier.class_names),
@@ -198,7 +198,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise CatdogError(f"unexpected arguments {list(argv[1:])}")
     f = flags.FLAGS
-    report = evaluate(f.model, f.data_dir, f.output_dir, f.batch_size)
+    report = evaluate(f.model, f.data_dir, f.output_dir, f.batch_size, f.max_image_pixels)
     print(f"accuracy {report['accuracy']:.4f}, ROC AUC {report['roc_auc']:.4f}, log loss "
           f"{report['log_loss']:.4f}, ECE {report['expected_calibration_error']:.4f} on "
           f"{report['images']} images; reports in {f.output_dir}")

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from catdog import contract, signatures
+from catdog import contract, images, signatures
 from catdog.errors import CatdogError
 
 CLASS_NAMES_ATTR = contract.H5_CLASS_NAMES_ATTR
@@ -77,7 +77,8 @@ def next_version(base: Path) -> int:
 
 
 def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Path,
-                       keep_versions: int = 0) -> Path:
+                       keep_versions: int = 0,
+                       max_image_pixels: int = images.MAX_IMAGE_PIXELS) -> Path:
     """Writes the next version folder `base/<N>/` (TF Serving model name: `base.name`), then
     prunes all but the newest `keep_versions` (0 keeps all); returns the new folder."""
     base.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,8 @@ def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Pat
     try:
         with tempfile.TemporaryDirectory() as labels_dir:
             labels = signatures.write_labels(Path(labels_dir), class_names)
-            signatures.serving_archive(model, labels).write_out(str(tmp), verbose=False)
+            signatures.serving_archive(model, labels, max_image_pixels).write_out(
+                str(tmp), verbose=False)
         signatures.mark_classify_method(tmp)
         signatures.write_warmup_requests(tmp, base.name, model.input_shape[1])
         final = base / str(next_version(base))
@@ -110,13 +112,14 @@ def prune_versions(base: Path, keep: int) -> list[Path]:
 
 
 def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str | os.PathLike,
-               model_name: str, keep_versions: int = 0) -> Exports:
+               model_name: str, keep_versions: int = 0,
+               max_image_pixels: int = images.MAX_IMAGE_PIXELS) -> Exports:
     """Writes `<export_dir>/<model_name>.h5` and a new `<export_dir>/<model_name>/<N>/`."""
     export_dir = Path(export_dir)
     return Exports(
         h5=export_h5(model, class_names, export_dir / f"{model_name}.h5"),
         saved_model=export_saved_model(model, class_names, export_dir / model_name,
-                                       keep_versions))
+                                       keep_versions, max_image_pixels))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,6 +55,7 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "weights", defaults.weights,
         "VGG16 base weights: 'imagenet' (Keras downloads them on first use), 'none' (random), "
         "or the path of a VGG16 no-top weights .h5 file.", flag_values=fv)
+    define_max_image_pixels(fv, defaults.max_image_pixels)
     flags.DEFINE_enum("flip", defaults.flip, FLIPS, "RandomFlip mode in training.",
                       flag_values=fv)
     flags.DEFINE_float(
@@ -170,6 +171,15 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib
     return config_lib.Config(**values)
 
 
+def define_max_image_pixels(flag_values: flags.FlagValues, default: int) -> None:
+    """--max_image_pixels, for every command that reads image files."""
+    flags.DEFINE_integer(
+        "max_image_pixels", default,
+        "Largest width × height an image file may declare; larger ones are refused before "
+        "decoding (a small file can declare gigabytes of pixels). Pillow's limit by default.",
+        lower_bound=1, flag_values=flag_values)
+
+
 def define_serve_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `python -m catdog.serve`, named as TF Serving's own model server names them."""
     fv = flag_values
@@ -271,6 +281,7 @@ def define_predict_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def _define_model_flag(fv: flags.FlagValues) -> None:
+    define_max_image_pixels(fv, config_lib.Config(data_dir="").max_image_pixels)
     flags.DEFINE_string("model", None,
                         "An exported model: the .h5 file or a SavedModel version folder "
                         "(export/catdog/<N>).", flag_values=fv)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from catdog import data, export
+from catdog import export, images
 from catdog import flags as catdog_flags
 from catdog.errors import CatdogError
 
@@ -28,20 +28,19 @@ def image_paths(arguments: Sequence[str]) -> Iterator[str]:
         path = Path(argument)
         if path.is_dir():
             yield from sorted(str(p) for p in path.rglob("*")
-                              if p.is_file() and p.suffix.lower() in data.IMAGE_EXTENSIONS)
+                              if p.is_file() and p.suffix.lower() in images.IMAGE_EXTENSIONS)
         else:
             yield argument
 
 
-def predict_paths(classifier: export.Classifier, paths: Sequence[str],
-                  batch_size: int) -> Iterator[dict]:
+def predict_paths(classifier: export.Classifier, paths: Sequence[str], batch_size: int,
+                  max_pixels: int = images.MAX_IMAGE_PIXELS) -> Iterator[dict]:
     """One result per path, in order: path, label, probability, probabilities; or path, error."""
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         pixels, errors = [], {}
         for path in chunk:
-            image, problem = (data.read_checked_image(path, classifier.image_size)
-                              if Path(path).is_file() else (None, "no such file"))
+            image, problem = _read(path, classifier.image_size, max_pixels)
             if problem:
                 errors[path] = problem
                 continue
@@ -58,6 +57,15 @@ def predict_paths(classifier: export.Classifier, paths: Sequence[str],
                    "probabilities": dict(zip(classifier.class_names, map(float, row)))}
 
 
+def _read(path: str, image_size: int, max_pixels: int):
+    """(image, None) or (None, why not); only regular files are opened."""
+    if not Path(path).exists():
+        return None, "no such file"
+    if not Path(path).is_file():
+        return None, "not a regular file (a folder, FIFO, socket or device); not read"
+    return images.read_checked_image(path, image_size, max_pixels)
+
+
 def main(argv: Sequence[str]) -> int:
     from absl import flags
 
@@ -68,7 +76,7 @@ def main(argv: Sequence[str]) -> int:
                           "(no images given or found)")
     classifier = export.load_classifier(f.model)
     failures = 0
-    for result in predict_paths(classifier, paths, f.batch_size):
+    for result in predict_paths(classifier, paths, f.batch_size, f.max_image_pixels):
         failures += "error" in result
         if f.format == "jsonl":
             print(json.dumps(result), flush=True)

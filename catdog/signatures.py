@@ -24,15 +24,19 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (classification_pb2, input_pb2, model_pb2, predict_pb2,
                                      prediction_log_pb2)
 
-from catdog import data
+from catdog import images
 from catdog.wire import image_example
 from catdog.contract import (CLASS_IDS, CLASSES, CLASSIFY, CLASSIFY_INPUTS, CLASSIFY_METHOD,
                              IMAGE_BYTES, IMAGE_FEATURE, LABELS_FILE, PIXELS, PREDICT_PIXELS,
                              PROBABILITIES, SCORES, SERVING_DEFAULT, WARMUP_FILE)
 
 
-def serving_archive(model: keras.Model, labels_path: Path) -> keras.export.ExportArchive:
-    """An ExportArchive with the three signatures above; `labels_path` holds one name a line."""
+def serving_archive(model: keras.Model, labels_path: Path,
+                    max_image_pixels: int = images.MAX_IMAGE_PIXELS
+                    ) -> keras.export.ExportArchive:
+    """An ExportArchive with the three signatures above; `labels_path` holds one name a line.
+    An encoded image declaring more than `max_image_pixels` is refused (INVALID_ARGUMENT)
+    before it is decoded."""
     image_size = model.input_shape[1]
     num_classes = model.output_shape[-1]
     labels = tf.lookup.StaticHashTable(
@@ -43,7 +47,8 @@ def serving_archive(model: keras.Model, labels_path: Path) -> keras.export.Expor
 
     def pixels_of(encoded_images):
         return tf.map_fn(
-            lambda encoded: tf.cast(data.resize_image(data.decode_image(encoded), image_size),
+            lambda encoded: tf.cast(images.resize_image(
+                images.decode_image(encoded, max_image_pixels), image_size),
                                     tf.float32),
             encoded_images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3]))
 
@@ -99,13 +104,13 @@ def warmup_images(image_size: int) -> list[bytes]:
 
 def warmup_logs(model_name: str, image_size: int) -> list[prediction_log_pb2.PredictionLog]:
     """Two requests per signature (batches of one and two images), as TF Serving logs them."""
-    images = warmup_images(image_size)
-    pixels = [tf.cast(data.resize_image(data.decode_image(i), image_size), tf.float32).numpy()
-              for i in images]
+    encoded = warmup_images(image_size)
+    pixels = [tf.cast(images.resize_image(images.decode_image(i), image_size), tf.float32).numpy()
+              for i in encoded]
     logs = []
     for batch in ([0], [0, 1]):
         for signature, key, value in (
-                (SERVING_DEFAULT, IMAGE_BYTES, np.array([images[i] for i in batch], object)),
+                (SERVING_DEFAULT, IMAGE_BYTES, np.array([encoded[i] for i in batch], object)),
                 (PREDICT_PIXELS, PIXELS, np.stack([pixels[i] for i in batch]))):
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
@@ -115,7 +120,7 @@ def warmup_logs(model_name: str, image_size: int) -> list[prediction_log_pb2.Pre
         request = classification_pb2.ClassificationRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=CLASSIFY),
             input=input_pb2.Input(example_list=input_pb2.ExampleList(
-                examples=[image_example(images[i]) for i in batch])))
+                examples=[image_example(encoded[i]) for i in batch])))
         logs.append(prediction_log_pb2.PredictionLog(
             classify_log=prediction_log_pb2.ClassifyLog(request=request)))
     return logs

@@ -286,7 +286,8 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
     logging.info("best epoch %d: val_accuracy %.4f", int(progress.best_epoch),
                  float(progress.best_val_accuracy))
     exports = export.export_all(trainer.model, splits.class_names, config.export_dir,
-                                config.model_name, config.keep_versions)
+                                config.model_name, config.keep_versions,
+                                config.max_image_pixels)
     logging.info("exported %s and %s", exports.h5, exports.saved_model)
     summary = _summary(config, splits, distribution, progress, history, exports,
                        time.perf_counter() - wall_start, inputs.feature_seconds)
@@ -302,8 +303,9 @@ class EpochInputs:
     def __init__(self, trainer: Trainer, splits: data.Splits, precision: str):
         self.trainer, self.splits, self.precision = trainer, splits, precision
         size = trainer.config.image_size
-        self.images = {"train": data.decoded_images(splits.train, size),
-                       "validation": data.decoded_images(splits.validation, size)}
+        limit = trainer.config.max_image_pixels
+        self.images = {"train": data.decoded_images(splits.train, size, limit),
+                       "validation": data.decoded_images(splits.validation, size, limit)}
         self._features: dict[str, tf.data.Dataset] = {}
         self._validation: dict[bool, Any] = {}
         self.feature_seconds = 0.0  # spent computing (or reading) features in this process

@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import http.server
+import os
 import shutil
 import threading
 import zipfile
@@ -13,10 +14,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from catdog import data
+from catdog import data, images
 from catdog.config import Config
 from catdog.errors import CatdogError
-from conftest import CLASSES, class_image, run_catdog, write_split
+from conftest import CLASSES, class_image, png_bomb, run_catdog, write_split
 
 
 def config_for(data_dir, **overrides) -> Config:
@@ -139,7 +140,7 @@ def test_every_supported_kind_decodes_to_rgb(tmp_path, name, mode):
     rgb = class_image("dogs", np.random.default_rng(0))
     path = tmp_path / name
     Image.fromarray(rgb).convert(mode).save(path)
-    image = data.load_image(tf.constant(str(path)), 32)
+    image = images.load_image(tf.constant(str(path)), 32)
     assert image.shape == (32, 32, 3) and image.dtype == tf.uint8
     reference = np.asarray(Image.open(path).convert("RGB").resize((32, 32)), np.float32)
     assert np.abs(image.numpy().mean(axis=(0, 1)) - reference.mean(axis=(0, 1))).max() < 12
@@ -236,3 +237,49 @@ def test_download_cli(tmp_path, served_zip):
                         f"--download_sha256={sha256}")
     assert result.returncode == 0, result.stderr
     assert (target / "train" / "dogs").is_dir()
+
+
+# --- hostile folders and files ------------------------------------------------------------------
+
+def _one_class_tree(root: Path) -> Path:
+    write_split(root, per_class=2)
+    return root
+
+
+def test_a_symlink_loop_lists_each_photo_once(tmp_path):
+    root = _one_class_tree(tmp_path / "data")
+    os.symlink(root / "cats", root / "cats" / "loop")  # cats/loop → cats
+    files = data.list_images(root, data.class_names_in(root))
+    assert sorted(Path(p).name for p in files.paths if "cats" in Path(p).name) == [
+        "cats.0.jpg", "cats.1.jpg"]
+    assert len(files) == 4
+
+
+def test_a_link_to_another_class_is_reported_not_mislabelled(tmp_path):
+    root = _one_class_tree(tmp_path / "data")
+    os.symlink(root / "dogs", root / "cats" / "more")
+    files = data.list_images(root, data.class_names_in(root))
+    assert [files.labels[i] for i, p in enumerate(files.paths) if "dogs." in p] == [1, 1]
+    (skipped,) = files.skipped
+    assert skipped.path.endswith("cats/more") and "outside the class folder" in skipped.reason
+
+
+def test_fifos_and_device_links_are_skipped_with_a_reason_never_read(tmp_path):
+    root = _one_class_tree(tmp_path / "data")
+    os.mkfifo(root / "cats" / "pipe.jpg")  # reading it would block forever
+    os.symlink("/dev/zero", root / "dogs" / "zero.jpg")  # reading it would never end
+    bad = {Path(b.path).name: b.reason for b in data.check_folder(str(root))}
+    assert "a FIFO, not a regular file" in bad["pipe.jpg"]
+    assert "a link to /dev/zero, outside the class folder" in bad["zero.jpg"]
+
+
+def test_a_bomb_is_refused_by_data_check_and_by_training(tmp_path):
+    root = _one_class_tree(tmp_path / "data")
+    (root / "cats" / "bomb.png").write_bytes(png_bomb())
+    result = run_catdog("data", "check", str(root))
+    assert result.returncode == 1
+    assert "bomb.png: image declares 529000000 pixels" in result.stdout
+    config = Config(data_dir=str(root), validation_split=0.5, on_bad_image="skip")
+    splits = data.prepare_splits(config)
+    assert [Path(b.path).name for b in splits.bad_images] == ["bomb.png"]
+    assert "--max_image_pixels" in splits.bad_images[0].reason

@@ -1,13 +1,14 @@
 """Predict: one line per image from .h5 or SavedModel alike; bad files get an error line."""
 
 import json
+import os
 
 import keras
 import pytest
 
 from catdog import export, predict
 from catdog import model as model_lib
-from conftest import run_catdog
+from conftest import png_bomb, run_catdog
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +49,13 @@ def test_cli_labels_a_folder_and_reports_bad_files_without_a_traceback(exported,
     records = [json.loads(line) for line in jsonl.stdout.splitlines()]
     assert jsonl.returncode == 1 and len(records) == 13
     assert [r["error"] for r in records if "error" in r] == ["Input is empty."]
+
+
+def test_predict_refuses_a_bomb_and_never_reads_a_fifo(exported, tmp_path):
+    (tmp_path / "bomb.png").write_bytes(png_bomb())
+    os.mkfifo(tmp_path / "pipe.jpg")
+    classifier = export.load_classifier(exported.saved_model)
+    results = list(predict.predict_paths(classifier, [str(tmp_path / "bomb.png"),
+                                                      str(tmp_path / "pipe.jpg")], 4))
+    assert "--max_image_pixels" in results[0]["error"]
+    assert "not a regular file" in results[1]["error"]

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from catdog import data, export, serve, signatures, wire
+from catdog import contract, export, images, serve, wire
 from catdog import model as model_lib
 from catdog.client import Client
 from catdog.wire import ServingError
@@ -91,7 +91,7 @@ def jpegs(tmp_path_factory):
 
 
 def expected_probabilities(model, paths):
-    pixels = np.stack([tf.cast(data.load_image(tf.constant(str(p)), IMAGE_SIZE), tf.float32)
+    pixels = np.stack([tf.cast(images.load_image(tf.constant(str(p)), IMAGE_SIZE), tf.float32)
                        for p in paths])
     return model(pixels, training=False).numpy()
 
@@ -122,8 +122,8 @@ def test_classify_returns_every_class_with_its_score(client, exported, jpegs):
 
 def test_predict_pixels_signature(client, exported):
     pixels = np.random.default_rng(0).integers(0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3))
-    outputs = client.predict_raw(signatures.PREDICT_PIXELS,
-                                 {signatures.PIXELS: pixels.astype(np.float32)})
+    outputs = client.predict_raw(contract.PREDICT_PIXELS,
+                                 {contract.PIXELS: pixels.astype(np.float32)})
     np.testing.assert_allclose(outputs["probabilities"],
                                exported[0](pixels.astype("float32")).numpy(), atol=1e-5)
 
@@ -161,19 +161,19 @@ def test_bad_request_gets_its_status_and_the_server_keeps_serving(server_url, ca
     client = Client(server_url, model, version=7 if case == "unknown_version" else None,
                     timeout=30)
     request = {
-        "non_image": (signatures.SERVING_DEFAULT,
+        "non_image": (contract.SERVING_DEFAULT,
                       {"image_bytes": np.array([b"not an image"], object)}),
-        "wrong_dtype": (signatures.PREDICT_PIXELS,
+        "wrong_dtype": (contract.PREDICT_PIXELS,
                         {"pixels": np.array([b"x"], object)}),
-        "wrong_shape": (signatures.PREDICT_PIXELS,
+        "wrong_shape": (contract.PREDICT_PIXELS,
                         {"pixels": np.zeros((1, 10, 10, 3), np.float32)}),
-        "unknown_input": (signatures.SERVING_DEFAULT,
+        "unknown_input": (contract.SERVING_DEFAULT,
                           {"images": np.array([jpegs[0].read_bytes()], object)}),
         "unknown_signature": ("no_such_signature",
                               {"image_bytes": np.array([jpegs[0].read_bytes()], object)}),
-        "oversized": (signatures.SERVING_DEFAULT,
+        "oversized": (contract.SERVING_DEFAULT,
                       {"image_bytes": np.array([bytes(300 << 10)], object)}),
-    }.get(case, (signatures.SERVING_DEFAULT,
+    }.get(case, (contract.SERVING_DEFAULT,
                  {"image_bytes": np.array([jpegs[0].read_bytes()], object)}))
     with pytest.raises(ServingError) as error:
         client.predict_raw(*request)
@@ -412,6 +412,17 @@ def test_batching_merges_concurrent_requests_and_keeps_answers(exported, tmp_pat
 
 
 def exported_probabilities(model, jpeg: Path) -> np.ndarray:
-    pixels = tf.cast(data.resize_image(data.decode_image(jpeg.read_bytes()), IMAGE_SIZE),
+    pixels = tf.cast(images.resize_image(images.decode_image(jpeg.read_bytes()), IMAGE_SIZE),
                      tf.float32)[None]
     return model(pixels, training=False)[0].numpy()
+
+
+def test_the_served_model_refuses_a_bomb_naming_the_limit(server_url):
+    from conftest import png_bomb
+
+    if "127.0.0.1" not in server_url:
+        pytest.skip("the local server's export")
+    with pytest.raises(ServingError) as error:
+        Client(server_url, "catdog", timeout=30).predict([png_bomb()])
+    assert wire.http_status(error.value.code) == 400
+    assert "--max_image_pixels" in error.value.message

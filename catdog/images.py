@@ -1,0 +1,108 @@
+"""One image: decode, resize, load and check it, with TensorFlow ops only.
+
+Shared by the input pipeline, the serving signatures, `evaluate` and `predict`, so an image is
+read the same way everywhere. Every decode first reads the width and height the file declares
+in its header (JPEG, PNG, GIF, BMP) and refuses an image of more than `max_pixels` before a
+single pixel is decoded: a 60 KB PNG can declare 23000×23000 pixels and would take 1.6 GB as
+RGB. The default is Pillow's own limit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import tensorflow as tf
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS
+_HEADER_BYTES = 32
+
+
+def _bytes_as_int(head: tf.Tensor, start: int, count: int, big_endian: bool) -> tf.Tensor:
+    order = range(count) if big_endian else reversed(range(count))
+    value = tf.constant(0, tf.int64)
+    for k in order:
+        value = value * 256 + head[start + k]
+    return value
+
+
+def _starts_with(head: tf.Tensor, magic: bytes) -> tf.Tensor:
+    return tf.reduce_all(tf.equal(head[:len(magic)], tf.constant(list(magic), tf.int64)))
+
+
+def declared_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """Width × height from the header of a JPEG, PNG, GIF or BMP file (0 for anything else,
+    which the decoder then refuses)."""
+    padded = tf.strings.join([encoded, tf.constant(b"\0" * _HEADER_BYTES)])
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8),
+                   tf.int64)
+
+    def signed_abs(value):
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    png = _bytes_as_int(head, 16, 4, True) * _bytes_as_int(head, 20, 4, True)
+    gif = _bytes_as_int(head, 6, 2, False) * _bytes_as_int(head, 8, 2, False)
+    bmp = signed_abs(_bytes_as_int(head, 18, 4, False)) * signed_abs(
+        _bytes_as_int(head, 22, 4, False))
+    return tf.case([
+        (_starts_with(head, b"\x89PNG"), lambda: png),
+        (_starts_with(head, b"GIF8"), lambda: gif),
+        (_starts_with(head, b"BM"), lambda: bmp),
+        (_starts_with(head, b"\xff\xd8"), lambda: tf.reduce_prod(
+            tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64))),
+    ], default=lambda: tf.constant(0, tf.int64))
+
+
+def decode_image(encoded: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+    """JPEG/PNG/BMP/GIF bytes → uint8 RGB [H, W, 3] (grayscale expanded, alpha dropped); an
+    image declaring more than `max_pixels` is an InvalidArgumentError naming the limit."""
+    pixels = declared_pixels(encoded)
+    within = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.format(
+        "image declares {} pixels, more than the limit of {} (--max_image_pixels)",
+        (pixels, max_pixels))])
+    with tf.control_dependencies([within]):
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Squashes an image to `image_size`², antialiased, keeping uint8 RGB in 0–255."""
+    resized = tf.image.resize(image, [image_size, image_size], antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def load_image(path: tf.Tensor, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS
+               ) -> tf.Tensor:
+    """Reads, decodes and resizes one image file; graph-compatible for tf.data."""
+    return resize_image(decode_image(tf.io.read_file(path), max_pixels), image_size)
+
+
+def short_tf_error(error: tf.errors.OpError) -> str:
+    """'Input is empty.' instead of TensorFlow's '{{function_node …}} Input is empty. [Op:…]'."""
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message)
+    message = re.sub(r"\s*\[Op:\w+\]", "", message)
+    message = re.sub(r"assertion failed: \[(.*?)\]", r"\1", message, flags=re.DOTALL)
+    message = re.sub(r"Expected .* to be true\. Summarized data: b?'(.*)'", r"\1", message)
+    return re.sub(r"\s*name:\s*\S*$", "", message.strip()).splitlines()[0]
+
+
+def read_checked_image(path: str, image_size: int | None = None,
+                       max_pixels: int = MAX_IMAGE_PIXELS
+                       ) -> tuple[tf.Tensor | None, str | None]:
+    """Eagerly reads and decodes one file (and resizes it when `image_size` is given):
+    (image, None), or (None, why it cannot be used as an image)."""
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        return None, (f"unsupported extension '{Path(path).suffix}' "
+                      f"(expected one of {', '.join(IMAGE_EXTENSIONS)})")
+    try:
+        image = decode_image(tf.io.read_file(path), max_pixels)
+    except tf.errors.OpError as error:
+        return None, short_tf_error(error)
+    return (image if image_size is None else resize_image(image, image_size)), None
+
+
+def image_problem(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Why `path` cannot be used as an image, or None if it decodes."""
+    return read_checked_image(path, max_pixels=max_pixels)[1]
