@@ -22,7 +22,6 @@ import platform
 import time
 from collections.abc import Iterable, Iterator
 
-import numpy as np
 import tensorflow as tf
 from absl import app, flags
 

@@ -14,7 +14,6 @@ by side, since batching trades a little latency for throughput under concurrency
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import itertools
 import os
 import platform

@@ -23,5 +23,9 @@ def run(main: Callable[[Sequence[str]], int | None],
             logging.error("%s", error)
             print(f"error: {error}", file=sys.stderr)
             return 2
+        except OSError as error:  # an I/O failure no library call turned into a CatdogError
+            where = f"{error.filename}: " if error.filename else ""
+            print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+            return 2
 
     app.run(guarded)

@@ -27,7 +27,7 @@ from absl import logging
 from catdog import flags as catdog_flags
 from catdog.config import Config
 from catdog.errors import CatdogError
-from catdog.images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, image_problem, load_image
+from catdog.images import MAX_IMAGE_PIXELS, image_problem, load_image
 
 SPLITS = ("train", "validation")
 AUTOTUNE = tf.data.AUTOTUNE

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image, ImageDraw
 
-from catdog import data, export, images
+from catdog import atomic, data, export, images
 from catdog import flags as catdog_flags
 from catdog.errors import CatdogError
 
@@ -181,15 +179,12 @@ def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 
 
 def _write_reports(output_dir: Path, report: dict[str, Any], grid: Image.Image) -> None:
     """Writes the three files, each under a temporary name first, then renamed into place."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    writers = {"report.json": lambda f: f.write(json.dumps(report, indent=2).encode()),
-               "report.md": lambda f: f.write(markdown_report(report).encode()),
-               "misclassified.png": lambda f: grid.save(f, format="PNG")}
+    writers = {"report.json": lambda tmp: tmp.write_text(json.dumps(report, indent=2)),
+               "report.md": lambda tmp: tmp.write_text(markdown_report(report)),
+               "misclassified.png": lambda tmp: grid.save(tmp, format="PNG")}
     for name, write in writers.items():
-        fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=f".{name}.")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, output_dir / name)
+        with atomic.atomic_file(output_dir / name) as tmp:
+            write(tmp)
 
 
 def main(argv: Sequence[str]) -> None:

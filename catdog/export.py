@@ -11,24 +11,24 @@ one, and a failed export leaves the previous ones untouched.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import h5py
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from catdog import contract, images, signatures
+from catdog import atomic, contract, images, signatures
 from catdog.errors import CatdogError
 
 CLASS_NAMES_ATTR = contract.H5_CLASS_NAMES_ATTR
+_SOURCE_FILE = "assets.extra/catdog_source"  # which run and epoch a version was exported from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,23 +39,9 @@ class Exports:
     saved_model: Path
 
 
-@contextlib.contextmanager
-def _atomic_file(final: Path) -> Iterator[Path]:
-    """Yields a temporary sibling path with the same suffix; renames it to `final` on success."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=final.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def export_h5(model: keras.Model, class_names: Sequence[str], path: Path) -> Path:
     """Saves `model` as `.h5` with the class names stored as an HDF5 attribute of the file."""
-    with _atomic_file(path) as tmp:
+    with atomic.atomic_file(path) as tmp:
         model.save(tmp)
         with h5py.File(tmp, "a") as f:
             f.attrs[CLASS_NAMES_ATTR] = json.dumps(list(class_names))
@@ -64,6 +50,8 @@ def export_h5(model: keras.Model, class_names: Sequence[str], path: Path) -> Pat
 
 def load_h5(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
     """The model and class names written by `export_h5`."""
+    import catdog.model  # noqa: F401  (registers the VGG16Preprocess layer)
+
     model = keras.models.load_model(path, compile=False)
     with h5py.File(path, "r") as f:
         class_names = json.loads(f.attrs[CLASS_NAMES_ATTR])
@@ -78,25 +66,43 @@ def next_version(base: Path) -> int:
 
 def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Path,
                        keep_versions: int = 0,
-                       max_image_pixels: int = images.MAX_IMAGE_PIXELS) -> Path:
+                       max_image_pixels: int = images.MAX_IMAGE_PIXELS, source: str = "") -> Path:
     """Writes the next version folder `base/<N>/` (TF Serving model name: `base.name`), then
-    prunes all but the newest `keep_versions` (0 keeps all); returns the new folder."""
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=base, prefix=".export-"))
-    try:
+    prunes all but the newest `keep_versions` (0 keeps all); returns the new folder.
+
+    `source` names the trained state being exported (run folder and epoch); when the newest
+    version already holds that state (a run killed after its export, started again), it is
+    returned instead of writing an identical new version."""
+    atomic.remove_leftovers(base)
+    newest = _newest_version(base)
+    if source and newest and _source_of(newest) == source:
+        logging.info("%s already holds this model (%s)", newest, source)
+        return newest
+    final = base / str(next_version(base))
+    with atomic.atomic_dir(final) as tmp:
         with tempfile.TemporaryDirectory() as labels_dir:
             labels = signatures.write_labels(Path(labels_dir), class_names)
             signatures.serving_archive(model, labels, max_image_pixels).write_out(
                 str(tmp), verbose=False)
         signatures.mark_classify_method(tmp)
         signatures.write_warmup_requests(tmp, base.name, model.input_shape[1])
-        final = base / str(next_version(base))
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if source:
+            (tmp / _SOURCE_FILE).write_text(source)
     if keep_versions:
         prune_versions(base, keep_versions)
     return final
+
+
+def _newest_version(base: Path) -> Path | None:
+    versions = [p for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return max(versions, key=lambda p: int(p.name), default=None)
+
+
+def _source_of(version: Path) -> str:
+    try:
+        return (version / _SOURCE_FILE).read_text()
+    except OSError:
+        return ""
 
 
 def prune_versions(base: Path, keep: int) -> list[Path]:
@@ -105,21 +111,19 @@ def prune_versions(base: Path, keep: int) -> list[Path]:
     versions = sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     removed = versions[:-keep] if keep else []
     for version in removed:
-        hidden = Path(tempfile.mkdtemp(dir=base, prefix=f".pruned-{version.name}-"))
-        os.rename(version, hidden / version.name)
-        shutil.rmtree(hidden)
+        atomic.remove_dir(version)
     return removed
 
 
 def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str | os.PathLike,
                model_name: str, keep_versions: int = 0,
-               max_image_pixels: int = images.MAX_IMAGE_PIXELS) -> Exports:
+               max_image_pixels: int = images.MAX_IMAGE_PIXELS, source: str = "") -> Exports:
     """Writes `<export_dir>/<model_name>.h5` and a new `<export_dir>/<model_name>/<N>/`."""
     export_dir = Path(export_dir)
     return Exports(
         h5=export_h5(model, class_names, export_dir / f"{model_name}.h5"),
         saved_model=export_saved_model(model, class_names, export_dir / model_name,
-                                       keep_versions, max_image_pixels))
+                                       keep_versions, max_image_pixels, source))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import keras
@@ -21,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from catdog import data
+from catdog import atomic, data
 from catdog.config import Config
+from catdog.errors import CatdogError
 
 _FILE = "features.npz"
 
@@ -82,11 +82,12 @@ def cached_features(extractor: keras.Model, files: data.ImageFiles, decoded: tf.
 
 
 def _write_atomically(folder: Path, features: np.ndarray, labels: np.ndarray) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    np.savez(tmp / _FILE, features=features, labels=labels)
+    """One cache entry, whole; a disk-full or other write error costs the cache, not the run."""
+    atomic.remove_leftovers(folder.parent)
+    if folder.exists():  # another run wrote the same entry first; theirs is as good as ours
+        return
     try:
-        os.rename(tmp, folder)
-    except OSError:  # another run wrote the same entry first; theirs is as good as ours
-        (tmp / _FILE).unlink()
-        tmp.rmdir()
+        with atomic.atomic_dir(folder) as tmp:
+            np.savez(tmp / _FILE, features=features, labels=labels)
+    except CatdogError as error:
+        logging.warning("feature cache not written (%s); training goes on without it", error)

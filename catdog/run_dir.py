@@ -13,10 +13,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
+from catdog import atomic
 from catdog.config import Config
 from catdog.errors import CatdogError
 
@@ -26,12 +27,8 @@ _TEXT_COLUMNS = ("phase",)
 
 
 def write_json_atomically(path: Path, content: Any) -> None:
-    """Writes JSON to a temporary sibling and renames it, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(content, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes JSON whole (catdog.atomic), so readers never see half a file."""
+    atomic.write_text(path, json.dumps(content, indent=2) + "\n")
 
 
 class RunDir:
@@ -58,9 +55,23 @@ class RunDir:
                     f"--run_dir={self.root} holds a run started with --{name}={old}, not {new}; "
                     f"use those flags to resume it, or a new --run_dir (differing: "
                     f"{', '.join(changed)})")
-        for folder in (self.checkpoints, self.logs, self.tensorboard):
-            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for folder in (self.checkpoints, self.logs, self.tensorboard):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise atomic.write_error(folder, error) from None
+        self.remove_leftovers()
         write_json_atomically(self.config_json, config.to_dict())
+
+    def remove_leftovers(self) -> None:
+        """Temporaries of a killed or failed run: catdog's hidden ones and TensorFlow's
+        `*_temp` checkpoint folders."""
+        for folder in (self.root, self.checkpoints, self.best_checkpoint):
+            atomic.remove_leftovers(folder)
+            if folder.is_dir():
+                for entry in folder.glob("*_temp*"):
+                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else \
+                        entry.unlink(missing_ok=True)
 
     def read_history(self, finished_epochs: int) -> list[dict[str, Any]]:
         """Rows of metrics.csv for the first `finished_epochs` epochs; later rows are dropped
@@ -77,20 +88,22 @@ class RunDir:
         return rows
 
     def append_history(self, row: dict[str, Any]) -> None:
-        new_file = not self.metrics_csv.exists()
-        with open(self.metrics_csv, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        """Adds an epoch's row; the file is rewritten whole, so a full disk cannot leave half
+        a row in it."""
+        self._write_history(self._rows() + [row])
+
+    def _rows(self) -> list[dict[str, Any]]:
+        if not self.metrics_csv.exists():
+            return []
+        with open(self.metrics_csv, newline="") as f:
+            return list(csv.DictReader(f))
 
     def _write_history(self, rows: list[dict[str, Any]]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".metrics.csv.")
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.metrics_csv)
+        with atomic.atomic_file(self.metrics_csv) as tmp:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomically(self.summary_json, summary)

@@ -15,9 +15,12 @@ from __future__ import annotations
 import dataclasses
 import logging as std_logging
 import math
+import re
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -228,26 +231,80 @@ class Checkpoints:
         self.best_manager = tf.train.CheckpointManager(self.best, run.best_checkpoint,
                                                        max_to_keep=1)
 
+    # Resume cases, in order:
+    #   1. no checkpoint: a new run, epoch 0;
+    #   2. the newest checkpoint restores: go on after its epoch;
+    #   3. it is damaged (truncated, zeroed, deleted or bit-flipped files): say which file and
+    #      why in one line, and fall back to the next older one that restores;
+    #   4. none restores: one line saying so and how to start afresh.
+    # The best-epoch checkpoint, read for the export, falls back to the newest last-epoch one.
     def restore_last(self) -> int:
-        """Restores the last finished epoch, if any; returns how many epochs are finished."""
-        latest = tf.train.latest_checkpoint(self.read_from.checkpoints)
-        if latest:
-            self.last.restore(latest).assert_existing_objects_matched()
-        return int(self.progress.finished_epochs)
+        """Restores the newest finished epoch that can be restored; returns how many epochs
+        are finished."""
+        candidates = _checkpoint_prefixes(self.read_from.checkpoints)
+        for prefix in candidates:
+            problem = _try_restore(self.last, prefix)
+            if problem is None:
+                return int(self.progress.finished_epochs)
+            logging.warning("checkpoint %s cannot be restored (%s); trying an older one",
+                            prefix, problem)
+        if candidates:
+            raise CatdogError(f"no checkpoint under {self.read_from.checkpoints} can be restored "
+                              f"(newest: {candidates[0]}); start afresh with a new --run_dir")
+        return 0
 
     def save(self, epoch: int, val_accuracy: float) -> None:
-        """Saves the finished epoch, and also as the best one if its val_accuracy is higher."""
+        """Saves the finished epoch, and also as the best one if its val_accuracy is higher;
+        a write that fails (disk full) removes its temporaries and ends the run in one line."""
         if val_accuracy > float(self.progress.best_val_accuracy):
-            self.best_manager.save(checkpoint_number=epoch)
+            _save(self.best_manager, epoch)
             self.progress.best_val_accuracy.assign(val_accuracy)
             self.progress.best_epoch.assign(epoch)
         self.progress.finished_epochs.assign(epoch)
-        self.last_manager.save(checkpoint_number=epoch)
+        _save(self.last_manager, epoch)
 
     def restore_best(self) -> None:
-        best = (tf.train.latest_checkpoint(self.read_from.best_checkpoint)
-                or self.best_manager.latest_checkpoint)
-        self.best.restore(best).assert_existing_objects_matched()
+        """The best epoch's weights, or, when that checkpoint is damaged, the last epoch's."""
+        for prefix in _checkpoint_prefixes(self.read_from.best_checkpoint):
+            problem = _try_restore(self.best, prefix)
+            if problem is None:
+                return
+            logging.warning("best checkpoint %s cannot be restored (%s); exporting the last "
+                            "epoch's weights instead", prefix, problem)
+        for prefix in _checkpoint_prefixes(self.read_from.checkpoints):
+            if _try_restore(self.best, prefix) is None:
+                return
+        raise CatdogError(f"no checkpoint under {self.read_from.checkpoints} can be restored; "
+                          "start afresh with a new --run_dir")
+
+
+def _checkpoint_prefixes(folder) -> list[str]:
+    """Checkpoint prefixes in `folder`, newest first: every `ckpt-N` that has an index or a data
+    file, so a damaged `checkpoint` state file hides none and a missing file is reported."""
+    prefixes = {re.sub(r"\.(index|data-\d+-of-\d+)$", "", str(p))
+                for p in Path(folder).glob("ckpt-*") if re.search(r"ckpt-\d+\.", p.name)}
+    return sorted(prefixes, key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
+
+
+def _try_restore(checkpoint: tf.train.Checkpoint, prefix: str) -> str | None:
+    """None when `prefix` restored every object, else a one-line reason."""
+    try:
+        checkpoint.restore(prefix).assert_existing_objects_matched()
+        return None
+    except (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError) as error:
+        message = getattr(error, "message", None) or str(error) or type(error).__name__
+        return f"{type(error).__name__}: {message.strip().splitlines()[0][:200]}"
+
+
+def _save(manager: tf.train.CheckpointManager, epoch: int) -> None:
+    try:
+        manager.save(checkpoint_number=epoch)
+    except (tf.errors.OpError, OSError) as error:
+        for temp in Path(manager.directory).glob("*_temp*"):
+            shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink()
+        cause = getattr(error, "strerror", None) or getattr(error, "message", str(error))
+        raise CatdogError(f"cannot write checkpoint {manager.directory}/ckpt-{epoch}: "
+                          f"{cause.strip().splitlines()[0]}") from None
 
 
 def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
@@ -285,9 +342,11 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
     checkpoints.restore_best()
     logging.info("best epoch %d: val_accuracy %.4f", int(progress.best_epoch),
                  float(progress.best_val_accuracy))
-    exports = export.export_all(trainer.model, splits.class_names, config.export_dir,
-                                config.model_name, config.keep_versions,
-                                config.max_image_pixels)
+    exports = export.export_all(
+        trainer.model, splits.class_names, config.export_dir, config.model_name,
+        config.keep_versions, config.max_image_pixels,
+        source=f"{Path(config.run_dir).resolve()} epoch {int(progress.best_epoch)} of "
+               f"{int(progress.finished_epochs)}")
     logging.info("exported %s and %s", exports.h5, exports.saved_model)
     summary = _summary(config, splits, distribution, progress, history, exports,
                        time.perf_counter() - wall_start, inputs.feature_seconds)

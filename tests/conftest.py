@@ -44,6 +44,15 @@ def dataset_dir(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def dataset_dir_module(tmp_path_factory) -> Path:
+    """The same dataset as `dataset_dir`, shared by a module's tests (which must not change it)."""
+    root = tmp_path_factory.mktemp("dataset")
+    write_split(root / "train", 16, seed=1)
+    write_split(root / "validation", 6, seed=2)
+    return root
+
+
 def free_ports(count: int) -> list[int]:
     """Ports free on 127.0.0.1 right now (all bound at once, so they differ)."""
     sockets = [socket.socket() for _ in range(count)]

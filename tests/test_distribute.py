@@ -42,6 +42,7 @@ def summary_of(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_matches_one_device(dataset_dir, tmp_path):
     one = run_catdog("train", *cli_flags(dataset_dir, tmp_path / "one", "--strategy=default"))
     two = run_catdog("train", *cli_flags(dataset_dir, tmp_path / "two", "--strategy=mirrored",
@@ -71,6 +72,7 @@ def restore_float32():
     keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy, compute, loss_scaled", [
     ("mixed_float16", "float16", True), ("mixed_bfloat16", "bfloat16", False)])
 def test_mixed_precision_on_cpu(dataset_dir, tmp_path, restore_float32, policy, compute,
@@ -98,6 +100,7 @@ def test_mixed_precision_on_cpu(dataset_dir, tmp_path, restore_float32, policy, 
     np.testing.assert_allclose(out["saved_model"], in_memory, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_xla_compiled_model_step_trains_on_cpu(dataset_dir, tmp_path):
     config = Config(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
                     epochs=1, rotation=0.1, jit_compile="true", strategy="default",
@@ -125,6 +128,7 @@ def run_two_workers(dataset_dir, run: Path, scratch: Path, epochs: int):
     return outputs
 
 
+@pytest.mark.slow
 def test_two_local_workers_train_and_only_the_chief_writes(dataset_dir, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()

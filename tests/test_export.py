@@ -9,8 +9,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from catdog import export
-from catdog.signatures import image_example
 from catdog import model as model_lib
+from catdog.errors import CatdogError
+from catdog.wire import image_example
 
 CLASS_NAMES = ("cats", "dogs")
 
@@ -136,9 +137,9 @@ def test_failed_export_leaves_earlier_exports_untouched(classifier, tmp_path, mo
     monkeypatch.setattr(classifier, "save", save_half_then_fail)
     archive_class = type(keras.export.ExportArchive())  # its __new__ picks a backend class
     monkeypatch.setattr(archive_class, "write_out", write_half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CatdogError, match="cannot write .*catdog.h5: disk full"):
         export.export_h5(classifier, CLASS_NAMES, exports.h5)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CatdogError, match="cannot write .*catdog/2: disk full"):
         export.export_saved_model(classifier, CLASS_NAMES, tmp_path / "catdog")
     assert exports.h5.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catdog", "catdog.h5"]

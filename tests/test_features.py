@@ -18,6 +18,7 @@ def config_for(dataset_dir, tmp_path, **overrides):
     return Config(**{**settings, **overrides})
 
 
+@pytest.mark.slow
 def test_training_on_cached_features_equals_training_on_images(dataset_dir, tmp_path):
     on_images = train.train(config_for(dataset_dir, tmp_path / "a"))
     cached = train.train(config_for(dataset_dir, tmp_path / "b", cache_features=True))
@@ -32,6 +33,7 @@ def test_training_on_cached_features_equals_training_on_images(dataset_dir, tmp_
     np.testing.assert_allclose(reloaded(pixels), on_images.model(pixels), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_disk_cache_is_reused_and_never_stale(dataset_dir, tmp_path, monkeypatch):
     config = config_for(dataset_dir, tmp_path, cache_features=True,
                         feature_cache_dir=str(tmp_path / "cache"))

@@ -1,6 +1,5 @@
 """Flags: defaults match the seed, every bad value is refused with a message naming the flag."""
 
-import subprocess
 
 import pytest
 from absl import flags

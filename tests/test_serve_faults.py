@@ -17,12 +17,9 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import grpc
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2

@@ -1,0 +1,133 @@
+"""The one way catdog writes a file or a folder: whole, or not at all.
+
+`atomic_file(path)` and `atomic_dir(path)` yield a hidden temporary sibling (`.<name>.tmp-…`) to
+write; when the block ends normally the data is flushed to disk and the temporary renamed over
+`path` in one step, so a reader (TF Serving, a resumed run) sees the old content or the new,
+never half. On any failure or interrupt the temporary is removed, and an OSError (disk full,
+permission, a read-only folder) becomes one CatdogError line naming the path and the cause.
+Files get 0644 and folders 0755 under the usual umask 022, not mkstemp's 0600/0700, so a TF
+Serving container running as another user can read exports. `remove_leftovers` clears the
+temporaries of a process that was killed mid-write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from catdog.errors import CatdogError
+
+_MARK = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
+
+
+def write_error(path: Path | str, error: OSError) -> CatdogError:
+    """One line naming what could not be written and why (libraries such as h5py put the
+    errno inside a long message: it is read from there)."""
+    number = error.errno or next(iter(re.findall(r"errno = (\d+)", str(error))), None)
+    cause = os.strerror(int(number)) if number else (str(error).splitlines() or ["?"])[0]
+    return CatdogError(f"cannot write {path}: {cause}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path` (same suffix) to write; renames it over `path`."""
+    final = Path(path)
+    tmp = None
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}{_MARK}",
+                                    suffix=final.suffix)
+        os.close(fd)
+        tmp = Path(name)
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        _fsync(tmp)
+        os.replace(tmp, final)
+        _fsync(final.parent)
+    except OSError as error:
+        raise write_error(final, error) from None
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary folder beside `path` to fill; renames it to `path`, which must not
+    exist (a version folder is never replaced in place)."""
+    final = Path(path)
+    tmp = None
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}{_MARK}"))
+        yield tmp
+        for folder, dirs, files in os.walk(tmp):
+            for name in dirs:
+                os.chmod(Path(folder) / name, 0o777 & ~_umask())
+            for name in files:
+                os.chmod(Path(folder) / name, 0o666 & ~_umask())
+        os.chmod(tmp, 0o777 & ~_umask())
+        _fsync_tree(tmp)
+        os.rename(tmp, final)
+        _fsync(final.parent)
+    except OSError as error:
+        raise write_error(final, error) from None
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """The whole of `text` at `path`, atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def remove_dir(path: str | os.PathLike) -> None:
+    """Removes a folder so that it vanishes at once (renamed to a hidden name, then deleted)."""
+    path = Path(path)
+    hidden = path.parent / f".{path.name}{_MARK}removed"
+    os.rename(path, hidden)
+    shutil.rmtree(hidden)
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Deletes the temporaries that killed writers left in `folder`; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and _MARK in entry.name:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
