@@ -107,7 +107,8 @@ def list_images(folder: str | os.PathLike, class_names: Sequence[str]) -> ImageF
         if not class_dir.is_dir():
             raise CatdogError(f"class folder {class_dir} is missing; every split needs the "
                               f"same class sub-folders {list(class_names)}")
-        files, problems = _class_files(class_dir)
+        others = {(folder / other).resolve() for other in class_names if other != name}
+        files, problems = _class_files(class_dir, others)
         skipped += problems
         if not files:
             raise CatdogError(f"class folder {class_dir} holds no images")
@@ -116,11 +117,11 @@ def list_images(folder: str | os.PathLike, class_names: Sequence[str]) -> ImageF
     return ImageFiles(tuple(paths), tuple(labels), tuple(class_names), tuple(skipped))
 
 
-def _class_files(class_dir: Path) -> tuple[list[str], list[BadImage]]:
+def _class_files(class_dir: Path, other_classes: set[Path]) -> tuple[list[str], list[BadImage]]:
     """The regular files under a class folder, each once, in sorted order. Symlinked folders
-    are followed once (a loop ends there); a symlink that leads out of the class folder, a
-    FIFO, socket or device, a broken link or an unreadable folder is reported, never read."""
-    top = class_dir.resolve()
+    are followed once (a loop ends there); a link into another class's folder (it would
+    mislabel), a FIFO, socket or device, a broken link or an unreadable folder is reported, never
+    read. Links to files or folders elsewhere (a symlink farm) are used."""
     seen_folders: set[Path] = set()
     seen_files: dict[Path, str] = {}
     files: list[str] = []
@@ -131,9 +132,9 @@ def _class_files(class_dir: Path) -> tuple[list[str], list[BadImage]]:
         real = current.resolve()
         if real in seen_folders:
             continue
-        if real != top and top not in real.parents:
-            problems.append(BadImage(str(current), f"a link to {real}, outside the class "
-                                                   f"folder {class_dir}; not followed"))
+        if _inside(real, other_classes):
+            problems.append(BadImage(str(current), f"a link to {real}, inside another class's "
+                                                   "folder; not followed"))
             continue
         seen_folders.add(real)
         try:
@@ -144,7 +145,7 @@ def _class_files(class_dir: Path) -> tuple[list[str], list[BadImage]]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            problem = _entry_problem(entry, top, class_dir, seen_files)
+            problem = _entry_problem(entry, other_classes, seen_files)
             if problem == "folder":
                 stack.append(entry)
             elif problem:
@@ -155,7 +156,11 @@ def _class_files(class_dir: Path) -> tuple[list[str], list[BadImage]]:
     return sorted(files), problems
 
 
-def _entry_problem(entry: Path, top: Path, class_dir: Path, seen: dict[Path, str]) -> str | None:
+def _inside(path: Path, folders: set[Path]) -> bool:
+    return any(path == f or f in path.parents for f in folders)
+
+
+def _entry_problem(entry: Path, other_classes: set[Path], seen: dict[Path, str]) -> str | None:
     """None for a regular file to read, "folder" for a folder to walk, else why to skip it."""
     try:
         mode = entry.stat().st_mode
@@ -163,13 +168,13 @@ def _entry_problem(entry: Path, top: Path, class_dir: Path, seen: dict[Path, str
         return f"cannot be read: {error.strerror} (a broken link?)"
     if stat.S_ISDIR(mode):
         return "folder"
-    target = entry.resolve()
-    if top not in target.parents:
-        return f"a link to {target}, outside the class folder {class_dir}; not read"
     if not stat.S_ISREG(mode):
         kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
                 else "a device")
         return f"{kind}, not a regular file; not read"
+    target = entry.resolve()
+    if _inside(target, other_classes):
+        return f"a link to {target}, inside another class's folder; not read"
     if target in seen:
         return f"the same file as {seen[target]}; counted once"
     return None

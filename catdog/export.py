@@ -50,9 +50,10 @@ def export_h5(model: keras.Model, class_names: Sequence[str], path: Path) -> Pat
 
 def load_h5(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
     """The model and class names written by `export_h5`."""
-    import catdog.model  # noqa: F401  (registers the VGG16Preprocess layer)
+    from catdog.model import VGG16Preprocess  # the custom layer the file names
 
-    model = keras.models.load_model(path, compile=False)
+    model = keras.models.load_model(path, compile=False,
+                                    custom_objects={"catdog>VGG16Preprocess": VGG16Preprocess})
     with h5py.File(path, "r") as f:
         class_names = json.loads(f.attrs[CLASS_NAMES_ATTR])
     return model, class_names
@@ -120,6 +121,7 @@ def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str |
                max_image_pixels: int = images.MAX_IMAGE_PIXELS, source: str = "") -> Exports:
     """Writes `<export_dir>/<model_name>.h5` and a new `<export_dir>/<model_name>/<N>/`."""
     export_dir = Path(export_dir)
+    atomic.remove_leftovers(export_dir)  # a killed export's half-written .h5
     return Exports(
         h5=export_h5(model, class_names, export_dir / f"{model_name}.h5"),
         saved_model=export_saved_model(model, class_names, export_dir / model_name,
