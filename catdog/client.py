@@ -288,7 +288,12 @@ def main(argv: Sequence[str]) -> int:
     return 1 if failures else 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `catdog-client` console script (and `python -m catdog.client`)."""
     from catdog import cli, flags as catdog_flags
 
     cli.run(main, catdog_flags.define_client_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -24,7 +24,6 @@ from pathlib import Path
 import tensorflow as tf
 from absl import logging
 
-from catdog import flags as catdog_flags
 from catdog.config import Config
 from catdog.errors import CatdogError
 from catdog.images import MAX_IMAGE_PIXELS, image_problem, load_image
@@ -317,7 +316,10 @@ def download_dataset(url: str, data_dir: str | os.PathLike, sha256: str = "") ->
         except ValueError as error:
             raise CatdogError(f"{url} does not match --download_sha256={sha256}: {error}")
         except Exception as error:
-            raise CatdogError(f"could not download {url}: {error}") from error
+            raise CatdogError(
+                f"could not download {url} ({error}); without internet, pass a dataset folder "
+                "you have and a local weights file: --data_dir=/path/to/cats_and_dogs_filtered "
+                "--weights=/path/to/vgg16_notop.h5 (README, 'Without internet')") from None
         digest = _sha256_of(Path(tmp) / "dataset.zip")
         if not sha256:
             logging.warning("downloaded %s unchecked; its sha256 is %s (pin it with "
@@ -365,6 +367,8 @@ def check_folder(folder: str, max_pixels: int = MAX_IMAGE_PIXELS) -> list[BadIma
 
 
 def main(argv: Sequence[str]) -> int:
+    from catdog import flags as catdog_flags
+
     command = argv[1:2]
     if command == ["check"] and len(argv) == 3:
         from absl import flags
@@ -381,7 +385,12 @@ def main(argv: Sequence[str]) -> int:
     raise CatdogError("usage: python -m catdog.data check DIR | download [--data_dir=DIR]")
 
 
-if __name__ == "__main__":
-    from catdog import cli
+def run() -> None:
+    """The `catdog-data` console script (and `python -m catdog.data`)."""
+    from catdog import cli, flags as catdog_flags
 
     cli.run(main, catdog_flags.define_train_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -24,7 +24,6 @@ from absl import logging
 from PIL import Image, ImageDraw
 
 from catdog import atomic, data, export, images
-from catdog import flags as catdog_flags
 from catdog.errors import CatdogError
 
 CALIBRATION_BINS = 15
@@ -199,7 +198,12 @@ def main(argv: Sequence[str]) -> None:
           f"{report['images']} images; reports in {f.output_dir}")
 
 
-if __name__ == "__main__":
-    from catdog import cli
+def run() -> None:
+    """The `catdog-evaluate` console script (and `python -m catdog.evaluate`)."""
+    from catdog import cli, flags as catdog_flags
 
     cli.run(main, catdog_flags.define_evaluate_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,6 +1,6 @@
 """Writes a trained classifier twice: a Keras `.h5` file and a versioned SavedModel for TF Serving.
 
-    <export_dir>/<model_name>.h5        keras.models.load_model (after `import catdog.model`)
+    <export_dir>/<model_name>.h5        plain keras.models.load_model (only built-in layers)
     <export_dir>/<model_name>/<N>/      tf.saved_model.load / TF Serving, N = next free integer
                                         (signatures, labels and warm-up: catdog/signatures.py)
 
@@ -50,10 +50,7 @@ def export_h5(model: keras.Model, class_names: Sequence[str], path: Path) -> Pat
 
 def load_h5(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
     """The model and class names written by `export_h5`."""
-    from catdog.model import VGG16Preprocess  # the custom layer the file names
-
-    model = keras.models.load_model(path, compile=False,
-                                    custom_objects={"catdog>VGG16Preprocess": VGG16Preprocess})
+    model = keras.models.load_model(path, compile=False)
     with h5py.File(path, "r") as f:
         class_names = json.loads(f.attrs[CLASS_NAMES_ATTR])
     return model, class_names

@@ -8,6 +8,7 @@ Augmentation is a separate model applied by the training step only; it is never 
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from catdog import contract
@@ -29,15 +30,21 @@ IMAGENET_WEIGHTS_HINT = (
     "machine with internet and pass --weights=/path/to/that/file")
 
 
-@keras.saving.register_keras_serializable(package="catdog")
-class VGG16Preprocess(keras.layers.Layer):
-    """`keras.applications.vgg16.preprocess_input` as a layer: RGB 0–255 → BGR, mean-centred.
+VGG16_BGR_MEANS = (103.939, 116.779, 123.68)  # keras.applications.vgg16.preprocess_input
 
-    A registered layer (not a Lambda) so that the model survives `.h5` saving and reloading.
-    """
 
-    def call(self, inputs):
-        return keras.applications.vgg16.preprocess_input(inputs)
+def vgg16_preprocess(name: str = "vgg16_preprocess") -> keras.layers.Layer:
+    """`keras.applications.vgg16.preprocess_input` (RGB 0–255 → BGR, mean-centred) as a frozen
+    built-in 1×1 convolution: its kernel swaps the channels and its bias subtracts the means, so
+    the result is exact and the `.h5` file loads with plain `keras.models.load_model`, in a
+    process that has never imported catdog."""
+    swap = np.zeros((1, 1, 3, 3), np.float32)
+    for rgb, bgr in ((0, 2), (1, 1), (2, 0)):
+        swap[0, 0, rgb, bgr] = 1.0
+    return keras.layers.Conv2D(
+        3, 1, name=name, trainable=False, dtype="float32",
+        kernel_initializer=keras.initializers.Constant(swap),
+        bias_initializer=keras.initializers.Constant(-np.array(VGG16_BGR_MEANS, np.float32)))
 
 
 def build_base(image_size: int, weights: str) -> keras.Model:
@@ -57,9 +64,10 @@ def build_base(image_size: int, weights: str) -> keras.Model:
 
 
 def build_classifier(num_classes: int, image_size: int, weights: str) -> keras.Model:
-    """Pixels → VGG16Preprocess → frozen VGG16 → GlobalAveragePooling2D → Dense(512) → softmax."""
+    """Pixels → VGG16 preprocessing → frozen VGG16 → GlobalAveragePooling2D → Dense(512) →
+    softmax."""
     pixels = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
-    x = VGG16Preprocess(name="vgg16_preprocess")(pixels)
+    x = vgg16_preprocess()(pixels)
     x = build_base(image_size, weights)(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
     x = keras.layers.Dense(HEAD_UNITS, activation="relu", name="dense")(x)

@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import export, images
-from catdog import flags as catdog_flags
 from catdog.errors import CatdogError
 
 
@@ -87,7 +86,12 @@ def main(argv: Sequence[str]) -> int:
     return 1 if failures else 0
 
 
-if __name__ == "__main__":
-    from catdog import cli
+def run() -> None:
+    """The `catdog-predict` console script (and `python -m catdog.predict`)."""
+    from catdog import cli, flags as catdog_flags
 
     cli.run(main, catdog_flags.define_predict_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -45,8 +45,10 @@ class RunDir:
         self.config_json = self.root / "config.json"
 
     def open(self, config: Config) -> None:
-        """Creates the folders, or checks that an existing run was started with compatible flags."""
-        if self.config_json.exists():
+        """Creates the folders, or checks that an existing run was started with compatible flags.
+        Only a run with a finished epoch pins its flags: one that failed before (a download, a
+        missing folder, bad weights) takes the corrected command as a new start."""
+        if self.config_json.exists() and self.has_finished_epoch():
             previous = json.loads(self.config_json.read_text())
             changed = config.changes_that_break_resume(previous)
             if changed:
@@ -62,6 +64,9 @@ class RunDir:
             raise atomic.write_error(folder, error) from None
         self.remove_leftovers()
         write_json_atomically(self.config_json, config.to_dict())
+
+    def has_finished_epoch(self) -> bool:
+        return any(self.checkpoints.glob("ckpt-*.index"))
 
     def remove_leftovers(self) -> None:
         """Temporaries of a killed or failed run: catdog's hidden ones and TensorFlow's

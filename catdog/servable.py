@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import (classification_pb2, input_pb2, prediction_log_pb2,
                                      regression_pb2)
 
@@ -40,7 +41,8 @@ class Servable:
         self.name, self.version, self.path = name, version, Path(path)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
-        meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
+        with deprecation.silence():  # TF Serving's own loading path, deprecated for Python users
+            meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
         self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(
             meta_graph.signature_def)
         self.timeout_ms = timeout_ms

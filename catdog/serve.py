@@ -643,7 +643,12 @@ def main(argv: Sequence[str]) -> None:
         server.stop()
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `catdog-serve` console script (and `python -m catdog.serve`)."""
     from catdog import cli, flags as catdog_flags
 
     cli.run(main, catdog_flags.define_serve_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -17,6 +17,8 @@ import logging as std_logging
 import math
 import re
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -29,7 +31,6 @@ from absl import logging
 
 from catdog import data, distribute, export
 from catdog import features as features_lib
-from catdog import flags as catdog_flags
 from catdog import model as model_lib
 from catdog.config import Config
 from catdog.errors import CatdogError
@@ -449,11 +450,35 @@ def _summary(config: Config, splits: data.Splits, distribution: distribute.Distr
     }
 
 
-def main(argv: Sequence[str]) -> None:
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupted_message(config: Config) -> str:
+    """One line: which epoch is saved and how to go on (every epoch is checkpointed when it
+    ends, so an interrupt loses at most the epoch it stopped)."""
+    indexes = Path(config.run_dir, "checkpoints").glob("ckpt-*.index")
+    saved = max((int(p.stem.split("-")[1]) for p in indexes), default=0)
+    if not saved:
+        return (f"interrupted before the first epoch ended; nothing to resume in "
+                f"{config.run_dir}")
+    return (f"interrupted: epoch {saved} of {config.total_epochs} is saved in {config.run_dir}; "
+            "run the same command to resume")
+
+
+def main(argv: Sequence[str]) -> int | None:
+    from catdog import flags as catdog_flags
+
     if len(argv) > 1:
         raise CatdogError(f"unexpected arguments {list(argv[1:])}; every setting is a --flag "
                           "(see --helpfull)")
-    result = train(catdog_flags.config_from_flags())
+    config = catdog_flags.config_from_flags()
+    signal.signal(signal.SIGTERM, _interrupt)  # Kubernetes and batch schedulers stop with it
+    try:
+        result = train(config)
+    except KeyboardInterrupt:
+        print(interrupted_message(config), file=sys.stderr, flush=True)
+        return 130
     summary = result.summary
     worker = summary["distribution"]["worker_index"]
     if worker:
@@ -464,7 +489,12 @@ def main(argv: Sequence[str]) -> None:
           f"{summary['exports']['saved_model']}")
 
 
-if __name__ == "__main__":
-    from catdog import cli
+def run() -> None:
+    """The `catdog-train` console script (and `python -m catdog.train`)."""
+    from catdog import cli, flags as catdog_flags
 
     cli.run(main, catdog_flags.define_train_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,5 +1,7 @@
 """Export: .h5 and SavedModel written atomically, versioned, and reloadable with class names."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -144,3 +146,36 @@ def test_failed_export_leaves_earlier_exports_untouched(classifier, tmp_path, mo
     assert exports.h5.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catdog", "catdog.h5"]
     assert sorted(p.name for p in (tmp_path / "catdog").iterdir()) == ["1"]
+
+
+PLAIN_KERAS = """
+import sys, numpy as np, keras
+model = keras.models.load_model(sys.argv[1], compile=False)
+assert not [m for m in sys.modules if m.startswith("catdog")]
+np.save(sys.argv[3], model(np.load(sys.argv[2]), training=False))
+"""
+
+
+def test_h5_opens_with_plain_keras_in_a_process_without_catdog(classifier, tmp_path):
+    from conftest import run_python
+
+    exports = export.export_all(classifier, CLASS_NAMES, tmp_path, "catdog")
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "pixels.npy", pixels)
+    run_python(PLAIN_KERAS, str(exports.h5), str(tmp_path / "pixels.npy"),
+               str(tmp_path / "out.npy"))
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"),
+                               classifier(pixels, training=False).numpy(), atol=1e-5)
+
+
+def test_exports_are_readable_by_other_users(classifier, tmp_path):
+    """0644 files and 0755 folders under umask 022, so TF Serving running as another user reads
+    them (mkstemp and mkdtemp alone would give 0600 and 0700)."""
+    umask = os.umask(0o022)
+    try:
+        exports = export.export_all(classifier, CLASS_NAMES, tmp_path, "catdog")
+    finally:
+        os.umask(umask)
+    assert exports.h5.stat().st_mode & 0o777 == 0o644
+    for path in [exports.saved_model, *exports.saved_model.rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path

@@ -1,6 +1,10 @@
 """Flags: defaults match the seed, every bad value is refused with a message naming the flag."""
 
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from absl import flags
 
@@ -69,3 +73,17 @@ def test_cli_stops_before_any_work_on_a_bad_flag(tmp_path):
     assert result.returncode != 0
     assert "flag --batch_size=0: 0 is not a positive integer" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool, flag", [("train", "--data_dir"), ("serve", "--model_base_path"),
+                                        ("client", "--server"), ("evaluate", "--model"),
+                                        ("predict", "--model"), ("data", "--data_dir")])
+def test_console_scripts_are_installed_beside_python_m(tool, flag):
+    """`catdog-<tool>` runs the same entry point as `python -m catdog.<tool>`."""
+    import shutil
+
+    script = shutil.which(f"catdog-{tool}", path=str(Path(sys.executable).parent))
+    assert script, f"catdog-{tool} is not installed next to {sys.executable}"
+    result = subprocess.run([script, "--helpfull"], capture_output=True, text=True, timeout=300)
+    assert "USAGE" in result.stdout and f"{flag}:" in result.stdout

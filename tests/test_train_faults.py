@@ -184,3 +184,27 @@ def test_sigkill_at_random_moments_then_the_rerun_finishes_cleanly(dataset_dir_m
     assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2", "3", "4"]
     assert len([p for p in (tmp_path / "export" / "catdog").iterdir()]) == 1
     assert not leftovers(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_cleanly_in_one_line_and_the_rerun_resumes(
+        dataset_dir_module, tmp_path, signum):
+    args = [sys.executable, "-m", "catdog.train", f"--data_dir={dataset_dir_module}",
+            "--weights=none", "--image_size=32", "--batch_size=8", "--epochs=3", "--flip=none",
+            "--rotation=0", "--zoom=0", "--cache_features", f"--run_dir={tmp_path / 'run'}",
+            f"--export_dir={tmp_path / 'export'}"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if "Epoch 2/3" in line:
+            process.send_signal(signum)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130
+    assert "Traceback" not in rest
+    assert "interrupted: epoch 1 of 3 is saved in" in rest and "run the same command" in rest
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "resuming" in again.stderr and "after epoch 1" in again.stderr
