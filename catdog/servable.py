@@ -45,7 +45,8 @@ class Servable:
             meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
         self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(
             meta_graph.signature_def)
-        self.timeout_ms = timeout_ms
+        self.timeout_ms = 0  # no timeout while warming up (TF Serving's warm-up has none)
+        self._request_timeout_ms = timeout_ms
         self._callables: dict[tuple, object] = {}
         self._callables_lock = threading.Lock()
         self._in_flight = 0
@@ -97,7 +98,7 @@ class Servable:
     def _run(self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
         """One session run by tensor names, without Python's feed shape checks."""
         feed_names = tuple(sorted(feeds))
-        key = (feed_names, tuple(fetches))
+        key = (feed_names, tuple(fetches), self.timeout_ms)
         with self._callables_lock:
             run = self._callables.get(key)
             if run is None:
@@ -188,7 +189,14 @@ class Servable:
         return result
 
     def warm_up(self) -> int:
-        """Replays assets.extra/tf_serving_warmup_requests as TF Serving does; returns the count."""
+        """Replays assets.extra/tf_serving_warmup_requests as TF Serving does; returns the count.
+        Requests after it get the server's --rest_api_timeout_in_ms."""
+        try:
+            return self._replay_warmup()
+        finally:
+            self.timeout_ms = self._request_timeout_ms
+
+    def _replay_warmup(self) -> int:
         path = self.path / contract.WARMUP_FILE
         if not path.exists():
             return 0

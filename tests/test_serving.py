@@ -426,3 +426,15 @@ def test_the_served_model_refuses_a_bomb_naming_the_limit(server_url):
         Client(server_url, "catdog", timeout=30).predict([png_bomb()])
     assert wire.http_status(error.value.code) == 400
     assert "--max_image_pixels" in error.value.message
+
+
+def test_rest_api_timeout_in_ms_answers_deadline_exceeded_after_warm_up(exported, jpegs):
+    """--rest_api_timeout_in_ms bounds each request's session run (not the warm-up)."""
+    server = serve.start_server("catdog", exported[2], port=0, rest_api_port=0,
+                                rest_api_timeout_in_ms=1)
+    try:
+        with pytest.raises(ServingError) as error:
+            Client(f"http://127.0.0.1:{server.rest_port}", timeout=60).predict(jpegs * 4)
+        assert wire.http_status(error.value.code) == 504
+    finally:
+        server.stop()
