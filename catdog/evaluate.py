@@ -120,7 +120,10 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
     wrong = report["images"] - sum(row[i] for i, row in enumerate(report["confusion_matrix"]))
     lines += ["", f"{wrong} images are misclassified; misclassified.png shows the "
-                  f"{min(wrong, MAX_GRID_IMAGES)} most confidently wrong.", ""]
+                  f"{min(wrong, MAX_GRID_IMAGES)} most confidently wrong:", ""]
+    lines += [f"- {item['path']}: {item['label']}, predicted {item['predicted']} "
+              f"(p={item['probability']:.3f})" for item in report.get("misclassified", [])]
+    lines.append("")
     for item in report["skipped"]:
         lines.append(f"- skipped {item['path']}: {item['reason']}")
     return "\n".join(lines) + "\n"
@@ -132,8 +135,7 @@ def misclassified_grid(files: data.ImageFiles, probabilities: np.ndarray,
     captioned 'true -> predicted' and the predicted class's probability."""
     labels = np.array(files.labels)
     predicted = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != labels)
-    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:MAX_GRID_IMAGES]
+    wrong = most_confidently_wrong(labels, probabilities)[:MAX_GRID_IMAGES]
     rows = max(1, math.ceil(len(wrong) / GRID_COLUMNS))
     columns = GRID_COLUMNS if len(wrong) else 1
     grid = Image.new("RGB", (columns * THUMBNAIL, rows * (THUMBNAIL + CAPTION_HEIGHT)), "white")
@@ -148,9 +150,26 @@ def misclassified_grid(files: data.ImageFiles, probabilities: np.ndarray,
         draw.text((x + 3, y + THUMBNAIL + 2),
                   f"{class_names[labels[index]]} -> {class_names[predicted[index]]}",
                   fill="black")
-        draw.text((x + 3, y + THUMBNAIL + 15), f"p={probabilities[index, predicted[index]]:.3f}",
-                  fill="firebrick")
+        draw.text((x + 3, y + THUMBNAIL + 15), f"p={probabilities[index, predicted[index]]:.3f} "
+                  f"{Path(files.paths[index]).name[:14]}", fill="firebrick")
     return grid
+
+
+def most_confidently_wrong(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Indices of the misclassified images, the most confidently wrong first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    return wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")]
+
+
+def misclassified_files(files: data.ImageFiles, probabilities: np.ndarray,
+                        class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Each misclassified file with its true and predicted class, most confidently wrong first."""
+    predicted = probabilities.argmax(axis=1)
+    return [{"path": files.paths[i], "label": class_names[files.labels[i]],
+             "predicted": class_names[predicted[i]],
+             "probability": float(probabilities[i, predicted[i]])}
+            for i in most_confidently_wrong(np.array(files.labels), probabilities)]
 
 
 def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 32,
@@ -170,6 +189,7 @@ def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 
     report = {"model": str(model_path), "data_dir": str(data_dir),
               "class_names": list(classifier.class_names),
               **compute_metrics(np.array(files.labels), probabilities, classifier.class_names),
+              "misclassified": misclassified_files(files, probabilities, classifier.class_names),
               "skipped": [{"path": item.path, "reason": item.reason} for item in bad]}
     _write_reports(Path(output_dir), report,
                    misclassified_grid(files, probabilities, classifier.class_names))

@@ -21,15 +21,19 @@ from catdog import export, images
 from catdog.errors import CatdogError
 
 
-def image_paths(arguments: Sequence[str]) -> Iterator[str]:
-    """Files as given; folders expanded to their image files, sorted, recursively."""
+def image_paths(arguments: Sequence[str], skipped: list[str] | None = None) -> Iterator[str]:
+    """Files as given; folders expanded to their image files, sorted, recursively. Other files
+    found in folders (not images, or not regular files) are added to `skipped`."""
     for argument in arguments:
         path = Path(argument)
-        if path.is_dir():
-            yield from sorted(str(p) for p in path.rglob("*")
-                              if p.is_file() and p.suffix.lower() in images.IMAGE_EXTENSIONS)
-        else:
+        if not path.is_dir():
             yield argument
+            continue
+        for entry in sorted(p for p in path.rglob("*") if not p.is_dir()):
+            if entry.is_file() and entry.suffix.lower() in images.IMAGE_EXTENSIONS:
+                yield str(entry)
+            elif skipped is not None and not entry.name.startswith("."):
+                skipped.append(str(entry))
 
 
 def predict_paths(classifier: export.Classifier, paths: Sequence[str], batch_size: int,
@@ -69,7 +73,12 @@ def main(argv: Sequence[str]) -> int:
     from absl import flags
 
     f = flags.FLAGS
-    paths = list(image_paths(argv[1:]))
+    skipped: list[str] = []
+    paths = list(image_paths(argv[1:], skipped))
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) in the folders given that are not images "
+              f"({', '.join(images.IMAGE_EXTENSIONS)}) or not regular files, e.g. {skipped[0]}",
+              file=sys.stderr, flush=True)
     if not paths:
         raise CatdogError("usage: python -m catdog.predict --model=PATH IMAGE_OR_DIR... "
                           "(no images given or found)")

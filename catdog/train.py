@@ -326,7 +326,8 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
     history = run.read_history(finished)
 
     inputs = EpochInputs(trainer, splits, distribution.precision)
-    summary_writer = tf.summary.create_file_writer(str(run.tensorboard))
+    summary_writers = {split: tf.summary.create_file_writer(str(run.tensorboard / split))
+                       for split in ("train", "validation")}
     for epoch in range(finished + 1, config.total_epochs + 1):
         if epoch > config.epochs and not trainer.fine_tuning:
             logging.info("fine-tuning from %s at learning rate %g", config.fine_tune_from,
@@ -334,7 +335,7 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
             trainer.start_fine_tuning()
         logging.info("Epoch %d/%d", epoch, config.total_epochs)
         row = _train_epoch(trainer, inputs, epoch)
-        _record_epoch(row, run, summary_writer)
+        _record_epoch(row, run, summary_writers)
         history.append(row)
         progress.train_seconds.assign_add(row["seconds"])
         progress.train_images.assign_add(len(splits.train))
@@ -416,14 +417,19 @@ def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int) -> dict[str,
             "seconds": seconds, "images_per_second": count / seconds}
 
 
-def _record_epoch(row: dict[str, Any], run: RunDir, writer: tf.summary.SummaryWriter) -> None:
-    """Appends the epoch to metrics.csv and TensorBoard before its checkpoint is written."""
+def _record_epoch(row: dict[str, Any], run: RunDir,
+                  writers: dict[str, tf.summary.SummaryWriter]) -> None:
+    """Appends the epoch to metrics.csv and TensorBoard before its checkpoint is written.
+    TensorBoard gets one run per split (tensorboard/train, tensorboard/validation) with the same
+    tags, so a metric's training and validation curves share one chart."""
     run.append_history(row)
-    with writer.as_default(step=int(row["epoch"])):
-        for name, value in row.items():
-            if name not in ("epoch", "phase"):
-                tf.summary.scalar(name, value)
-    writer.flush()
+    for split, writer in writers.items():
+        with writer.as_default(step=int(row["epoch"])):
+            for name, value in row.items():
+                if name in ("epoch", "phase") or name.startswith("val_") != (split != "train"):
+                    continue
+                tf.summary.scalar(name.removeprefix("val_"), value)
+        writer.flush()
 
 
 def _summary(config: Config, splits: data.Splits, distribution: distribute.Distribution,

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -56,6 +57,10 @@ def test_h5_and_saved_model_give_the_same_report(exported, dataset_dir, tmp_path
     markdown = (out / "report.md").read_text()
     assert "| accuracy |" in markdown and "| cats |" in markdown and "broken.jpg" in markdown
     wrong = 12 - round(by_h5["accuracy"] * 12)
+    assert len(by_h5["misclassified"]) == wrong
+    for item in by_h5["misclassified"]:  # named in the report, each truly misclassified
+        assert item["label"] != item["predicted"] and f"- {item['path']}:" in markdown
+        assert Path(item["path"]).parent.name == item["label"]
     grid = Image.open(out / "misclassified.png")
     if wrong:
         assert grid.size == (8 * 128, math.ceil(wrong / 8) * (128 + 30))

@@ -33,6 +33,7 @@ def test_h5_and_saved_model_label_a_folder_equally(exported, dataset_dir):
 def test_cli_labels_a_folder_and_reports_bad_files_without_a_traceback(exported, dataset_dir):
     folder = dataset_dir / "validation"
     (folder / "cats" / "empty.jpg").write_bytes(b"")
+    (folder / "cats" / "notes.txt").write_text("not an image")
     result = run_catdog("predict", f"--model={exported.saved_model}", str(folder),
                         str(folder / "missing.png"))
     assert result.returncode == 1
@@ -43,6 +44,8 @@ def test_cli_labels_a_folder_and_reports_bad_files_without_a_traceback(exported,
         assert label in ("cats", "dogs") and 0.5 <= float(probability) <= 1
     assert "empty.jpg\terror: Input is empty." in result.stderr
     assert "missing.png\terror: no such file" in result.stderr
+    assert "skipped 1 file(s) in the folders given that are not images" in result.stderr
+    assert "notes.txt" in result.stderr
     assert "Traceback" not in result.stderr
 
     jsonl = run_catdog("predict", f"--model={exported.h5}", "--format=jsonl", str(folder))

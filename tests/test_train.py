@@ -75,7 +75,13 @@ def test_training_exports_models_that_reload_in_a_fresh_process(dataset_dir, tmp
     assert run_files == {"checkpoints", "config.json", "logs", "metrics.csv", "summary.json",
                          "tensorboard"}
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
-    assert list((tmp_path / "run" / "tensorboard").iterdir())
+    assert sorted(p.name for p in (tmp_path / "run" / "tensorboard").iterdir()) == [
+        "train", "validation"]
+    for split in ("train", "validation"):  # one run per split: curves share a chart by tag
+        (events,) = (tmp_path / "run" / "tensorboard" / split).iterdir()
+        tags = {value.tag for event in tf.compat.v1.train.summary_iterator(str(events))
+                for value in event.summary.value}
+        assert {"loss", "accuracy"} <= tags
     assert "Epoch 2/2" in (tmp_path / "run" / "logs" / "train.log").read_text()
 
     # Exported weights are the best epoch's: its validation accuracy is what the export scores.
