@@ -77,7 +77,8 @@ def serving_archive(model: keras.Model, labels_path: Path,
         return {CLASSES: tf.tile(names[None], [tf.shape(scores)[0], 1]), SCORES: scores}
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # The endpoints capture the model's variables themselves; tracking the model as well would
+    # store every VGG16 weight twice (once per Keras variable wrapper).
     archive.track(labels)
     archive.add_endpoint(SERVING_DEFAULT, serve_image_bytes)
     archive.add_endpoint(PREDICT_PIXELS, serve_pixels)
