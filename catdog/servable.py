@@ -10,7 +10,6 @@ merged into one session run by a `Batcher` (TF Serving's --enable_batching).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import gc
 import threading
@@ -55,16 +54,15 @@ class Servable:
 
     # --- request accounting -------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def in_use(self):
+    def acquire(self) -> None:
+        """Counts one more request running on this version (see `ModelManager.use`)."""
         with self._idle:
             self._in_flight += 1
-        try:
-            yield self
-        finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
+
+    def release(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
 
     def close(self) -> None:
         """Waits for running requests, then releases the session."""

@@ -106,8 +106,7 @@ def _require_spec(request) -> None:
 def predict(core: ServerCore, request: predict_pb2.PredictRequest, limits: Limits = Limits()
             ) -> predict_pb2.PredictResponse:
     _require_spec(request)
-    servable = core.servable(request.model_spec)
-    with servable.in_use():
+    with core.use(request.model_spec) as servable:
         inputs = _checked_arrays(request.inputs, limits)
         outputs = servable.predict(request.model_spec.signature_name, inputs,
                                    request.output_filter)
@@ -121,8 +120,7 @@ def classify(core: ServerCore, request: classification_pb2.ClassificationRequest
              ) -> classification_pb2.ClassificationResponse:
     _require_spec(request)
     _check_instances(_examples_in(request.input), limits)
-    servable = core.servable(request.model_spec)
-    with servable.in_use():
+    with core.use(request.model_spec) as servable:
         result = servable.classify(request.model_spec.signature_name, request.input)
     return classification_pb2.ClassificationResponse(
         model_spec=_spec_of(servable, request.model_spec), result=result)
@@ -132,8 +130,7 @@ def regress(core: ServerCore, request: regression_pb2.RegressionRequest, limits:
             ) -> regression_pb2.RegressionResponse:
     _require_spec(request)
     _check_instances(_examples_in(request.input), limits)
-    servable = core.servable(request.model_spec)
-    with servable.in_use():
+    with core.use(request.model_spec) as servable:
         result = servable.regress(request.model_spec.signature_name, request.input)
     return regression_pb2.RegressionResponse(
         model_spec=_spec_of(servable, request.model_spec), result=result)
@@ -151,9 +148,8 @@ def multi_inference(core: ServerCore, request: inference_pb2.MultiInferenceReque
     if len(names) > 1:
         raise wire.invalid("All ModelSpecs in a MultiInferenceRequest must access the same "
                            "model name.")
-    servable = core.servable(request.tasks[0].model_spec)
     response = inference_pb2.MultiInferenceResponse()
-    with servable.in_use():
+    with core.use(request.tasks[0].model_spec) as servable:
         for task in request.tasks:
             signature = task.model_spec.signature_name or contract.SERVING_DEFAULT
             if signature in signatures:
@@ -339,8 +335,7 @@ def _rest_post(core: ServerCore, spec: model_pb2.ModelSpec, verb: str, body: byt
     document = wire.parse_json(body)
     spec.signature_name = wire.signature_name_of(document)
     if verb == "predict":
-        servable = core.servable(spec)
-        with servable.in_use():
+        with core.use(spec) as servable:
             tensors, row = wire.predict_inputs_from_json(
                 document, servable.input_dtypes(spec.signature_name))
             inputs = _checked_arrays(tensors, limits)

@@ -14,8 +14,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -114,10 +115,26 @@ class ModelManager:
         with self._lock:
             return set(self._loaded)
 
-    def servable(self, spec: model_pb2.ModelSpec) -> Servable:
-        """The version a request's spec names (version, label or latest), or TF Serving's error."""
+    @contextlib.contextmanager
+    def use(self, spec: model_pb2.ModelSpec) -> Iterator[Servable]:
+        """The version a request's spec names, counted as in use until the block ends: it is
+        picked and counted under the same lock that retires versions, so a version is never
+        closed between a request finding it and running on it."""
         with self._lock:
-            loaded = dict(self._loaded)
+            servable = self._pick(spec, dict(self._loaded))
+            servable.acquire()
+        try:
+            yield servable
+        finally:
+            servable.release()
+
+    def servable(self, spec: model_pb2.ModelSpec) -> Servable:
+        """The version a request's spec names (version, label or latest), or TF Serving's error;
+        for reading it (metadata). Running it goes through `use`."""
+        with self._lock:
+            return self._pick(spec, dict(self._loaded))
+
+    def _pick(self, spec: model_pb2.ModelSpec, loaded: dict[int, Servable]) -> Servable:
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
             if spec.version_label not in self.config.version_labels:
@@ -210,6 +227,10 @@ class ServerCore:
 
     def servable(self, spec: model_pb2.ModelSpec) -> Servable:
         return self.manager(spec.name).servable(spec)
+
+    def use(self, spec: model_pb2.ModelSpec):
+        """`ModelManager.use` for the model the spec names."""
+        return self.manager(spec.name).use(spec)
 
     def models(self) -> list[ModelManager]:
         with self._lock:

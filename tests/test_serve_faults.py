@@ -296,3 +296,27 @@ def test_version_swaps_under_load_fail_no_request(small_model, tmp_path):
     server.stop()
     assert not failures, failures[:3]
     assert sum(counts) > 0
+
+
+def test_a_retired_version_runs_the_requests_that_found_it(small_model, tmp_path):
+    """A request holding version 1 when version 2 replaces it still runs on version 1; the old
+    version is closed only after that request ends."""
+    import numpy as np
+    from tensorflow_serving.apis import model_pb2
+
+    from catdog import serve
+
+    base = tmp_path / "catdog"
+    export.export_saved_model(small_model, CLASS_NAMES, base)
+    server = serve.start_server("catdog", base, port=0, rest_api_port=None,
+                                file_system_poll_wait_seconds=3600)
+    try:
+        with server.core.use(model_pb2.ModelSpec(name="catdog")) as old:
+            export.export_saved_model(small_model, CLASS_NAMES, base, keep_versions=1)
+            server.core.refresh()
+            assert _served_versions(server) == [2] and old.version == 1
+            outputs = old.predict("serving_default",
+                                  {"image_bytes": np.array([TINY_PNG], object)})
+            assert outputs["probabilities"].shape == (1, 2)
+    finally:
+        server.stop()
