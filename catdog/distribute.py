@@ -20,7 +20,6 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from absl import logging
 
 from catdog.config import Config
 from catdog.errors import CatdogError
@@ -176,7 +175,6 @@ def setup_distribution(config: Config) -> Distribution:
         per_replica_batch=config.batch_size // replicas, precision=precision,
         jit_compile=resolve_jit(config.jit_compile, kind, gpus),
         worker_index=worker_index, num_workers=num_workers)
-    logging.info("distribution: %s", distribution.describe())
     return distribution
 
 

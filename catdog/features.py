@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 
@@ -51,12 +50,15 @@ def compute_features(extractor: keras.Model, decoded: tf.data.Dataset, batch_siz
     size = extractor.input_shape[1]
     predict = tf.function(lambda images: extractor(images, training=False), input_signature=[
         tf.TensorSpec([None, size, size, 3], tf.float32)])  # one trace for every batch size
-    progbar = keras.utils.Progbar(math.ceil(count / batch_size), unit_name=f"{name} batch")
+    logging.info("computing VGG16 features for %d %s images", count, name)
+    progbar = keras.utils.Progbar(count, unit_name="image")  # its own bar, ETA and ms/image
     features, labels = [], []
-    for step, (images, batch_labels) in enumerate(data.batches(decoded, batch_size), 1):
+    done = 0
+    for images, batch_labels in data.batches(decoded, batch_size):
         features.append(predict(images).numpy())
         labels.append(batch_labels.numpy())
-        progbar.update(step)
+        done += len(batch_labels)
+        progbar.update(done)
     return np.concatenate(features), np.concatenate(labels)
 
 

@@ -206,6 +206,7 @@ def _train_writing_to(config: Config, distribution: distribute.Distribution, wal
     run = RunDir(config.run_dir)
     run.open(config)
     handler = _log_to_file(run)
+    logging.info("distribution: %s", distribution.describe())  # on screen and in train.log
     try:
         return _train(config, distribution, run, chief_run, wall_start)
     finally:
@@ -423,6 +424,9 @@ def _record_epoch(row: dict[str, Any], run: RunDir,
     TensorBoard gets one run per split (tensorboard/train, tensorboard/validation) with the same
     tags, so a metric's training and validation curves share one chart."""
     run.append_history(row)
+    logging.info("epoch %d: %s", row["epoch"], ", ".join(
+        f"{name} {row[name]:.4f}" for name in ("loss", "accuracy", "val_loss", "val_accuracy"))
+        + f", {row['images_per_second']:.1f} images/s")  # the epoch's line in train.log
     for split, writer in writers.items():
         with writer.as_default(step=int(row["epoch"])):
             for name, value in row.items():

@@ -82,7 +82,10 @@ def test_training_exports_models_that_reload_in_a_fresh_process(dataset_dir, tmp
         tags = {value.tag for event in tf.compat.v1.train.summary_iterator(str(events))
                 for value in event.summary.value}
         assert {"loss", "accuracy"} <= tags
-    assert "Epoch 2/2" in (tmp_path / "run" / "logs" / "train.log").read_text()
+    log = (tmp_path / "run" / "logs" / "train.log").read_text()
+    assert "Epoch 2/2" in log and "distribution: " in log and "exported " in log
+    assert len([line for line in log.splitlines() if "] epoch " in line and "val_accuracy" in line
+                ]) == 2  # one line per epoch with its metrics
 
     # Exported weights are the best epoch's: its validation accuracy is what the export scores.
     labels = np.array([0] * 6 + [1] * 6)
