@@ -1,3 +1,43 @@
 """catdog: a cat-vs-dog image classifier trained by transfer learning and served by TF Serving."""
 
+import os as _os
+import sys as _sys
+
 __version__ = "0.1.0"
+
+
+def _quiet_tensorflow_start_for_commands() -> None:
+    """catdog's commands show catdog's lines, not TensorFlow's C++ start-up log (the oneDNN and
+    CPU-feature notices, the CUDA cuInit error on a CPU-only machine). TensorFlow 2.21 writes
+    those before it reads TF_CPP_MIN_LOG_LEVEL, so for `python -m catdog.<tool>` and the
+    `catdog-<tool>` scripts (which import this package first) TensorFlow is imported and its
+    devices listed here with stderr set aside; if that fails, what it wrote is shown. With
+    -v/--verbosity, or TF_CPP_MIN_LOG_LEVEL set by the user, nothing is hidden; importing
+    catdog as a library changes nothing."""
+    argv = _sys.argv or [""]
+    command = argv[0] == "-m" or _os.path.basename(argv[0]).startswith("catdog-")
+    verbose = any(a == "-v" or a.startswith(("--verbosity", "-v=")) for a in argv[1:])
+    if not command or verbose or "TF_CPP_MIN_LOG_LEVEL" in _os.environ:
+        return
+    import tempfile
+
+    _os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    _sys.stderr.flush()
+    saved = _os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        _os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()
+        except BaseException:
+            _os.dup2(saved, 2)
+            sink.seek(0)
+            _sys.stderr.write(sink.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            _os.dup2(saved, 2)
+            _os.close(saved)
+
+
+_quiet_tensorflow_start_for_commands()
