@@ -95,10 +95,13 @@ class ModelManager:
                                 self.name, self.config.base_path)
 
     def _load(self, version: int, path: Path) -> None:
+        servable = None
         try:
             servable = Servable(self.name, version, path, **self._options)
             warmed = servable.warm_up()
         except Exception as error:  # a broken version must not stop the server
+            if servable is not None:
+                servable.close()
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             if self._failed.get(version) != message:
                 logging.error("could not load %s version %d from %s: %s (will retry)",
