@@ -34,11 +34,88 @@ def quiet_unless_verbose() -> None:
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
 
 
+_CHECKOUT = Path(__file__).resolve().parents[1]  # where configs/ lives in a clone
+
+
+def expand_flagfiles(argv: Sequence[str], cwd: Path | None = None) -> list[str]:
+    """argv with every --flagfile replaced by the flags it holds, recursively, so that the
+    shipped flagfiles work from any folder: a flagfile path (on the command line or inside a
+    flagfile) is read from the current folder when it is there, else from the catdog checkout
+    (`--flagfile=configs/quickstart.flags` anywhere). Later flags still override earlier ones,
+    as with absl's own --flagfile."""
+    cwd = cwd or Path.cwd()
+    expanded: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--flagfile" and i + 1 < len(args):
+            arg, i = f"--flagfile={args[i + 1]}", i + 1
+        if arg.startswith("--flagfile="):
+            expanded += _flags_in(arg.split("=", 1)[1], cwd, depth=0)
+        else:
+            expanded.append(arg)
+        i += 1
+    return expanded
+
+
+def _flags_in(name: str, cwd: Path, depth: int) -> list[str]:
+    if depth > 20:
+        raise CatdogError(f"--flagfile={name}: flagfiles include each other in a loop")
+    path = next((p for p in (cwd / name, _CHECKOUT / name) if p.is_file()), None)
+    if path is None:
+        return [f"--flagfile={name}"]  # absl reports the missing file in its own words
+    flags_: list[str] = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("--flagfile="):
+            flags_ += _flags_in(line.split("=", 1)[1], cwd, depth + 1)
+        else:
+            flags_.append(line)
+    return flags_
+
+
+HELP_ARGS = ("--help", "-h", "--helpshort", "-?")
+
+
+def short_help(program: str, flag_values: flags.FlagValues,
+               groups: dict[str, Sequence[str]]) -> str:
+    """catdog's own flags, grouped, with their defaults (absl's --helpshort lists only the
+    flags defined in the main module, which for catdog is none)."""
+    ours = {f.name: f for f in flag_values.flags_by_module_dict().get("catdog.flags", [])}
+    training = "epochs" in ours  # the groups describe the training flags (train, data)
+    grouped = [(g, [n for n in names if n in ours]) for g, names in groups.items()
+               if training]
+    listed = {n for _, names in grouped for n in names}
+    grouped.append(("options", sorted(set(ours) - listed)))
+    lines = [f"usage: {program} [--flag=value ...]", ""]
+    for group, names in grouped:
+        if not names:
+            continue
+        lines.append(f"{group}:")
+        for name in names:
+            flag = ours[name]
+            lines.append(f"  --{name}: {flag.help}")
+            lines.append(f"    (default: {flag.default_as_str})")
+        lines.append("")
+    lines.append("--helpfull lists every flag, absl's and TensorFlow's included.")
+    return "\n".join(lines)
+
+
 def run(main: Callable[[Sequence[str]], int | None],
         define_flags: Callable[[flags.FlagValues], None]) -> None:
     """Defines the entry point's flags, parses them, and runs `main`; a `CatdogError` ends it
     with its one-line message (printed once) and exit status 2."""
     define_flags(flags.FLAGS)
+    if any(arg in HELP_ARGS for arg in sys.argv[1:]):
+        from catdog.flags import HELP_GROUPS
+
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        program = f"python -m {spec.name}" if spec else Path(sys.argv[0]).name
+        print(short_help(program, flags.FLAGS, HELP_GROUPS))
+        sys.exit(0)
 
     def guarded(argv: Sequence[str]) -> int | None:
         quiet_unless_verbose()
@@ -52,4 +129,4 @@ def run(main: Callable[[Sequence[str]], int | None],
             print(f"error: {where}{error.strerror or error}", file=sys.stderr)
             return 2
 
-    app.run(guarded)
+    app.run(guarded, argv=[sys.argv[0], *expand_flagfiles(sys.argv[1:])])

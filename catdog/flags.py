@@ -23,6 +23,20 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SHA256 = re.compile(r"^([0-9a-f]{64})?$")
 
 
+# How --help groups the training flags; every other catdog flag is listed under "options".
+HELP_GROUPS = {
+    "data": ("data_dir", "validation_split", "image_size", "on_bad_image", "max_image_pixels",
+             "download", "download_url", "download_sha256", "cache_features",
+             "feature_cache_dir"),
+    "model": ("weights", "fine_tune_from"),
+    "training": ("batch_size", "epochs", "learning_rate", "flip", "rotation", "zoom", "seed",
+                 "fine_tune_epochs", "fine_tune_learning_rate", "run_dir"),
+    "scale": ("strategy", "devices", "logical_devices", "scale_learning_rate",
+              "mixed_precision", "jit_compile"),
+    "export": ("export_dir", "model_name", "keep_versions"),
+}
+
+
 def _is_weights_spec(value: str) -> bool:
     return value in ("imagenet", "none") or os.path.isfile(value)
 

@@ -46,3 +46,30 @@ def test_tensorflows_start_up_lines_are_hidden_unless_verbose(dataset_dir):
                                                       "--max_image_pixels=0")
     verbose = _without_tf_log_setting("check", str(dataset_dir), "--verbosity=1")
     assert len(verbose.stderr.splitlines()) > len(quiet.stderr.splitlines())
+
+
+def test_shipped_flagfiles_work_from_any_folder(tmp_path):
+    """`--flagfile=configs/multigpu.flags` from another folder: it and the seed flagfile it
+    includes are read from the catdog checkout."""
+    from catdog import cli
+
+    argv = cli.expand_flagfiles(["--flagfile=configs/multigpu.flags", "--epochs=3"], tmp_path)
+    assert "--strategy=mirrored" in argv and "--image_size=150" in argv  # seed.flags, nested
+    assert argv[-1] == "--epochs=3"  # the command line still overrides
+    assert argv.index("--batch_size=16") < argv.index("--batch_size=64")  # multigpu's wins
+    own = tmp_path / "configs" / "multigpu.flags"
+    own.parent.mkdir()
+    own.write_text("--epochs=9\n")  # a file in the current folder comes first
+    assert cli.expand_flagfiles(["--flagfile=configs/multigpu.flags"], tmp_path) == ["--epochs=9"]
+
+
+def test_help_lists_catdogs_flags_grouped_with_defaults():
+    result = subprocess.run([sys.executable, "-m", "catdog.train", "--help"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0
+    out = result.stdout
+    assert out.startswith("usage: python -m catdog.train")
+    headers = [line for line in out.splitlines() if line.endswith(":") and not line[0].isspace()]
+    assert headers == ["data:", "model:", "training:", "scale:", "export:"]
+    assert "  --batch_size: " in out and "(default: '16')" in out
+    assert "--helpfull" in out and "--tf_" not in out  # catdog's flags only
