@@ -327,6 +327,8 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
     history = run.read_history(finished)
 
     inputs = EpochInputs(trainer, splits, distribution.precision)
+    if finished < config.total_epochs:
+        inputs.compute_features()
     summary_writers = {split: tf.summary.create_file_writer(str(run.tensorboard / split))
                        for split in ("train", "validation")}
     for epoch in range(finished + 1, config.total_epochs + 1):
@@ -381,6 +383,14 @@ class EpochInputs:
                 self.precision, split)
             self.feature_seconds += time.perf_counter() - start
         return self._features[split]
+
+    def compute_features(self) -> None:
+        """Runs the feature pass now, before `Epoch 1/N`, with its own progress, when the run
+        will use features (so the first epoch's bar measures the epoch alone)."""
+        if not self.trainer.fine_tuning:
+            if self.trainer.config.cache_features:
+                self._features_of("train")
+            self._features_of("validation")
 
     def train(self, seed: int) -> tuple[tf.data.Dataset, bool]:
         """This epoch's shuffled training batches, and whether they are features."""

@@ -17,6 +17,8 @@ def test_a_run_shows_catdogs_lines_unless_verbose(dataset_dir, tmp_path):
     quiet = run_catdog(*args, f"--run_dir={tmp_path / 'quiet'}")
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "Epoch 1/1" in quiet.stderr  # catdog's own progress line
+    assert quiet.stderr.index("computing VGG16 features for 32 train images") < \
+        quiet.stderr.index("Epoch 1/1")  # the feature pass comes first, with its own bar
     for noise in ("functional_saver", "legacy", "saving_api.py"):  # TensorFlow's and Keras'
         assert noise not in quiet.stderr, noise
     verbose = run_catdog(*args, f"--run_dir={tmp_path / 'verbose'}", "--verbosity=1")
