@@ -25,6 +25,7 @@ def test_a_run_shows_catdogs_lines_unless_verbose(dataset_dir, tmp_path):
     assert verbose.returncode == 0 and "saving_api.py" in verbose.stderr
 
 
+@pytest.mark.slow
 def test_an_error_is_printed_once(tmp_path):
     result = run_catdog("predict", f"--model={tmp_path}", str(tmp_path))
     assert result.returncode != 0
@@ -37,6 +38,7 @@ def _without_tf_log_setting(*args: str) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_tensorflows_start_up_lines_are_hidden_unless_verbose(dataset_dir):
     quiet = _without_tf_log_setting("check", str(dataset_dir))
     assert quiet.returncode == 0
@@ -65,6 +67,7 @@ def test_shipped_flagfiles_work_from_any_folder(tmp_path):
     assert cli.expand_flagfiles(["--flagfile=configs/multigpu.flags"], tmp_path) == ["--epochs=9"]
 
 
+@pytest.mark.slow
 def test_help_lists_catdogs_flags_grouped_with_defaults():
     result = subprocess.run([sys.executable, "-m", "catdog.train", "--help"], capture_output=True,
                             text=True, timeout=300)

@@ -156,6 +156,7 @@ np.save(sys.argv[3], model(np.load(sys.argv[2]), training=False))
 """
 
 
+@pytest.mark.slow
 def test_h5_opens_with_plain_keras_in_a_process_without_catdog(classifier, tmp_path):
     from conftest import run_python
 
