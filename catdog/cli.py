@@ -23,9 +23,10 @@ _PACKAGE = str(Path(__file__).resolve().parent)
 
 
 def quiet_unless_verbose() -> None:
-    """Without -v/--verbosity, the screen gets catdog's log lines only: TensorFlow's and Keras'
-    Python-side notices (saver chatter, the HDF5 "legacy format" warning, collective INFO lines)
-    are dropped. Files such as logs/train.log still get everything."""
+    """Without -v/--verbosity, the screen gets catdog's log lines only: TensorFlow's logger is
+    set to ERROR (saver chatter, collective INFO lines) and other libraries' records, such as
+    Keras' HDF5 "legacy format" warning, are kept off the screen (logs/train.log still gets
+    those)."""
     if flags.FLAGS["verbosity"].present:
         return
     handler = logging.get_absl_handler()
