@@ -266,16 +266,24 @@ class Checkpoints:
         _save(self.last_manager, epoch)
 
     def restore_best(self) -> None:
-        """The best epoch's weights, or, when that checkpoint is damaged, the last epoch's."""
-        for prefix in _checkpoint_prefixes(self.read_from.best_checkpoint):
-            problem = _try_restore(self.best, prefix)
-            if problem is None:
-                return
-            logging.warning("best checkpoint %s cannot be restored (%s); exporting the last "
-                            "epoch's weights instead", prefix, problem)
-        for prefix in _checkpoint_prefixes(self.read_from.checkpoints):
-            if _try_restore(self.best, prefix) is None:
-                return
+        """The best epoch's weights, or, when that checkpoint is damaged, the last epoch's.
+        This process's own checkpoints come first: a non-chief worker's scratch copies hold the
+        same weights and are not being written by another process."""
+        own = [Path(self.best_manager.directory), Path(self.last_manager.directory)]
+        shared = [Path(self.read_from.best_checkpoint), Path(self.read_from.checkpoints)]
+        best_dirs = list(dict.fromkeys([own[0], shared[0]]))
+        last_dirs = list(dict.fromkeys([own[1], shared[1]]))
+        for folder in best_dirs:
+            for prefix in _checkpoint_prefixes(folder):
+                problem = _try_restore(self.best, prefix)
+                if problem is None:
+                    return
+                logging.warning("best checkpoint %s cannot be restored (%s); exporting the "
+                                "last epoch's weights instead", prefix, problem)
+        for folder in last_dirs:
+            for prefix in _checkpoint_prefixes(folder):
+                if _try_restore(self.best, prefix) is None:
+                    return
         raise CatdogError(f"no checkpoint under {self.read_from.checkpoints} can be restored; "
                           "start afresh with a new --run_dir")
 
