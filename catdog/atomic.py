@@ -39,10 +39,14 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
+def _finish_tree(root: Path) -> None:
+    """Normal permissions and flushed data for every file and folder under `root`, in one walk."""
+    umask = _umask()
     for folder, _, files in os.walk(root):
         for name in files:
+            os.chmod(Path(folder) / name, 0o666 & ~umask)
             _fsync(Path(folder) / name)
+        os.chmod(folder, 0o777 & ~umask)
         _fsync(Path(folder))
 
 
@@ -87,13 +91,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}{_MARK}"))
         yield tmp
-        for folder, dirs, files in os.walk(tmp):
-            for name in dirs:
-                os.chmod(Path(folder) / name, 0o777 & ~_umask())
-            for name in files:
-                os.chmod(Path(folder) / name, 0o666 & ~_umask())
-        os.chmod(tmp, 0o777 & ~_umask())
-        _fsync_tree(tmp)
+        _finish_tree(tmp)
         os.rename(tmp, final)
         _fsync(final.parent)
     except OSError as error:
@@ -117,14 +115,19 @@ def remove_dir(path: str | os.PathLike) -> None:
     shutil.rmtree(hidden)
 
 
-def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
-    """Deletes the temporaries that killed writers left in `folder`; returns them."""
+TENSORFLOW_TEMPORARIES = "*_temp*"  # what a failed or killed checkpoint save leaves
+
+
+def remove_leftovers(folder: str | os.PathLike, also: str = "") -> list[Path]:
+    """Deletes the temporaries that killed writers left in `folder` (and entries matching the
+    glob `also`, another writer's temporaries); returns them."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
+    extra = set(folder.glob(also)) if also else set()
     for entry in folder.iterdir():
-        if entry.name.startswith(".") and _MARK in entry.name:
+        if (entry.name.startswith(".") and _MARK in entry.name) or entry in extra:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

@@ -58,8 +58,8 @@ def load_h5(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
 
 def next_version(base: Path) -> int:
     """One more than the highest integer-named version folder under `base` (1 if none)."""
-    versions = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
-    return max(versions, default=0) + 1
+    newest = _newest_version(base)
+    return int(newest.name) + 1 if newest else 1
 
 
 def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Path,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +71,7 @@ class RunDir:
         """Temporaries of a killed or failed run: catdog's hidden ones and TensorFlow's
         `*_temp` checkpoint folders."""
         for folder in (self.root, self.checkpoints, self.best_checkpoint):
-            atomic.remove_leftovers(folder)
-            if folder.is_dir():
-                for entry in folder.glob("*_temp*"):
-                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else \
-                        entry.unlink(missing_ok=True)
+            atomic.remove_leftovers(folder, also=atomic.TENSORFLOW_TEMPORARIES)
 
     def read_history(self, finished_epochs: int) -> list[dict[str, Any]]:
         """Rows of metrics.csv for the first `finished_epochs` epochs; later rows are dropped

@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 from http import server as http_server
 from pathlib import Path
 
@@ -57,6 +58,7 @@ _PREDICTION_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/la
 _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|"
                           r"(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
 _INT64_MAX = (1 << 63) - 1
+T = TypeVar("T")
 
 
 # --- the API, once for both transports ------------------------------------------------------------
@@ -116,24 +118,24 @@ def predict(core: ServerCore, request: predict_pb2.PredictRequest, limits: Limit
     return response
 
 
-def classify(core: ServerCore, request: classification_pb2.ClassificationRequest, limits: Limits = Limits()
-             ) -> classification_pb2.ClassificationResponse:
+def _on_examples(core: ServerCore, request, limits: Limits, method: str, response_class):
+    """Classify or Regress: the request's tf.Examples through `Servable.<method>`."""
     _require_spec(request)
     _check_instances(_examples_in(request.input), limits)
     with core.use(request.model_spec) as servable:
-        result = servable.classify(request.model_spec.signature_name, request.input)
-    return classification_pb2.ClassificationResponse(
-        model_spec=_spec_of(servable, request.model_spec), result=result)
+        result = getattr(servable, method)(request.model_spec.signature_name, request.input)
+    return response_class(model_spec=_spec_of(servable, request.model_spec), result=result)
 
 
-def regress(core: ServerCore, request: regression_pb2.RegressionRequest, limits: Limits = Limits()
-            ) -> regression_pb2.RegressionResponse:
-    _require_spec(request)
-    _check_instances(_examples_in(request.input), limits)
-    with core.use(request.model_spec) as servable:
-        result = servable.regress(request.model_spec.signature_name, request.input)
-    return regression_pb2.RegressionResponse(
-        model_spec=_spec_of(servable, request.model_spec), result=result)
+def classify(core: ServerCore, request: classification_pb2.ClassificationRequest,
+             limits: Limits = Limits()) -> classification_pb2.ClassificationResponse:
+    return _on_examples(core, request, limits, "classify",
+                        classification_pb2.ClassificationResponse)
+
+
+def regress(core: ServerCore, request: regression_pb2.RegressionRequest,
+            limits: Limits = Limits()) -> regression_pb2.RegressionResponse:
+    return _on_examples(core, request, limits, "regress", regression_pb2.RegressionResponse)
 
 
 def multi_inference(core: ServerCore, request: inference_pb2.MultiInferenceRequest,
@@ -218,13 +220,12 @@ class Api:
     limits: Limits
     metrics: Metrics
 
-    def call(self, function: Callable, request, api: str, entrypoint: str):
-        """Runs one API call: any failure becomes a ServingError; the request is counted."""
+    def call(self, work: Callable[[], T], name: str, api: str, entrypoint: str) -> T:
+        """Runs one API call for model `name`: any failure becomes a ServingError; the request
+        is counted, for gRPC and REST alike."""
         start = time.monotonic()
-        name = getattr(getattr(request, "model_spec", None), "name", "") or \
-            (request.tasks[0].model_spec.name if getattr(request, "tasks", None) else "")
         try:
-            response = function(self.core, request, self.limits)
+            response = work()
         except ServingError as error:
             self.metrics.record(name, api, entrypoint, error.code.name, None)
             raise
@@ -239,10 +240,17 @@ class Api:
 
 # --- gRPC ---------------------------------------------------------------------------------------
 
+def _model_name_of(request) -> str:
+    if getattr(request, "tasks", None):
+        return request.tasks[0].model_spec.name
+    return getattr(getattr(request, "model_spec", None), "name", "")
+
+
 def _grpc_method(function: Callable, api: str):
     def method(self, request, context):
         try:
-            return self.api.call(function, request, api, "GRPC")
+            return self.api.call(lambda: function(self.api.core, request, self.api.limits),
+                                 _model_name_of(request), api, "GRPC")
         except ServingError as error:
             context.abort(error.code, error.message)
     return method
@@ -295,8 +303,8 @@ def rest_request(api: Api, http_method: str, path: str, body: bytes) -> tuple[st
             raise malformed
         spec = _spec_from_path(*match.groups()[:3])
         verb = match[4].lower()
-        return verb, _counted(api, spec.name, verb, lambda: _rest_post(
-            api.core, spec, verb, body, api.limits))
+        return verb, api.call(lambda: _rest_post(api.core, spec, verb, body, api.limits),
+                              spec.name, verb, "REST")
     if http_method == "GET":
         match = _STATUS_PATH.fullmatch(path)
         if not match:
@@ -317,17 +325,6 @@ def rest_request(api: Api, http_method: str, path: str, body: bytes) -> tuple[st
             model_spec=spec))
         return "status", wire.dumps(_proto_json(response, False))
     raise malformed
-
-
-def _counted(api: Api, model_name: str, verb: str, work: Callable[[], str]) -> str:
-    start = time.monotonic()
-    try:
-        output = work()
-    except ServingError as error:
-        api.metrics.record(model_name, verb, "REST", error.code.name, None)
-        raise
-    api.metrics.record(model_name, verb, "REST", "OK", (time.monotonic() - start) * 1e6)
-    return output
 
 
 def _rest_post(core: ServerCore, spec: model_pb2.ModelSpec, verb: str, body: bytes,

@@ -16,7 +16,6 @@ import dataclasses
 import logging as std_logging
 import math
 import re
-import shutil
 import signal
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from catdog import data, distribute, export
+from catdog import atomic, data, distribute, export
 from catdog import features as features_lib
 from catdog import model as model_lib
 from catdog.config import Config
@@ -310,8 +309,7 @@ def _save(manager: tf.train.CheckpointManager, epoch: int) -> None:
     try:
         manager.save(checkpoint_number=epoch)
     except (tf.errors.OpError, OSError) as error:
-        for temp in Path(manager.directory).glob("*_temp*"):
-            shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink()
+        atomic.remove_leftovers(manager.directory, also=atomic.TENSORFLOW_TEMPORARIES)
         cause = getattr(error, "strerror", None) or getattr(error, "message", str(error))
         raise CatdogError(f"cannot write checkpoint {manager.directory}/ckpt-{epoch}: "
                           f"{cause.strip().splitlines()[0]}") from None

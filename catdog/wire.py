@@ -324,6 +324,11 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
+def b64_json(data: bytes) -> dict[str, str]:
+    """Binary data as REST JSON writes it: {"b64": standard base64}."""
+    return {"b64": base64.b64encode(data).decode()}
+
+
 def _b64decode(value: Any) -> bytes:
     if not _is_b64(value):
         raise invalid(f"JSON Value: {_debug(value)} not formatted correctly for base64 data")
@@ -513,7 +518,7 @@ def _json_values(array: np.ndarray, alias: str) -> Any:
 
         def leaf(v):
             data = v if isinstance(v, bytes) else str(v).encode()
-            return ({"b64": base64.b64encode(data).decode()} if as_bytes
+            return (b64_json(data) if as_bytes
                     else data.decode("utf-8", "replace"))
     elif kind == "f" and array.dtype.itemsize in (4, 8):
         single = array.dtype.itemsize == 4
@@ -643,8 +648,7 @@ def predict_body(inputs: Mapping[str, np.ndarray], signature_name: str) -> dict[
     columns = {}
     for name, array in inputs.items():
         array = np.asarray(array)
-        columns[name] = (np.vectorize(lambda b: {"b64": base64.b64encode(b).decode()},
-                                      otypes=[object])(array).tolist()
+        columns[name] = (np.vectorize(b64_json, otypes=[object])(array).tolist()
                          if array.dtype == object else array.tolist())
     return {"signature_name": signature_name, "inputs": columns}
 
@@ -689,6 +693,6 @@ def example_to_json(example: example_pb2.Example) -> dict[str, Any]:
     for name, feature in example.features.feature.items():
         kind = feature.WhichOneof("kind")
         values = list(getattr(feature, kind).value) if kind else []
-        body[name] = ([{"b64": base64.b64encode(v).decode()} for v in values]
+        body[name] = ([b64_json(v) for v in values]
                       if kind == "bytes_list" else values)
     return body
