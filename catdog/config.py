@@ -1,9 +1,24 @@
-"""The typed, frozen settings of one training run, built once from flags and passed everywhere."""
+"""The typed, frozen settings of one training run, which check themselves when built.
+
+Each field carries everything about one setting: its type (a `Literal` lists the choices), its
+default, its bounds or rule, its help text and `--help` group, and whether a resumed run may
+change it. `catdog/flags.py` turns these fields into absl flags and adds nothing of its own, so a
+`Config` built in a test or a notebook is refused for exactly what the command line refuses:
+
+    >>> Config(batch_size=0)
+    CatdogError: Config(batch_size=0): must be at least 1
+
+A `Config` is frozen once built (`dataclasses.replace` makes a checked copy).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import typing
+from collections.abc import Callable
 from typing import Any, Literal
 
 from catdog.errors import CatdogError
@@ -17,59 +32,146 @@ OnBadImage = Literal["skip", "fail"]
 
 # Google's cats_and_dogs_filtered subset of Kaggle's Dogs vs. Cats (68,606,236 bytes).
 CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
+VGG16_LAYERS = tuple(
+    f"block{block}_{kind}"
+    for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+    for kind in [f"conv{i}" for i in range(1, convs + 1)] + ["pool"])
+MIN_IMAGE_SIZE = 32  # VGG16's five 2×2 poolings need at least 32 px
+HELP_GROUPS = ("data", "model", "training", "scale", "export")
 
-# Fields that may change between a run and its resumption without invalidating its checkpoints.
-RESUMABLE_CHANGES = frozenset(
-    {"epochs", "run_dir", "export_dir", "model_name", "keep_versions", "download", "download_url",
-     "download_sha256", "strategy", "devices", "logical_devices", "jit_compile", "fine_tune_epochs",
-     "cache_features", "feature_cache_dir", "max_image_pixels"}
-)
+# (predicate, what a valid value is) for settings whose rule is more than bounds or choices.
+Check = tuple[Callable[[Any], bool], str]
+_NOT_EMPTY: Check = (bool, "must not be empty")
+_WEIGHTS: Check = (
+    lambda v: v in ("imagenet", "none") or os.path.isfile(v),
+    "must be 'imagenet', 'none' or the path of an existing VGG16 weights .h5 file")
+_MODEL_NAME: Check = (
+    lambda v: bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v)),
+    "must be letters, digits, '_', '.' or '-', starting with a letter or digit")
+_SHA256: Check = (lambda v: bool(re.fullmatch(r"([0-9a-f]{64})?", v)),
+                  "must be 64 lowercase hex digits, or empty")
+_LAYER: Check = (lambda v: v in ("", *VGG16_LAYERS),
+                 f"must be empty or a VGG16 layer name: {', '.join(VGG16_LAYERS)}")
 
 
-CACHE_NEEDS_NO_AUGMENTATION = (
-    "--cache_features needs augmentation off (--flip=none --rotation=0 --zoom=0): an augmented "
-    "image's features change every epoch")
+def _setting(default: Any, group: str, help: str, *, at_least: float | None = None,
+             at_most: float | None = None, check: Check | None = None,
+             resumable: bool = False) -> Any:
+    """A Config field and what flags.py needs to offer it: `resumable` fields may differ when a
+    run folder is resumed, since its checkpoints do not depend on them."""
+    return dataclasses.field(default=default, metadata=dict(
+        group=group, help=help, at_least=at_least, at_most=at_most, check=check,
+        resumable=resumable))
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that defines a training run; see catdog/flags.py for each field's meaning."""
+    """Everything that defines a training run."""
 
-    data_dir: str
-    validation_split: float = 0.0
-    image_size: int = 150
-    batch_size: int = 16
-    epochs: int = 10
-    learning_rate: float = 1e-3
-    weights: str = "imagenet"
-    flip: Flip = "horizontal"
-    rotation: float = 0.0
-    zoom: float = 0.2
-    seed: int = 42
-    on_bad_image: OnBadImage = "skip"
-    max_image_pixels: int = MAX_IMAGE_PIXELS
-    run_dir: str = "runs/catdog"
-    export_dir: str = "export"
-    model_name: str = "catdog"
-    keep_versions: int = 0
-    strategy: Strategy = "auto"
-    devices: tuple[str, ...] = ()
-    logical_devices: int = 0
-    scale_learning_rate: bool = False
-    mixed_precision: Precision = "auto"
-    jit_compile: AutoBool = "auto"
-    fine_tune_from: str = ""
-    fine_tune_epochs: int = 5
-    fine_tune_learning_rate: float = 1e-5
-    cache_features: bool = False
-    feature_cache_dir: str = ""
-    download: bool = False
-    download_url: str = CATS_AND_DOGS_URL
-    download_sha256: str = ""
+    data_dir: str = _setting(
+        "data/cats_and_dogs_filtered", "data",
+        "Dataset folder: either train/ and validation/ each with one sub-folder per class, or the "
+        "class sub-folders themselves together with --validation_split.", check=_NOT_EMPTY)
+    validation_split: float = _setting(
+        0.0, "data", "Fraction of each class held out for validation when --data_dir has no "
+        "validation/ folder; 0 means use validation/.", at_least=0.0, at_most=0.9)
+    image_size: int = _setting(150, "data", "Side in pixels of the square images the model sees.",
+                               at_least=MIN_IMAGE_SIZE, at_most=1024)
+    on_bad_image: OnBadImage = _setting(
+        "skip", "data", "What to do with files that cannot be decoded: skip them (listed in the "
+        "log and summary.json) or stop before training.")
+    max_image_pixels: int = _setting(
+        MAX_IMAGE_PIXELS, "data", "Largest width × height an image file may declare; larger ones "
+        "are refused before decoding (a small file can declare gigabytes of pixels). Pillow's "
+        "limit by default.", at_least=1, resumable=True)
+    download: bool = _setting(
+        False, "data", "Download --download_url into --data_dir when --data_dir does not exist.",
+        resumable=True)
+    download_url: str = _setting(CATS_AND_DOGS_URL, "data",
+                                 "Zip archive of the dataset for --download.", resumable=True)
+    download_sha256: str = _setting(
+        "", "data", "Expected sha256 of the archive at --download_url; empty: not checked, the "
+        "computed digest is logged so it can be pinned.", check=_SHA256, resumable=True)
+    cache_features: bool = _setting(
+        False, "data", "Compute the frozen base's pooled features of each image once and train "
+        "the head on them (needs augmentation off); the export is the same full model.",
+        resumable=True)
+    feature_cache_dir: str = _setting(
+        "", "data", "Keep --cache_features features on disk here, reused by later runs while "
+        "weights, image size and files are unchanged; empty: in memory for this run only.",
+        resumable=True)
+
+    weights: str = _setting(
+        "imagenet", "model", "VGG16 base weights: 'imagenet' (Keras downloads them on first "
+        "use), 'none' (random), or the path of a VGG16 no-top weights .h5 file.", check=_WEIGHTS)
+    fine_tune_from: str = _setting(
+        "", "model", "After the head epochs, unfreeze VGG16 from this layer (e.g. block5_conv1) "
+        "to the top and train --fine_tune_epochs more with a fresh Adam; empty: no fine-tuning.",
+        check=_LAYER)
+
+    batch_size: int = _setting(16, "training", "Global batch size (summed over all replicas).",
+                               at_least=1)
+    epochs: int = _setting(10, "training", "Training epochs.", at_least=1, resumable=True)
+    learning_rate: float = _setting(1e-3, "training", "Adam learning rate.", at_least=1e-9,
+                                    at_most=1.0)
+    flip: Flip = _setting("horizontal", "training", "RandomFlip mode in training.")
+    rotation: float = _setting(0.0, "training", "RandomRotation factor, a fraction of a full "
+                               "turn; 0 disables.", at_least=0.0, at_most=1.0)
+    zoom: float = _setting(0.2, "training", "RandomZoom factor; 0 disables.", at_least=0.0,
+                           at_most=0.9)
+    seed: int = _setting(42, "training", "Seed for weights, data order and augmentation.",
+                         at_least=0, at_most=2**31 - 1)
+    fine_tune_epochs: int = _setting(5, "training", "Epochs of the fine-tuning phase.",
+                                     at_least=1, resumable=True)
+    fine_tune_learning_rate: float = _setting(
+        1e-5, "training", "Adam learning rate of the fine-tuning phase.", at_least=1e-12,
+        at_most=1.0)
+    run_dir: str = _setting(
+        "runs/catdog", "training", "Run folder: checkpoints/, logs/, tensorboard/, metrics.csv, "
+        "summary.json. Starting again with the same run_dir resumes from its last finished "
+        "epoch.", check=_NOT_EMPTY, resumable=True)
+
+    strategy: Strategy = _setting(
+        "auto", "scale", "tf.distribute strategy; auto: mirrored when more than one GPU is "
+        "visible, else default. multi_worker reads the cluster from TF_CONFIG.", resumable=True)
+    devices: tuple[str, ...] = _setting(
+        (), "scale", "Devices for one_device/mirrored, e.g. /gpu:0,/gpu:1; empty: all GPUs (or "
+        "the logical CPUs).", resumable=True)
+    logical_devices: int = _setting(
+        0, "scale", "Split the first CPU into this many logical devices (try distribution without "
+        "GPUs); 0 leaves it whole.", at_least=0, at_most=64, resumable=True)
+    scale_learning_rate: bool = _setting(
+        False, "scale", "Multiply --learning_rate by the replica count (linear scaling).")
+    mixed_precision: Precision = _setting(
+        "auto", "scale", "Keras precision policy; auto: mixed_float16 on GPUs of compute "
+        "capability >= 7.0, else float32.")
+    jit_compile: AutoBool = _setting(
+        "auto", "scale", "XLA-compile the model step; auto: on for a single GPU only.",
+        resumable=True)
+
+    export_dir: str = _setting(
+        "export", "export", "Where <model_name>.h5 and the SavedModel versions "
+        "<model_name>/<N>/ are written.", check=_NOT_EMPTY, resumable=True)
+    model_name: str = _setting("catdog", "export", "Name of the exported model (file and TF "
+                               "Serving model name).", check=_MODEL_NAME, resumable=True)
+    keep_versions: int = _setting(
+        0, "export", "After exporting, keep only this many newest SavedModel versions; 0 keeps "
+        "all.", at_least=0, resumable=True)
 
     def __post_init__(self):
-        if self.cache_features and self.augments:
-            raise CatdogError(CACHE_NEEDS_NO_AUGMENTATION)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises CatdogError naming the first invalid setting and what would be valid."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            problem = type_problem(field.name, value) or setting_problem(field.name, value)
+            if problem:
+                raise CatdogError(f"Config({field.name}={value!r}): {problem}")
+        for names, holds, message in CROSS_FIELD_RULES:
+            if not holds(*(getattr(self, name) for name in names)):
+                settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+                raise CatdogError(f"Config({settings}): {message}")
 
     @property
     def total_epochs(self) -> int:
@@ -79,7 +181,7 @@ class Config:
     @property
     def augments(self) -> bool:
         """Whether any augmentation layer is active in training."""
-        return self.flip != "none" or self.rotation > 0 or self.zoom > 0
+        return augments(self.flip, self.rotation, self.zoom)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON values (tuples become lists), as config.json stores them."""
@@ -88,7 +190,75 @@ class Config:
     def changes_that_break_resume(self, previous: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Fields whose values differ from `previous` (a saved `to_dict()`) and forbid resuming."""
         return {
-            name: (previous.get(name), value)
-            for name, value in self.to_dict().items()
-            if name not in RESUMABLE_CHANGES and previous.get(name) != value
+            field.name: (previous.get(field.name), value)
+            for field, value in zip(dataclasses.fields(self), self.to_dict().values())
+            if not field.metadata["resumable"] and previous.get(field.name) != value
         }
+
+
+def augments(flip: str, rotation: float, zoom: float) -> bool:
+    """Whether these augmentation settings change a training image."""
+    return flip != "none" or rotation > 0 or zoom > 0
+
+
+# Rules between settings: (setting names, predicate over their values, what is valid).
+CROSS_FIELD_RULES: tuple[tuple[tuple[str, ...], Callable[..., bool], str], ...] = (
+    (("cache_features", "flip", "rotation", "zoom"),
+     lambda cache, *augmentation: not (cache and augments(*augmentation)),
+     "cache_features needs augmentation off (flip none, rotation 0, zoom 0): an augmented "
+     "image's features change every epoch"),
+)
+
+
+def fields() -> dict[str, dataclasses.Field]:
+    """Config's fields by name, each with its metadata (group, help, bounds, rule)."""
+    return {field.name: field for field in dataclasses.fields(Config)}
+
+
+def field_type(name: str) -> Any:
+    """The resolved type of a field: int, float, bool, str, tuple[str, ...] or a Literal."""
+    return _TYPES[name]
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The allowed values of a Literal-typed field, else ()."""
+    hint = field_type(name)
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
+def type_problem(name: str, value: Any) -> str | None:
+    """Why `value` has the wrong type (or is not one of the choices) for field `name`."""
+    hint = field_type(name)
+    if choices(name):  # in absl's words for a bad enum flag: code and command line agree
+        allowed = choices(name)
+        return None if value in allowed else f"value should be one of <{'|'.join(allowed)}>"
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:  # tuple[str, ...]
+        ok = isinstance(value, tuple) and all(isinstance(item, str) for item in value)
+    return None if ok else f"must be {_TYPE_NAMES.get(hint, 'a tuple of strings')}"
+
+
+def setting_problem(name: str, value: Any) -> str | None:
+    """Why a value of the right type is not valid for field `name` (bounds or rule), or None."""
+    meta = fields()[name].metadata
+    low, high = meta["at_least"], meta["at_most"]
+    if low is not None and high is not None and not low <= value <= high:
+        return f"must be between {low:g} and {high:g}"
+    if low is not None and value < low:
+        return f"must be at least {low:g}"
+    if high is not None and value > high:
+        return f"must be at most {high:g}"
+    if meta["check"] and not meta["check"][0](value):
+        return meta["check"][1]
+    return None
+
+
+_TYPES = typing.get_type_hints(Config)
+_TYPE_NAMES = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}

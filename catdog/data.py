@@ -367,20 +367,17 @@ def check_folder(folder: str, max_pixels: int = MAX_IMAGE_PIXELS) -> list[BadIma
 
 
 def main(argv: Sequence[str]) -> int:
-    from catdog import flags as catdog_flags
+    from absl import flags
 
-    command = argv[1:2]
+    command, values = argv[1:2], flags.FLAGS
     if command == ["check"] and len(argv) == 3:
-        from absl import flags
-
-        bad = check_folder(argv[2], flags.FLAGS.max_image_pixels)
+        bad = check_folder(argv[2], values.max_image_pixels)
         for item in bad:
             print(f"{item.path}: {item.reason}")
         print(f"{len(bad)} bad file(s)", file=sys.stderr)
         return 1 if bad else 0
     if command == ["download"] and len(argv) == 2:
-        config = catdog_flags.config_from_flags()
-        download_dataset(config.download_url, config.data_dir, config.download_sha256)
+        download_dataset(values.download_url, values.data_dir, values.download_sha256)
         return 0
     raise CatdogError("usage: python -m catdog.data check DIR | download [--data_dir=DIR]")
 

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import contract
-from catdog.config import Config
+from catdog.config import VGG16_LAYERS, Config
 from catdog.errors import CatdogError
 
 INPUT_NAME = contract.PIXELS  # the serving signatures feed this name
@@ -21,10 +21,6 @@ OUTPUT_NAME = "probabilities"
 POOL_NAME = "pool"
 HEAD_UNITS = 512
 HEAD_INPUT_UNITS = 512  # VGG16's last block has 512 channels
-VGG16_LAYERS = tuple(
-    f"block{block}_{kind}"
-    for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
-    for kind in [f"conv{i}" for i in range(1, convs + 1)] + ["pool"])
 IMAGENET_WEIGHTS_HINT = (
     "download vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 from Keras' model store on a "
     "machine with internet and pass --weights=/path/to/that/file")

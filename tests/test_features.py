@@ -8,7 +8,6 @@ import pytest
 
 from catdog import data, features, train
 from catdog.config import Config
-from catdog.errors import CatdogError
 
 
 def config_for(dataset_dir, tmp_path, **overrides):
@@ -62,8 +61,3 @@ def test_disk_cache_is_reused_and_never_stale(dataset_dir, tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="recomputed"):
         train.train(dataclasses.replace(config, run_dir=str(tmp_path / "run3")))
 
-
-def test_cache_features_with_augmentation_is_refused():
-    with pytest.raises(CatdogError, match=r"--cache_features needs augmentation off "
-                                          r"\(--flip=none --rotation=0 --zoom=0\)"):
-        Config(data_dir="d", cache_features=True, flip="horizontal")

@@ -27,12 +27,13 @@ def test_defaults_are_the_seed_notebooks_settings():
 
 
 @pytest.mark.parametrize("arg, message", [
-    ("--batch_size=0", "flag --batch_size=0: 0 is not a positive integer"),
-    ("--epochs=0", "flag --epochs=0: 0 is not a positive integer"),
-    ("--image_size=16", "flag --image_size=16: 16 is not an integer in the range [32, 1024]"),
+    ("--batch_size=0", "flag --batch_size=0: must be at least 1"),
+    ("--epochs=0", "flag --epochs=0: must be at least 1"),
+    ("--image_size=16", "flag --image_size=16: must be between 32 and 1024"),
     ("--learning_rate=0", "flag --learning_rate=0"),
     ("--validation_split=0.95", "flag --validation_split=0.95"),
     ("--flip=up", "flag --flip=up: value should be one of <horizontal|vertical|"),
+    ("--cache_features", "cache_features needs augmentation off"),
     ("--rotation=-0.1", "flag --rotation=-0.1"),
     ("--zoom=1.5", "flag --zoom=1.5"),
     ("--seed=-1", "flag --seed=-1"),
@@ -71,7 +72,7 @@ def test_seed_flagfile_keeps_the_seed_settings():
 def test_cli_stops_before_any_work_on_a_bad_flag(tmp_path):
     result = run_catdog("train", "--batch_size=0", f"--run_dir={tmp_path / 'run'}")
     assert result.returncode != 0
-    assert "flag --batch_size=0: 0 is not a positive integer" in result.stderr
+    assert "flag --batch_size=0: must be at least 1" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -21,10 +21,12 @@ def test_resuming_with_different_training_flags_is_refused(tmp_path):
 
 def test_a_run_that_failed_before_its_first_epoch_pins_no_flags(tmp_path):
     """The README's default command fails to download; its offline route must then work."""
-    RunDir(tmp_path).open(Config(data_dir="data/cats_and_dogs_filtered", download=True))
-    offline = Config(data_dir="/elsewhere/cats_vs_dogs", weights="/elsewhere/vgg16.h5")
-    RunDir(tmp_path).open(offline)
-    assert '"/elsewhere/cats_vs_dogs"' in (tmp_path / "config.json").read_text()
+    RunDir(tmp_path / "run").open(Config(data_dir="data/cats_and_dogs_filtered", download=True))
+    weights = tmp_path / "vgg16.h5"
+    weights.write_bytes(b"")
+    offline = Config(data_dir="/elsewhere/cats_vs_dogs", weights=str(weights))
+    RunDir(tmp_path / "run").open(offline)
+    assert '"/elsewhere/cats_vs_dogs"' in (tmp_path / "run" / "config.json").read_text()
 
 
 def test_history_keeps_only_epochs_that_have_a_checkpoint(tmp_path):
