@@ -15,7 +15,8 @@ import time
 import tensorflow as tf
 from absl import app, flags
 
-from catdog import distribute, train
+from catdog import distribute, steps
+from catdog.inputs import Source
 from catdog.config import Config
 
 _STEPS = flags.DEFINE_integer("steps", 200, "Timed training steps per setting.")
@@ -26,18 +27,18 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 
 def images_per_second(config: Config) -> float:
     distribution = distribute.setup_distribution(config)
-    trainer = train.Trainer(config, 2, distribution)
+    trainer = steps.Trainer(config, 2, distribution)
     size, batch = config.image_size, config.batch_size
     images = tf.random.uniform([batch, size, size, 3], 0, 255, seed=1)
     labels = tf.random.uniform([batch], 0, 2, dtype=tf.int32, seed=2)
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
     batches = iter(distribution.strategy.experimental_distribute_dataset(dataset))
     for _ in range(_WARMUP.value):
-        trainer.train_step(next(batches))
+        trainer.train_steps[Source.IMAGES](next(batches))
     trainer.train_loss.result().numpy()
     start = time.perf_counter()
     for _ in range(_STEPS.value):
-        trainer.train_step(next(batches))
+        trainer.train_steps[Source.IMAGES](next(batches))
     trainer.train_loss.result().numpy()
     return _STEPS.value * batch / (time.perf_counter() - start)
 

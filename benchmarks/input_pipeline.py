@@ -25,8 +25,10 @@ from collections.abc import Iterable, Iterator
 import tensorflow as tf
 from absl import app, flags
 
-from catdog import data, distribute, train
+from catdog import data, distribute
 from catdog.config import Config
+from catdog.inputs import Source
+from catdog.steps import Trainer
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/datasets/cats_vs_dogs",
                                 "Dataset with train/ and validation/.")
@@ -58,16 +60,16 @@ def as_tensors(batches: Iterable) -> Iterator:
         yield tf.constant(images, tf.float32), tf.constant(one_hot.argmax(axis=1), tf.int32)
 
 
-def training_images_per_second(trainer: train.Trainer, batches: Iterable, warmup: int,
+def training_images_per_second(trainer: Trainer, batches: Iterable, warmup: int,
                                steps: int) -> float:
     """Images/s of `steps` train steps fed from `batches`, after `warmup` untimed steps."""
     iterator = iter(batches)
     for batch in itertools.islice(iterator, warmup):
-        trainer.train_step(batch)
+        trainer.train_steps[Source.IMAGES](batch)
     trainer.train_loss.result().numpy()  # waits for the warm-up steps to finish
     start, images = time.perf_counter(), 0
     for batch in itertools.islice(iterator, steps):
-        trainer.train_step(batch)
+        trainer.train_steps[Source.IMAGES](batch)
         images += len(batch[0])
     trainer.train_loss.result().numpy()
     return images / (time.perf_counter() - start)
@@ -79,8 +81,8 @@ def main(argv):
     train_dir = os.path.join(_DATA_DIR.value, "train")
     config = Config(data_dir=_DATA_DIR.value, image_size=size, batch_size=batch, weights="none")
     distribution = distribute.setup_distribution(config)
-    augmenting = train.Trainer(config, 2, distribution)
-    plain = train.Trainer(Config(data_dir=_DATA_DIR.value, image_size=size, batch_size=batch,
+    augmenting = Trainer(config, 2, distribution)
+    plain = Trainer(Config(data_dir=_DATA_DIR.value, image_size=size, batch_size=batch,
                                  weights="none", flip="none", zoom=0.0), 2, distribution)
     files, _ = data.find_splits(_DATA_DIR.value, 0.0, seed=0)
     epoch_batches = math.ceil(len(files) / batch)

@@ -26,7 +26,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import input_pipeline  # benchmarks/ is on sys.path when this file runs as a script
-from catdog import data, distribute, evaluate, export, train
+from catdog import data, distribute, evaluate, inference, steps, train
 from catdog.config import Config
 
 _WEIGHTS = flags.DEFINE_string("weights", "none", "VGG16 weights: none or a weights file.")
@@ -49,17 +49,17 @@ def main(argv):
     distribution = distribute.setup_distribution(base)
     files, _ = data.find_splits(data_dir, 0.0, seed=0)
     decoded = data.decoded_images(files, size)
-    trainer = train.Trainer(base, 2, distribution)
-    steps, warmup = 30, 3
+    trainer = steps.Trainer(base, 2, distribution)
+    step_count, warmup = 30, 3
     pipeline = input_pipeline.training_images_per_second(
         trainer, data.batches(data.decoded_images(files, size), batch, shuffle_seed=1), warmup,
-        steps)
+        step_count)
     in_memory = next(iter(data.batches(decoded, batch)))
     ceiling = input_pipeline.training_images_per_second(
-        trainer, itertools.repeat(in_memory), warmup, steps)
+        trainer, itertools.repeat(in_memory), warmup, step_count)
     seed_path = input_pipeline.training_images_per_second(
         trainer, input_pipeline.as_tensors(input_pipeline.seed_generator_batches(
-            os.path.join(data_dir, "train"), size, batch)), warmup, steps)
+            os.path.join(data_dir, "train"), size, batch)), warmup, step_count)
 
     with tempfile.TemporaryDirectory() as tmp:
         def on_images(epochs):
@@ -72,7 +72,7 @@ def main(argv):
         cached_config = dataclasses.replace(base, cache_features=True, run_dir=f"{tmp}/cached",
                                             export_dir=f"{tmp}/cached-export")
         cached, cached_seconds = timed(lambda: train.train(cached_config))
-        classifier = export.load_classifier(cached.exports.h5)
+        classifier = inference.load_classifier(cached.exports.h5)
         _, validation = data.find_splits(data_dir, 0.0, seed=0)
         _, eval_seconds = timed(lambda: evaluate.predict_files(classifier, validation, 32))
 

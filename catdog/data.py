@@ -15,15 +15,16 @@ import dataclasses
 import hashlib
 import os
 import random
+import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import tensorflow as tf
 from absl import logging
 
+from catdog import atomic
 from catdog.config import Config
 from catdog.errors import CatdogError
 from catdog.images import MAX_IMAGE_PIXELS, image_problem, load_image
@@ -306,12 +307,13 @@ def download_dataset(url: str, data_dir: str | os.PathLike, sha256: str = "") ->
     data_dir = Path(data_dir)
     if data_dir.exists():
         raise CatdogError(f"--data_dir={data_dir} already exists; not downloading over it")
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=data_dir.parent, prefix=f".{data_dir.name}.") as tmp:
+    with atomic.atomic_dir(data_dir) as tmp:
+        scratch = tmp / ".download"  # must exist, or Keras downloads to /tmp/.keras instead
+        scratch.mkdir()
         logging.info("downloading %s", url)
         try:
             extracted = keras.utils.get_file(
-                "dataset.zip", origin=url, cache_dir=tmp, cache_subdir="", extract=True,
+                "dataset.zip", origin=url, cache_dir=scratch, cache_subdir="", extract=True,
                 file_hash=sha256 or None)
         except ValueError as error:
             raise CatdogError(f"{url} does not match --download_sha256={sha256}: {error}")
@@ -320,12 +322,13 @@ def download_dataset(url: str, data_dir: str | os.PathLike, sha256: str = "") ->
                 f"could not download {url} ({error}); without internet, pass a dataset folder "
                 "you have and a local weights file: --data_dir=/path/to/cats_and_dogs_filtered "
                 "--weights=/path/to/vgg16_notop.h5 (README, 'Without internet')") from None
-        digest = _sha256_of(Path(tmp) / "dataset.zip")
+        digest = _sha256_of(scratch / "dataset.zip")
         if not sha256:
             logging.warning("downloaded %s unchecked; its sha256 is %s (pin it with "
                             "--download_sha256)", url, digest)
-        root = _dataset_root(Path(extracted), url)
-        os.replace(root, data_dir)
+        for entry in _visible_entries(_dataset_root(Path(extracted), url)):
+            entry.rename(tmp / entry.name)
+        shutil.rmtree(scratch)
     logging.info("dataset ready in %s", data_dir)
     return data_dir
 

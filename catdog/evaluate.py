@@ -23,7 +23,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image, ImageDraw
 
-from catdog import atomic, data, export, images
+from catdog import atomic, data, images, inference
 from catdog.errors import CatdogError
 
 CALIBRATION_BINS = 15
@@ -33,7 +33,7 @@ CAPTION_HEIGHT = 30
 MAX_GRID_IMAGES = 64
 
 
-def predict_files(classifier: export.Classifier, files: data.ImageFiles, batch_size: int,
+def predict_files(classifier: inference.Classifier, files: data.ImageFiles, batch_size: int,
                   max_pixels: int = images.MAX_IMAGE_PIXELS) -> np.ndarray:
     """Probabilities [N, C] for every file, in order, with a progress bar."""
     decoded = data.decoded_images(files, classifier.image_size, max_pixels)
@@ -175,7 +175,7 @@ def misclassified_files(files: data.ImageFiles, probabilities: np.ndarray,
 def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 32,
              max_pixels: int = images.MAX_IMAGE_PIXELS) -> dict[str, Any]:
     """Evaluates an exported model on a class-folder dataset and writes the three reports."""
-    classifier = export.load_classifier(model_path)
+    classifier = inference.load_classifier(model_path)
     folder_classes = data.class_names_in(data_dir)
     if list(folder_classes) != list(classifier.class_names):
         raise CatdogError(f"--data_dir={data_dir} has classes {list(folder_classes)} but the "

@@ -6,7 +6,7 @@
 
 Every file and folder appears atomically: it is written under a temporary sibling name and
 renamed into place when complete, so a reader (TF Serving polls the base path) never sees half of
-one, and a failed export leaves the previous ones untouched.
+one, and a failed export leaves the previous ones untouched. `inference.py` reads them back.
 """
 
 from __future__ import annotations
@@ -15,19 +15,15 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import keras
-import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from catdog import atomic, contract, images, signatures
-from catdog.errors import CatdogError
 
-CLASS_NAMES_ATTR = contract.H5_CLASS_NAMES_ATTR
 _SOURCE_FILE = "assets.extra/catdog_source"  # which run and epoch a version was exported from
 
 
@@ -44,16 +40,8 @@ def export_h5(model: keras.Model, class_names: Sequence[str], path: Path) -> Pat
     with atomic.atomic_file(path) as tmp:
         model.save(tmp)
         with h5py.File(tmp, "a") as f:
-            f.attrs[CLASS_NAMES_ATTR] = json.dumps(list(class_names))
+            f.attrs[contract.H5_CLASS_NAMES_ATTR] = json.dumps(list(class_names))
     return path
-
-
-def load_h5(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
-    """The model and class names written by `export_h5`."""
-    model = keras.models.load_model(path, compile=False)
-    with h5py.File(path, "r") as f:
-        class_names = json.loads(f.attrs[CLASS_NAMES_ATTR])
-    return model, class_names
 
 
 def next_version(base: Path) -> int:
@@ -123,32 +111,3 @@ def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str |
         h5=export_h5(model, class_names, export_dir / f"{model_name}.h5"),
         saved_model=export_saved_model(model, class_names, export_dir / model_name,
                                        keep_versions, max_image_pixels, source))
-
-
-@dataclasses.dataclass(frozen=True)
-class Classifier:
-    """An exported model ready for inference, whichever format it was loaded from."""
-
-    predict: Callable[[np.ndarray], np.ndarray]  # float32 pixels [N, S, S, 3] → probabilities
-    class_names: list[str]
-    image_size: int
-
-
-def load_classifier(path: str | os.PathLike) -> Classifier:
-    """Loads the `.h5` file or a SavedModel version folder (through its `predict_pixels`
-    signature); both give the same probabilities for the same pixels."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".h5":
-        model, class_names = load_h5(path)
-        forward = tf.function(lambda pixels: model(pixels, training=False))
-        return Classifier(lambda pixels: forward(tf.constant(pixels, tf.float32)).numpy(),
-                          class_names, model.input_shape[1])
-    if (path / "saved_model.pb").is_file():
-        signature = tf.saved_model.load(str(path)).signatures[contract.PREDICT_PIXELS]
-        class_names = (path / "assets" / contract.LABELS_FILE).read_text().splitlines()
-        image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
-        return Classifier(
-            lambda pixels: signature(pixels=tf.constant(pixels, tf.float32))[
-                contract.PROBABILITIES].numpy(), class_names, image_size)
-    raise CatdogError(f"--model={path} is neither a .h5 file nor a SavedModel version folder "
-                      "(one holding saved_model.pb, e.g. export/catdog/1)")

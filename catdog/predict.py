@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from catdog import export, images
+from catdog import images, inference
 from catdog.errors import CatdogError
 
 
@@ -36,7 +36,7 @@ def image_paths(arguments: Sequence[str], skipped: list[str] | None = None) -> I
                 skipped.append(str(entry))
 
 
-def predict_paths(classifier: export.Classifier, paths: Sequence[str], batch_size: int,
+def predict_paths(classifier: inference.Classifier, paths: Sequence[str], batch_size: int,
                   max_pixels: int = images.MAX_IMAGE_PIXELS) -> Iterator[dict]:
     """One result per path, in order: path, label, probability, probabilities; or path, error."""
     for start in range(0, len(paths), batch_size):
@@ -82,7 +82,7 @@ def main(argv: Sequence[str]) -> int:
     if not paths:
         raise CatdogError("usage: python -m catdog.predict --model=PATH IMAGE_OR_DIR... "
                           "(no images given or found)")
-    classifier = export.load_classifier(f.model)
+    classifier = inference.load_classifier(f.model)
     failures = 0
     for result in predict_paths(classifier, paths, f.batch_size, f.max_image_pixels):
         failures += "error" in result

@@ -65,7 +65,12 @@ class RunDir:
         write_json_atomically(self.config_json, config.to_dict())
 
     def has_finished_epoch(self) -> bool:
-        return any(self.checkpoints.glob("ckpt-*.index"))
+        return self.newest_saved_epoch() > 0
+
+    def newest_saved_epoch(self) -> int:
+        """The newest epoch that has a checkpoint (0 when none has)."""
+        indexes = self.checkpoints.glob("ckpt-*.index")
+        return max((int(p.stem.split("-")[1]) for p in indexes), default=0)
 
     def remove_leftovers(self) -> None:
         """Temporaries of a killed or failed run: catdog's hidden ones and TensorFlow's

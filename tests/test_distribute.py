@@ -14,17 +14,17 @@ import keras
 import numpy as np
 import pytest
 
-from catdog import distribute, train
+from catdog import distribute, steps, train
 from catdog.config import Config
 from conftest import free_ports, run_catdog, run_python
 
 RELOAD_IN_FLOAT32 = """
 import sys, json, numpy as np, tensorflow as tf, keras
-from catdog import export
+from catdog import inference
 h5, saved_model, pixels = sys.argv[1:]
 assert keras.mixed_precision.global_policy().name == "float32"
 x = np.load(pixels)
-a = export.load_h5(h5)[0](x, training=False).numpy()
+a = inference.load_h5(h5)[0](x, training=False).numpy()
 b = tf.saved_model.load(saved_model).signatures["predict_pixels"](pixels=tf.constant(x))
 b = b["probabilities"].numpy()
 print(json.dumps({"h5_dtype": str(a.dtype), "saved_model_dtype": str(b.dtype),
@@ -85,7 +85,7 @@ def test_mixed_precision_on_cpu(dataset_dir, tmp_path, restore_float32, policy, 
     model = result.model
     assert model.get_layer("dense").compute_dtype == compute
     assert model.get_layer("probabilities").compute_dtype == "float32"
-    trainer = train.Trainer(config, 2, distribute.setup_distribution(config))
+    trainer = steps.Trainer(config, 2, distribute.setup_distribution(config))
     assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaled
 
     pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype("float32")
@@ -141,8 +141,8 @@ def test_two_local_workers_train_and_only_the_chief_writes(dataset_dir, tmp_path
     assert summary["distribution"]["strategy_class"] == "CollectiveAllReduceStrategy"
     assert [e["epoch"] for e in summary["epochs"]] == [1]
     reloaded = run_python(
-        "import sys, tensorflow as tf; from catdog import export;"
-        "m, names = export.load_h5(sys.argv[1]);"
+        "import sys, tensorflow as tf; from catdog import inference;"
+        "m, names = inference.load_h5(sys.argv[1]);"
         "s = tf.saved_model.load(sys.argv[2]).signatures['predict_pixels'];"
         "print(names, m.output_shape, sorted(s.structured_outputs))",
         str(run / "export" / "catdog.h5"), str(run / "export" / "catdog" / "1"))

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from catdog import export
+from catdog import export, inference
 from catdog import model as model_lib
 from catdog.errors import CatdogError
 from catdog.wire import image_example
@@ -32,7 +32,7 @@ def pixels():
 
 def test_h5_round_trip_keeps_predictions_and_class_names(classifier, pixels, tmp_path):
     path = export.export_h5(classifier, CLASS_NAMES, tmp_path / "m.h5")
-    reloaded, class_names = export.load_h5(path)
+    reloaded, class_names = inference.load_h5(path)
     assert class_names == list(CLASS_NAMES)
     np.testing.assert_allclose(reloaded(pixels), classifier(pixels), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]

@@ -6,7 +6,7 @@ import os
 import keras
 import pytest
 
-from catdog import export, predict
+from catdog import export, inference, predict
 from catdog import model as model_lib
 from conftest import png_bomb, run_catdog
 
@@ -21,8 +21,8 @@ def exported(tmp_path_factory):
 def test_h5_and_saved_model_label_a_folder_equally(exported, dataset_dir):
     paths = list(predict.image_paths([str(dataset_dir / "validation")]))
     assert len(paths) == 12
-    by_h5 = list(predict.predict_paths(export.load_classifier(exported.h5), paths, 5))
-    by_sm = list(predict.predict_paths(export.load_classifier(exported.saved_model), paths, 5))
+    by_h5 = list(predict.predict_paths(inference.load_classifier(exported.h5), paths, 5))
+    by_sm = list(predict.predict_paths(inference.load_classifier(exported.saved_model), paths, 5))
     assert [r["path"] for r in by_h5] == paths
     assert [r["label"] for r in by_h5] == [r["label"] for r in by_sm]
     for a, b in zip(by_h5, by_sm):
@@ -57,7 +57,7 @@ def test_cli_labels_a_folder_and_reports_bad_files_without_a_traceback(exported,
 def test_predict_refuses_a_bomb_and_never_reads_a_fifo(exported, tmp_path):
     (tmp_path / "bomb.png").write_bytes(png_bomb())
     os.mkfifo(tmp_path / "pipe.jpg")
-    classifier = export.load_classifier(exported.saved_model)
+    classifier = inference.load_classifier(exported.saved_model)
     results = list(predict.predict_paths(classifier, [str(tmp_path / "bomb.png"),
                                                       str(tmp_path / "pipe.jpg")], 4))
     assert "--max_image_pixels" in results[0]["error"]

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from catdog import contract, export, images, serve, wire
+from catdog import contract, export, images, inference, serve, wire
 from catdog import model as model_lib
 from catdog.client import Client
 from catdog.wire import ServingError
@@ -101,7 +101,7 @@ def expected_probabilities(model, paths):
 def test_predict_agrees_with_keras_h5_and_savedmodel_in_process(client, exported, jpegs):
     model, h5_path, base = exported
     predictions = client.predict(jpegs)
-    h5_model, _ = export.load_h5(h5_path)
+    h5_model, _ = inference.load_h5(h5_path)
     from_h5 = expected_probabilities(h5_model, jpegs)
     in_process = tf.saved_model.load(str(base / "1")).signatures["serving_default"](
         image_bytes=tf.constant([p.read_bytes() for p in jpegs]))["probabilities"].numpy()

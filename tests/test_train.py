@@ -15,10 +15,10 @@ from conftest import run_catdog, run_python
 
 RELOAD_EXPORTS = """
 import sys, numpy as np, tensorflow as tf
-from catdog import export
+from catdog import inference
 h5_path, saved_model_path, pixels_path, out_path = sys.argv[1:]
 pixels = np.load(pixels_path)
-model, h5_classes = export.load_h5(h5_path)
+model, h5_classes = inference.load_h5(h5_path)
 serving = tf.saved_model.load(saved_model_path).signatures["predict_pixels"]
 outputs = serving(pixels=tf.constant(pixels))
 np.savez(out_path, h5=model(pixels, training=False), saved_model=outputs["probabilities"],

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from catdog import data, features, train
+from catdog import data, feature_cache, train
 from catdog.config import Config
 
 
@@ -27,8 +27,8 @@ def test_training_on_cached_features_equals_training_on_images(dataset_dir, tmp_
             assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
     # The export is the whole model, pixels in: same as the one trained on images.
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
-    from catdog import export
-    reloaded, _ = export.load_h5(cached.exports.h5)
+    from catdog import inference
+    reloaded, _ = inference.load_h5(cached.exports.h5)
     np.testing.assert_allclose(reloaded(pixels), on_images.model(pixels), atol=1e-4)
 
 
@@ -37,13 +37,13 @@ def test_disk_cache_is_reused_and_never_stale(dataset_dir, tmp_path, monkeypatch
     config = config_for(dataset_dir, tmp_path, cache_features=True,
                         feature_cache_dir=str(tmp_path / "cache"))
     train_files, _ = data.find_splits(dataset_dir, 0.0, seed=0)
-    key = features.cache_key(config, train_files, "float32")
-    assert key == features.cache_key(config, train_files, "float32")
-    assert key != features.cache_key(dataclasses.replace(config, image_size=48), train_files,
+    key = feature_cache.cache_key(config, train_files, "float32")
+    assert key == feature_cache.cache_key(config, train_files, "float32")
+    assert key != feature_cache.cache_key(dataclasses.replace(config, image_size=48), train_files,
                                      "float32")
-    assert key != features.cache_key(dataclasses.replace(config, seed=10), train_files,
+    assert key != feature_cache.cache_key(dataclasses.replace(config, seed=10), train_files,
                                      "float32")
-    assert key != features.cache_key(config, train_files, "mixed_float16")
+    assert key != feature_cache.cache_key(config, train_files, "mixed_float16")
 
     train.train(config)
     entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
@@ -52,12 +52,12 @@ def test_disk_cache_is_reused_and_never_stale(dataset_dir, tmp_path, monkeypatch
     def must_not_compute(*args, **kwargs):
         raise AssertionError("features were recomputed although the cache matches")
 
-    monkeypatch.setattr(features, "compute_features", must_not_compute)
+    monkeypatch.setattr(feature_cache, "compute_features", must_not_compute)
     train.train(dataclasses.replace(config, run_dir=str(tmp_path / "run2")))
 
     changed = train_files.paths[0]
     os.utime(changed, ns=(0, os.stat(changed).st_mtime_ns + 10**9))
-    assert features.cache_key(config, train_files, "float32") != key
+    assert feature_cache.cache_key(config, train_files, "float32") != key
     with pytest.raises(AssertionError, match="recomputed"):
         train.train(dataclasses.replace(config, run_dir=str(tmp_path / "run3")))
 

@@ -1,4 +1,4 @@
-"""Pooled VGG16 features, computed once per image while the base is frozen.
+"""A cache of pooled VGG16 features, computed once per image while the base is frozen.
 
 With the base frozen and no augmentation, an image's features never change, so the head can train
 on them directly: one forward pass through VGG16 per image instead of one per epoch. Features are

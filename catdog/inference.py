@@ -1,0 +1,59 @@
+"""Reads an export back for inference: the `.h5` file or a SavedModel version folder.
+
+`evaluate` and `predict` take either; both give the same probabilities for the same pixels, and
+both carry the class names the model was trained with (the `.h5` as a file attribute, the
+SavedModel as its labels asset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import tensorflow as tf
+
+from catdog import contract
+from catdog.errors import CatdogError
+
+
+def load_h5(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
+    """The model and class names written by `export_h5`."""
+    model = keras.models.load_model(path, compile=False)
+    with h5py.File(path, "r") as f:
+        class_names = json.loads(f.attrs[contract.H5_CLASS_NAMES_ATTR])
+    return model, class_names
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """An exported model ready for inference, whichever format it was loaded from."""
+
+    predict: Callable[[np.ndarray], np.ndarray]  # float32 pixels [N, S, S, 3] → probabilities
+    class_names: list[str]
+    image_size: int
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """Loads the `.h5` file or a SavedModel version folder (through its `predict_pixels`
+    signature); both give the same probabilities for the same pixels."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".h5":
+        model, class_names = load_h5(path)
+        forward = tf.function(lambda pixels: model(pixels, training=False))
+        return Classifier(lambda pixels: forward(tf.constant(pixels, tf.float32)).numpy(),
+                          class_names, model.input_shape[1])
+    if (path / "saved_model.pb").is_file():
+        signature = tf.saved_model.load(str(path)).signatures[contract.PREDICT_PIXELS]
+        class_names = (path / "assets" / contract.LABELS_FILE).read_text().splitlines()
+        image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
+        return Classifier(
+            lambda pixels: signature(pixels=tf.constant(pixels, tf.float32))[
+                contract.PROBABILITIES].numpy(), class_names, image_size)
+    raise CatdogError(f"--model={path} is neither a .h5 file nor a SavedModel version folder "
+                      "(one holding saved_model.pb, e.g. export/catdog/1)")

@@ -1,0 +1,127 @@
+"""The model, optimizers and metrics of a run, and its distributed train and eval steps.
+
+One step function serves every `tf.distribute` strategy: a `tf.function` that calls
+`strategy.run`, with the loss averaged over the global batch. (Not `model.fit`: Keras 3.15's fit
+fails under MultiWorkerMirroredStrategy, keras-team/keras#20585.) Each step exists for both input
+sources (`inputs.Source`): images through the whole model, features through the head alone.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from catdog import distribute
+from catdog import model as model_lib
+from catdog.config import Config
+from catdog.inputs import Batches, Source
+
+
+class Trainer:
+    """Builds the model under the strategy's scope and runs epochs of distributed steps."""
+
+    def __init__(self, config: Config, num_classes: int,
+                 distribution: distribute.Distribution):
+        self.config = config
+        self.strategy = distribution.strategy
+        self.jit_compile = distribution.jit_compile
+        self.fine_tuning = False
+        with self.strategy.scope():
+            self.model = model_lib.build_classifier(num_classes, config.image_size,
+                                                    config.weights)
+            self.head = model_lib.head(self.model)
+            self.feature_extractor = model_lib.feature_extractor(self.model)
+            self.augmenter = model_lib.build_augmenter(config)
+            self.optimizer = self._adam(config.learning_rate, distribution)
+            self.optimizer.build(self.model.trainable_variables)
+            self.fine_tune_optimizer = None
+            if config.fine_tune_from:
+                self.fine_tune_optimizer = self._adam(config.fine_tune_learning_rate,
+                                                      distribution)
+                model_lib.unfreeze_from(self.model, config.fine_tune_from)
+                self.fine_tune_optimizer.build(self.model.trainable_variables)
+                model_lib.frozen_base(self.model).trainable = False
+            self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+            self.train_loss = keras.metrics.Mean(name="loss")
+            self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+            self.val_loss = keras.metrics.Mean(name="val_loss")
+            self.val_accuracy = keras.metrics.SparseCategoricalAccuracy(name="val_accuracy")
+        self.train_steps = {
+            Source.IMAGES: self._train_step(self.model, self.optimizer, augment=True),
+            Source.FEATURES: self._train_step(self.head, self.optimizer, augment=False)}
+        self.eval_steps = {Source.IMAGES: self._eval_step(self.model),
+                            Source.FEATURES: self._eval_step(self.head)}
+
+    def _adam(self, learning_rate: float, distribution: distribute.Distribution):
+        optimizer = keras.optimizers.Adam(distribute.learning_rate_for(
+            learning_rate, distribution, self.config.scale_learning_rate))
+        if distribution.precision == "mixed_float16":
+            return keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
+
+    @property
+    def base_frozen(self) -> bool:
+        return not self.fine_tuning
+
+    def start_fine_tuning(self) -> None:
+        """Unfreezes the base from --fine_tune_from; later steps use the fine-tuning optimizer."""
+        model_lib.unfreeze_from(self.model, self.config.fine_tune_from)
+        self.fine_tuning = True
+        self.train_steps[Source.IMAGES] = self._train_step(
+            self.model, self.fine_tune_optimizer, augment=True)
+
+    def _train_step(self, network: keras.Model, optimizer, augment: bool):
+        def gradients(inputs, labels):
+            with tf.GradientTape() as tape:
+                probabilities = network(inputs, training=True)
+                per_example_loss = self.loss_fn(labels, probabilities)
+                loss = optimizer.scale_loss(tf.nn.compute_average_loss(per_example_loss))
+            return per_example_loss, probabilities, tape.gradient(
+                loss, network.trainable_variables)
+
+        # XLA compiles the forward and backward pass only: the augmentation layers' image ops
+        # stay outside it, since XLA with them has failed in reports.
+        compiled = tf.function(gradients, jit_compile=True) if self.jit_compile else gradients
+
+        def replica_step(inputs, labels):
+            if augment and self.augmenter.layers:
+                inputs = self.augmenter(inputs, training=True)
+            per_example_loss, probabilities, grads = compiled(inputs, labels)
+            optimizer.apply_gradients(zip(grads, network.trainable_variables))
+            self.train_loss.update_state(per_example_loss)
+            self.train_accuracy.update_state(labels, probabilities)
+
+        return tf.function(lambda batch: self.strategy.run(replica_step, args=batch))
+
+    def _eval_step(self, network: keras.Model):
+        def replica_step(inputs, labels):
+            probabilities = network(inputs, training=False)
+            self.val_loss.update_state(self.loss_fn(labels, probabilities))
+            self.val_accuracy.update_state(labels, probabilities)
+
+        return tf.function(lambda batch: self.strategy.run(replica_step, args=batch))
+
+    def train_epoch(self, batches: Batches, steps: int,
+                    progbar: keras.utils.Progbar) -> dict[str, float]:
+        """One training pass over `batches`; returns the epoch's mean loss and accuracy."""
+        for metric in (self.train_loss, self.train_accuracy):
+            metric.reset_state()
+        step_fn = self.train_steps[batches.source]
+        for step, batch in enumerate(batches.dataset, 1):
+            step_fn(batch)
+            progbar.update(min(step, steps), values=self._results(
+                self.train_loss, self.train_accuracy))
+        return dict(self._results(self.train_loss, self.train_accuracy))
+
+    def evaluate(self, batches: Batches) -> dict[str, float]:
+        """Mean loss and accuracy over the validation batches."""
+        for metric in (self.val_loss, self.val_accuracy):
+            metric.reset_state()
+        step_fn = self.eval_steps[batches.source]
+        for batch in batches.dataset:
+            step_fn(batch)
+        return dict(self._results(self.val_loss, self.val_accuracy))
+
+    @staticmethod
+    def _results(*metrics: keras.metrics.Metric) -> list[tuple[str, float]]:
+        return [(m.name, float(m.result())) for m in metrics]
