@@ -6,6 +6,27 @@ import sys as _sys
 __version__ = "0.1.0"
 
 
+def _command() -> str:
+    """The catdog tool this process runs ('serve' for `python -m catdog.serve` or `catdog-serve`),
+    or '' when catdog is imported as a library."""
+    argv = getattr(_sys, "orig_argv", None) or []
+    if "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("catdog."):
+        return argv[argv.index("-m") + 1].split(".", 1)[1]
+    name = _os.path.basename((_sys.argv or [""])[0])
+    return name.split("-", 1)[1] if name.startswith("catdog-") else ""
+
+
+def _serve_without_onednn() -> None:
+    """The serve command runs TensorFlow without its oneDNN CPU kernels, as TF Serving's standard
+    build does, whatever the environment says: some oneDNN kernels abort the whole process on a
+    malformed input (a rank-2 tensor fed to a convolution fails a CHECK in tensor_format.h), so
+    one bad request could take the server down. (They also kept ~130 MB per unloaded version
+    and ran one-image requests 10% slower here: benchmarks/soak.py.) Set before TensorFlow is
+    imported; a library user's process is left as it is."""
+    if _command() == "serve":
+        _os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+
+
 def _quiet_tensorflow_start_for_commands() -> None:
     """catdog's commands show catdog's lines, not TensorFlow's C++ start-up log (the oneDNN and
     CPU-feature notices, the CUDA cuInit error on a CPU-only machine). TensorFlow 2.21 writes
@@ -15,9 +36,8 @@ def _quiet_tensorflow_start_for_commands() -> None:
     -v/--verbosity, or TF_CPP_MIN_LOG_LEVEL set by the user, nothing is hidden; importing
     catdog as a library changes nothing."""
     argv = _sys.argv or [""]
-    command = argv[0] == "-m" or _os.path.basename(argv[0]).startswith("catdog-")
     verbose = any(a == "-v" or a.startswith(("--verbosity", "-v=")) for a in argv[1:])
-    if not command or verbose or "TF_CPP_MIN_LOG_LEVEL" in _os.environ:
+    if not _command() or verbose or "TF_CPP_MIN_LOG_LEVEL" in _os.environ:
         return
     import tempfile
 
@@ -40,4 +60,5 @@ def _quiet_tensorflow_start_for_commands() -> None:
             _os.close(saved)
 
 
+_serve_without_onednn()
 _quiet_tensorflow_start_for_commands()

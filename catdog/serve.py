@@ -16,15 +16,7 @@ It imports no training code: only the wire format, the contract names and the er
 
 from __future__ import annotations
 
-import os
-
-# Serve without TensorFlow's oneDNN kernels, as TF Serving's standard (non-MKL) build does: with
-# them, every version swap kept ~130 MB of oneDNN state after the old version was unloaded, and
-# one-image requests ran 10% slower (measured here; see benchmarks/soak.py). Set before
-# TensorFlow is imported; a value the user set wins.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-import concurrent.futures  # noqa: E402  (after the environment above)
+import concurrent.futures
 import dataclasses
 import re
 import threading

@@ -1,7 +1,10 @@
-"""Shared fixtures: small generated image folders and a way to run catdog's CLIs in a subprocess."""
+"""Shared fixtures: small generated image folders, a way to run catdog's CLIs in a subprocess,
+and the served models that several test modules ask (a small catdog export, TF Serving's test
+models), each built once per session."""
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -12,7 +15,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Tests run with TensorFlow's oneDNN CPU kernels, its default (the serve command turns them off
+# for its own process; see catdog/__init__.py), stated here so that no import order can change it.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 CLASSES = ("cats", "dogs")
+SERVED_IMAGE_SIZE = 32  # the image size of the `exported` model
+
+
+def _tiny_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+TINY_PNG = _tiny_png()  # a black 1×1 PNG: the smallest valid image request
 # The channel each class is tinted towards, so that a small model can learn them in a few steps.
 _TINT = {"cats": 0, "dogs": 2}
 
@@ -51,6 +68,22 @@ def dataset_dir_module(tmp_path_factory) -> Path:
     write_split(root / "train", 16, seed=1)
     write_split(root / "validation", 6, seed=2)
     return root
+
+
+def fast_config(dataset_dir: Path, root: Path, **overrides):
+    """A Config whose epochs take a second: 32 px, random VGG16, cached features."""
+    from catdog.config import Config
+
+    settings = dict(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
+                    epochs=3, flip="none", rotation=0.0, zoom=0.0, cache_features=True,
+                    run_dir=str(root / "run"), export_dir=str(root / "export"), seed=3)
+    return Config(**{**settings, **overrides})
+
+
+def leftovers(*folders: Path) -> list[Path]:
+    """Temporaries anywhere under the folders: catdog's hidden ones and TensorFlow's."""
+    return [p for folder in folders if folder.exists() for p in folder.rglob("*")
+            if ".tmp-" in p.name or "_temp" in p.name]
 
 
 def free_ports(count: int) -> list[int]:
@@ -92,3 +125,110 @@ def png_bomb(width: int = 23000, height: int = 23000) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
             chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+# --- served models shared by the serving tests -------------------------------------------------
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """A small classifier and its exports: (model, h5 path, SavedModel base path)."""
+    import keras
+
+    from catdog import export
+    from catdog import model as model_lib
+
+    keras.utils.set_random_seed(0)
+    model = model_lib.build_classifier(len(CLASSES), SERVED_IMAGE_SIZE, "none")
+    root = tmp_path_factory.mktemp("export")
+    exports = export.export_all(model, CLASSES, root, "catdog")
+    return model, exports.h5, exports.saved_model.parent
+
+
+@pytest.fixture(scope="session")
+def local_server(exported):
+    """`exported` served in this process on free ports, requests capped at 256 KB."""
+    from catdog import serve
+
+    server = serve.start_server("catdog", exported[2], port=0, rest_api_port=0,
+                                max_request_bytes=256 << 10)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def jpegs(tmp_path_factory):
+    """Three JPEGs, tinted cat, dog, cat."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(4)
+    paths = []
+    for i, name in enumerate(["cats", "dogs", "cats"]):
+        path = folder / f"{name}{i}.jpg"
+        Image.fromarray(class_image(name, rng, size=(60, 45))).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def expected_probabilities(model, paths):
+    """What `model` answers for these image files, decoded as the serving signatures decode."""
+    import tensorflow as tf
+
+    from catdog import images
+
+    pixels = np.stack([tf.cast(images.load_image(tf.constant(str(p)), SERVED_IMAGE_SIZE), tf.float32)
+                       for p in paths])
+    return model(pixels, training=False).numpy()
+
+
+@pytest.fixture(scope="session")
+def tfs_models(tmp_path_factory) -> Path:
+    """TF Serving's test models (tests/tfserving_models.py), as its tests lay them out."""
+    from tfserving_models import write_models
+
+    return write_models(tmp_path_factory.mktemp("tfserving_models"))
+
+
+@pytest.fixture(scope="session")
+def tfs_server(tfs_models):
+    """`catdog.serve` over TF Serving's test models with its tests' model and monitoring config."""
+    from catdog import serve
+    from tfserving_models import CONFIG, TWO_VERSIONS
+
+    config = tfs_models / "models.config"
+    config.write_text(CONFIG.format(two=TWO_VERSIONS, root=tfs_models))
+    monitoring = tfs_models / "monitoring.config"
+    monitoring.write_text(
+        'prometheus_config: { enable: true, path: "/monitoring/prometheus/metrics" }')
+    server = serve.start_server(options=serve.ServerOptions(
+        port=0, rest_api_port=0, model_config_file=str(config),
+        monitoring_config_file=str(monitoring)))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tfs_stubs(tfs_server):
+    """(PredictionService, ModelService) gRPC stubs of `tfs_server`."""
+    import grpc
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{tfs_server.grpc_port}")
+    yield (prediction_service_pb2_grpc.PredictionServiceStub(channel),
+           model_service_pb2_grpc.ModelServiceStub(channel))
+    channel.close()
+
+
+@pytest.fixture(scope="session")
+def classifier():
+    """A small untrained catdog classifier (32 px, random VGG16), for export and signature tests."""
+    import keras
+
+    from catdog import model as model_lib
+
+    keras.utils.set_random_seed(0)
+    return model_lib.build_classifier(len(CLASSES), image_size=32, weights="none")
+
+
+@pytest.fixture
+def pixels():
+    """Whole-number pixels, which survive PNG encoding exactly."""
+    return np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype("float32")

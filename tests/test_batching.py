@@ -1,14 +1,18 @@
 """catdog.batching: TF Serving's batching semantics on a recorded session run."""
 
+import concurrent.futures
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from catdog import serve
 from catdog.batching import Batcher, BatchingOptions
+from catdog.client import Client
 from catdog.serving_config import BatchingParameters, parse_text_proto
 from catdog.wire import ServingError
+from conftest import expected_probabilities
 
 
 def test_concurrent_tasks_are_merged_padded_and_split_back():
@@ -57,3 +61,21 @@ def test_shipped_batching_config_parses_as_tf_serving_parses_it(tmp_path):
     with pytest.raises(Exception, match="Error parsing text-format "
                                         "tensorflow.serving.BatchingParameters"):
         parse_text_proto(tmp_path / "bad.config", BatchingParameters, "batching_parameters_file")
+
+
+def test_batching_merges_concurrent_requests_and_keeps_answers(exported, tmp_path, jpegs):
+    """--enable_batching with serving/batching.config: 8 concurrent clients get the answers an
+    unbatched server gives."""
+    batching = Path(__file__).resolve().parents[1] / "serving" / "batching.config"
+    server = serve.start_server("catdog", exported[2], port=0, rest_api_port=None,
+                                enable_batching=True, batching_parameters_file=str(batching))
+    try:
+        url = f"grpc://127.0.0.1:{server.grpc_port}"
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            batched = list(pool.map(lambda i: Client(url).predict([jpegs[i % len(jpegs)]])[0],
+                                    range(16)))
+        for i, prediction in enumerate(batched):
+            alone = expected_probabilities(exported[0], [jpegs[i % len(jpegs)]])[0]
+            np.testing.assert_allclose(prediction.probabilities, alone, atol=1e-5)
+    finally:
+        server.stop()

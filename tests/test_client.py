@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 import threading
 from http import server as http_server
 
@@ -24,6 +25,7 @@ from google.protobuf import json_format
 
 from catdog.client import Client
 from catdog.wire import ServingError
+from conftest import free_ports
 from tfserving_models import recorded_metadata
 
 CATDOG_SIGNATURES = {"signature_def": {
@@ -188,3 +190,28 @@ def test_grpc_client_reads_typed_fields(fake_grpc):
     assert (prediction.label, prediction.probabilities) == ("cats", (0.875, 0.125))
     assert client.classify([b"jpeg"]) == [{"cats": 0.875, "dogs": 0.125}]
     assert set(client.metadata()) == {"serving_default", "__saved_model_init_op"}
+
+# --- when the server is away or silent -------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_client_retries_unavailable_with_backoff_then_reports_it(scheme, monkeypatch):
+    pauses = []
+    monkeypatch.setattr("catdog.client.time.sleep", pauses.append)
+    client = Client(f"{scheme}://127.0.0.1:{free_ports(1)[0]}", "catdog", timeout=5, retries=3,
+                    backoff_seconds=0.1)
+    with pytest.raises(ServingError) as error:
+        client.status()
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE
+    assert pauses == [0.1, 0.2, 0.4]
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_client_times_out_on_a_silent_server(scheme):
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        client = Client(f"{scheme}://127.0.0.1:{silent.getsockname()[1]}", "catdog",
+                        timeout=0.5, retries=0)
+        with pytest.raises(ServingError) as error:
+            client.status()
+    assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,8 +1,12 @@
-"""Training end to end: exports that reload in a fresh process, run files, and resume after a kill."""
+"""catdog.train end to end: exports that reload in a fresh process, run files, resuming after a
+kill, SIGKILL at seeded random moments, Ctrl-C and SIGTERM, and a rerun after the export."""
 
 import json
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ import tensorflow as tf
 
 from catdog import train
 from catdog.config import Config
-from conftest import run_catdog, run_python
+from conftest import fast_config, leftovers, run_catdog, run_python
 
 RELOAD_EXPORTS = """
 import sys, numpy as np, tensorflow as tf
@@ -159,3 +163,60 @@ def test_fine_tuning_resumes_mid_phase_and_matches_an_uninterrupted_run(dataset_
         "--epochs=1", "--fine_tune_from=block5_conv1", "--fine_tune_epochs=2", "--flip=none",
         "--zoom=0", "--cache_features", "--seed=4"], kill_at_epoch=3, epochs=3)
     assert [row["phase"] for row in resumed["epochs"]] == ["head", "fine_tune", "fine_tune"]
+
+
+# --- interrupted and repeated runs --------------------------------------------------------------
+
+def test_a_rerun_after_the_export_writes_no_identical_version(dataset_dir_module, tmp_path):
+    config = fast_config(dataset_dir_module, tmp_path, epochs=1)
+    train.train(config)
+    (tmp_path / "run" / "summary.json").unlink()  # as if killed between export and summary
+    result = train.train(config)
+    assert sorted(p.name for p in (tmp_path / "export" / "catdog").iterdir()) == ["1"]
+    assert result.exports.saved_model.name == "1"
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_the_rerun_finishes_cleanly(dataset_dir_module, tmp_path):
+    """Three kills (seed 0) at random times within a run; each rerun resumes; the last ends with
+    every epoch, one export version and no temporaries."""
+    rng = random.Random(0)
+    args = [sys.executable, "-m", "catdog.train", f"--data_dir={dataset_dir_module}",
+            "--weights=none", "--image_size=32", "--batch_size=8", "--epochs=4", "--flip=none",
+            "--rotation=0", "--zoom=0", "--cache_features", f"--run_dir={tmp_path / 'run'}",
+            f"--export_dir={tmp_path / 'export'}"]
+    for _ in range(3):
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4.0, 14.0))  # a random moment, not a synchronisation
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    final = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-2000:]
+    metrics = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2", "3", "4"]
+    assert len([p for p in (tmp_path / "export" / "catdog").iterdir()]) == 1
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_cleanly_in_one_line_and_the_rerun_resumes(
+        dataset_dir_module, tmp_path, signum):
+    args = [sys.executable, "-m", "catdog.train", f"--data_dir={dataset_dir_module}",
+            "--weights=none", "--image_size=32", "--batch_size=8", "--epochs=3", "--flip=none",
+            "--rotation=0", "--zoom=0", "--cache_features", f"--run_dir={tmp_path / 'run'}",
+            f"--export_dir={tmp_path / 'export'}"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if "Epoch 2/3" in line:
+            process.send_signal(signum)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130
+    assert "Traceback" not in rest
+    assert "interrupted: epoch 1 of 3 is saved in" in rest and "run the same command" in rest
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "resuming" in again.stderr and "after epoch 1" in again.stderr

@@ -9,9 +9,14 @@ shapes, method names) into zero-padded version folders, as TF Serving's testdata
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import predict_pb2
 
 tf1 = tf.compat.v1
 PREDICT = "tensorflow/serving/predict"
@@ -103,3 +108,62 @@ def recorded_metadata(model_name: str) -> dict:
             "regress_x_to_y": sig("tensorflow/serving/regress", {"inputs": examples},
                                   {"outputs": _tensor("DT_FLOAT", "y:0", float_col)}),
         }}}}
+
+
+def write_models(root: Path) -> Path:
+    """The models CONFIG names, under `root`."""
+    half_plus_two(root / "two_versions", versions=(123, 124))
+    half_plus_two(root / "half_plus_two", versions=(123,))
+    half_plus_two(root / "half_plus_three", versions=(123,), b=3.0)
+    return root
+
+
+TWO_VERSIONS = "saved_model_half_plus_two_2_versions"  # H's model, policy specific {123}
+# The model server config of TF Serving's tests, over the models written by `write_models`.
+CONFIG = """
+model_config_list {{
+  config {{ name: "{two}" base_path: "{root}/two_versions" model_platform: "tensorflow"
+           model_version_policy {{ specific {{ versions: 123 }} }}
+           version_labels {{ key: "Version_Label" value: 123 }} }}
+  config {{ name: "default" base_path: "{root}/half_plus_two" model_platform: "tensorflow" }}
+  config {{ name: "half_plus_two" base_path: "{root}/half_plus_two" model_platform: "tensorflow" }}
+  config {{ name: "half_plus_three" base_path: "{root}/half_plus_three"
+           model_platform: "tensorflow" }}
+}}
+"""
+
+
+def rest(server, method: str, path: str, body: str | None = None) -> tuple[int, object]:
+    """(HTTP status, parsed JSON body) of one REST call to a running `catdog.serve`."""
+    request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{path}",
+                                     data=None if body is None else body.encode(), method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def verify_spec(spec, name, signature, version=123):
+    """S _VerifyModelSpec."""
+    assert (spec.name, spec.signature_name, spec.version.value) == (name, signature, version)
+
+
+def verify_predict(stub, model_name, expected, specify_output=True, batch_input=False,
+                   signature_name="serving_default"):
+    """S VerifyPredictRequest: typed float_val in, typed float_val out."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    request.inputs["x"].dtype = types_pb2.DT_FLOAT
+    request.inputs["x"].float_val.append(2.0)
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    if batch_input:
+        request.inputs["x"].tensor_shape.dim.add().size = 1
+    if specify_output:
+        request.output_filter.append("y")
+    result = stub.Predict(request, 20)
+    assert "y" in result.outputs and result.outputs["y"].dtype == types_pb2.DT_FLOAT
+    assert len(result.outputs["y"].float_val) == 1
+    assert result.outputs["y"].float_val[0] == expected
+    verify_spec(result.model_spec, model_name, signature_name)

@@ -1,9 +1,14 @@
-"""serving/: the TF Serving config files parse as the protos TF Serving reads."""
+"""catdog.serving_config and serving/: the shipped TF Serving config files parse as the protos
+TF Serving reads, and a bad one is refused in TF Serving's words."""
 
 from pathlib import Path
 
+import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from catdog import serve
+from catdog.errors import CatdogError
 
 SERVING = Path(__file__).resolve().parents[1] / "serving"
 
@@ -32,3 +37,13 @@ def test_monitoring_and_batching_configs_name_their_fields():
     batching = (SERVING / "batching.config").read_text()
     for field in ("max_batch_size", "batch_timeout_micros", "num_batch_threads"):
         assert f"{field} {{ value:" in batching
+
+
+def test_bad_model_config_is_one_line(tmp_path):
+    """S testBadModelConfig: TF Serving's words for a config it cannot parse."""
+    bad = tmp_path / "bad.config"
+    bad.write_text("improperly formatted file")
+    with pytest.raises(CatdogError, match="Error parsing text-format "
+                                          "tensorflow.serving.ModelServerConfig"):
+        serve.start_server(options=serve.ServerOptions(port=0, rest_api_port=None,
+                                                       model_config_file=str(bad)))

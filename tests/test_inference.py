@@ -1,0 +1,31 @@
+"""catdog.inference: either export reads back with its class names and the same answers."""
+
+import numpy as np
+import pytest
+
+from catdog import export, inference
+from catdog.errors import CatdogError
+from conftest import CLASSES
+
+
+def test_h5_round_trip_keeps_predictions_and_class_names(classifier, pixels, tmp_path):
+    path = export.export_h5(classifier, CLASSES, tmp_path / "m.h5")
+    reloaded, class_names = inference.load_h5(path)
+    assert class_names == list(CLASSES)
+    np.testing.assert_allclose(reloaded(pixels), classifier(pixels), atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]
+
+
+def test_both_exports_classify_alike_with_their_class_names(classifier, pixels, tmp_path):
+    exports = export.export_all(classifier, CLASSES, tmp_path, "catdog")
+    expected = classifier(pixels, training=False).numpy()
+    for path in (exports.h5, exports.saved_model):
+        loaded = inference.load_classifier(path)
+        assert (loaded.class_names, loaded.image_size) == (list(CLASSES), 32), path
+        np.testing.assert_allclose(loaded.predict(pixels), expected, atol=1e-5)
+
+
+def test_a_path_that_is_no_export_is_one_line_naming_what_would_do(tmp_path):
+    with pytest.raises(CatdogError, match=r"^--model=.* is neither a \.h5 file nor a SavedModel "
+                                          r"version folder \(one holding saved_model\.pb"):
+        inference.load_classifier(tmp_path)

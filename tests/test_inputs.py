@@ -1,0 +1,64 @@
+"""catdog.inputs: while the base is frozen, un-augmented inputs come as features computed once."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from catdog import data, distribute, feature_cache
+from catdog.config import Config
+from catdog.inputs import EpochInputs, Source
+from catdog.steps import Trainer
+
+
+def epoch_inputs(dataset_dir, monkeypatch, **overrides):
+    """EpochInputs over `dataset_dir`, and the list of splits whose features were computed."""
+    config = Config(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
+                    flip="none", zoom=0.0, strategy="default", **overrides)
+    trainer = Trainer(config, 2, distribute.setup_distribution(config))
+    computed = []
+    real = feature_cache.compute_features
+
+    def counting(extractor, decoded, batch_size, count, name):
+        computed.append(name)
+        return real(extractor, decoded, batch_size, count, name)
+
+    monkeypatch.setattr(feature_cache, "compute_features", counting)
+    inputs = EpochInputs(config, data.prepare_splits(config), trainer.strategy,
+                         trainer.feature_extractor, "float32")
+    return inputs, computed
+
+
+def first_inputs(batches) -> tf.Tensor:
+    return next(iter(batches.dataset))[0]
+
+
+@pytest.mark.parametrize("cache_features, frozen_train", [(False, Source.IMAGES),
+                                                          (True, Source.FEATURES)])
+def test_each_split_uses_features_only_while_the_base_is_frozen(
+        dataset_dir, monkeypatch, cache_features, frozen_train):
+    inputs, computed = epoch_inputs(dataset_dir, monkeypatch, cache_features=cache_features)
+    inputs.compute_features(base_frozen=True)
+    assert computed == (["train", "validation"] if cache_features else ["validation"])
+    train, validation = inputs.train(1, base_frozen=True), inputs.validation(base_frozen=True)
+    assert (train.source, validation.source) == (frozen_train, Source.FEATURES)
+    assert first_inputs(validation).shape[1:] == (512,)
+    assert first_inputs(train).shape[1:] == ((512,) if cache_features else (32, 32, 3))
+    fine_tuning = inputs.train(2, base_frozen=False), inputs.validation(base_frozen=False)
+    assert [b.source for b in fine_tuning] == [Source.IMAGES, Source.IMAGES]
+    assert first_inputs(fine_tuning[1]).shape[1:] == (32, 32, 3)
+
+
+def test_features_are_computed_once_and_validation_batches_reused(dataset_dir, monkeypatch):
+    inputs, computed = epoch_inputs(dataset_dir, monkeypatch, cache_features=True)
+    for epoch in (1, 2, 3):
+        inputs.train(epoch, base_frozen=True)
+        assert inputs.validation(base_frozen=True) is inputs.validation(base_frozen=True)
+    assert computed == ["train", "validation"]
+
+
+def test_each_epoch_has_its_own_seeded_order(dataset_dir, monkeypatch):
+    inputs, _ = epoch_inputs(dataset_dir, monkeypatch)
+    order = [np.concatenate([labels.numpy() for _, labels in inputs.train(seed, True).dataset])
+             for seed in (1, 1, 2)]
+    np.testing.assert_array_equal(order[0], order[1])
+    assert not np.array_equal(order[0], order[2])

@@ -1,0 +1,71 @@
+"""catdog.steps: the distributed steps train what they should and agree across input sources."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from catdog import distribute
+from catdog.config import Config
+from catdog.inputs import Batches, Source
+from catdog.steps import Trainer
+
+
+@pytest.fixture
+def trainer():
+    keras.utils.set_random_seed(0)
+    config = Config(data_dir="unused", weights="none", image_size=32, batch_size=4,
+                    flip="none", zoom=0.0, strategy="default", fine_tune_from="block5_conv1")
+    return Trainer(config, 2, distribute.setup_distribution(config))
+
+
+def batches(trainer: Trainer, source: Source, inputs: np.ndarray, labels: np.ndarray) -> Batches:
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(4)
+    return Batches(source, trainer.strategy.experimental_distribute_dataset(dataset))
+
+
+def sample(trainer: Trainer):
+    pixels = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    labels = np.array([0, 1] * 4)
+    return pixels, trainer.feature_extractor(pixels, training=False).numpy(), labels
+
+
+def weights_of(layer: keras.layers.Layer) -> list[np.ndarray]:
+    return [w.numpy().copy() for w in layer.weights]
+
+
+def changed(before: list[np.ndarray], layer: keras.layers.Layer) -> bool:
+    return any(not np.array_equal(a, b.numpy()) for a, b in zip(before, layer.weights))
+
+
+def test_validating_on_features_equals_validating_on_images(trainer):
+    pixels, features, labels = sample(trainer)
+    on_images = trainer.evaluate(batches(trainer, Source.IMAGES, pixels, labels))
+    on_features = trainer.evaluate(batches(trainer, Source.FEATURES, features, labels))
+    assert on_features == pytest.approx(on_images, abs=1e-5)
+    assert set(on_images) == {"val_loss", "val_accuracy"}
+
+
+@pytest.mark.parametrize("source", [Source.IMAGES, Source.FEATURES])
+def test_a_frozen_base_epoch_trains_the_head_only(trainer, source):
+    pixels, features, labels = sample(trainer)
+    base, head = trainer.model.get_layer("vgg16"), trainer.model.get_layer("dense")
+    base_before, head_before = weights_of(base), weights_of(head)
+    inputs = pixels if source is Source.IMAGES else features
+    metrics = trainer.train_epoch(batches(trainer, source, inputs, labels), 2,
+                                  keras.utils.Progbar(2, verbose=0))
+    assert set(metrics) == {"loss", "accuracy"} and np.isfinite(metrics["loss"])
+    assert changed(head_before, head)
+    assert not changed(base_before, base)
+
+
+def test_fine_tuning_trains_the_base_from_its_layer_up(trainer):
+    pixels, _, labels = sample(trainer)
+    base = trainer.model.get_layer("vgg16")
+    below, above = base.get_layer("block4_conv3"), base.get_layer("block5_conv1")
+    below_before, above_before = weights_of(below), weights_of(above)
+    trainer.start_fine_tuning()
+    trainer.train_epoch(batches(trainer, Source.IMAGES, pixels, labels), 2,
+                        keras.utils.Progbar(2, verbose=0))
+    assert changed(above_before, above)
+    assert not changed(below_before, below)
