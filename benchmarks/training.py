@@ -1,109 +1,144 @@
-"""Training and evaluation speed, measured side by side in one process.
+"""The seed's whole job, and where its time goes: one process, one table.
 
     pip install -e '.[bench]'
     python benchmarks/training.py --data_dir=../shared/datasets/cats_vs_dogs \
         --weights=../shared/weights/vgg16_hed_notop.weights.h5
 
-At 150 px and batch 16 it prints one table:
-  - training images/s: catdog's tf.data pipeline, the in-memory ceiling, the seed's
-    ImageDataGenerator path (benchmarks/input_pipeline.py's measurements, short runs);
-  - a 10-epoch head training (augmentation off) without --cache_features, extrapolated from
-    measured 1- and 2-epoch runs, against the same 10 epochs with --cache_features run in full
-    (its one feature pass included);
-  - evaluation images/s of the exported model (catdog.evaluate's prediction loop).
+On `configs/seed.flags` (150 px, batch 16, 10 epochs, horizontal flip + 0.2 zoom) over every
+photo of --data_dir it prints:
+  - VGG16 images/s under float32 and mixed_bfloat16, for the feature pass (forward only) and the
+    full-path training step (augmentation, forward, head update), alternating the two policies
+    over --rounds rounds and keeping each one's best, with their ratio;
+  - the seed job end to end: on the full path in float32 (augmented images through VGG16 every
+    epoch); with `--cache_features --feature_views=K` in float32; the same in mixed_bfloat16;
+    and, for choosing K, further K values and no augmentation at all, in the precision
+    `--mixed_precision=auto` picks here: each with its wall time, best validation accuracy and
+    speed-up over the full path;
+  - the CPU model and its bfloat16 flags, since the ratios depend on them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import platform
 import tempfile
 import time
 
+import keras
 import tensorflow as tf
 from absl import app, flags
 
 import input_pipeline  # benchmarks/ is on sys.path when this file runs as a script
-from catdog import data, distribute, evaluate, inference, steps, train
+from catdog import data, distribute, steps, train
+from catdog import flags as catdog_flags
 from catdog.config import Config
 
 _WEIGHTS = flags.DEFINE_string("weights", "none", "VGG16 weights: none or a weights file.")
-_EPOCHS = flags.DEFINE_integer("epochs", 10, "Epochs of the compared head trainings.")
+_VIEWS = flags.DEFINE_integer("views", 2, "K of the float32 and bfloat16 feature-view runs.")
+_MORE_VIEWS = flags.DEFINE_list("more_views", ["4"], "Further K values, in the auto precision.")
+_FULL_PATH = flags.DEFINE_bool("full_path", True, "Run the full-path seed job (the slowest).")
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "Alternating rounds of the throughput measurement.")
+_SEED_FLAGS = os.path.join(os.path.dirname(__file__), "..", "configs", "seed.flags")
 
 
-def timed(function):
+def seed_config(root: str, name: str, *overrides: str) -> Config:
+    """configs/seed.flags plus `overrides`, on this benchmark's data and weights."""
+    values = flags.FlagValues()
+    catdog_flags.define_train_flags(values)
+    values(["benchmark", f"--flagfile={_SEED_FLAGS}", f"--data_dir={flags.FLAGS.data_dir}",
+            f"--weights={_WEIGHTS.value}", f"--run_dir={root}/{name}",
+            f"--export_dir={root}/{name}-export", "--strategy=default", *overrides])
+    return catdog_flags.config_from_flags(values)
+
+
+def forward_images_per_second(extractor: keras.Model, batch: tf.Tensor, steps_: int) -> float:
+    forward = tf.function(lambda images: extractor(images, training=False))
+    forward(batch).numpy()  # trace and warm up
     start = time.perf_counter()
-    result = function()
-    return result, time.perf_counter() - start
+    for _ in range(steps_):
+        result = forward(batch)
+    result.numpy()
+    return steps_ * len(batch) / (time.perf_counter() - start)
+
+
+def throughput(config: Config, batch) -> dict[str, float]:
+    """Feature-pass and full-path training-step images/s under `config`'s policy."""
+    distribution = distribute.setup_distribution(config)
+    trainer = steps.Trainer(config, 2, distribution)
+    count = flags.FLAGS.steps  # defined by input_pipeline, with --warmup and --data_dir
+    return {
+        "feature pass": forward_images_per_second(trainer.feature_extractor, batch[0], count),
+        "training step": input_pipeline.training_images_per_second(
+            trainer, itertools.repeat(batch), flags.FLAGS.warmup, count),
+    }
+
+
+def seed_job(config: Config) -> tuple[float, float, str]:
+    """(wall seconds, best validation accuracy, precision) of one whole training run, export
+    included."""
+    start = time.perf_counter()
+    result = train.train(config)
+    return (time.perf_counter() - start, result.summary["best_val_accuracy"],
+            result.summary["distribution"]["precision"])
+
+
+def cpu_description() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), platform.processor())
+    native = [f for f in distribute.BFLOAT16_CPU_FLAGS if f in distribute.cpu_flags()]
+    return f"{model}, {os.cpu_count()} cores, bfloat16 flags: {', '.join(native) or 'none'}"
 
 
 def main(argv):
     del argv
-    data_dir = flags.FLAGS.data_dir  # defined by input_pipeline, with its other flags
-    size, batch = 150, 16
-    base = Config(data_dir=data_dir, image_size=size, batch_size=batch,
-                  weights=_WEIGHTS.value, flip="none", zoom=0.0, epochs=_EPOCHS.value,
-                  strategy="default")
-    distribution = distribute.setup_distribution(base)
-    files, _ = data.find_splits(data_dir, 0.0, seed=0)
-    decoded = data.decoded_images(files, size)
-    trainer = steps.Trainer(base, 2, distribution)
-    step_count, warmup = 30, 3
-    pipeline = input_pipeline.training_images_per_second(
-        trainer, data.batches(data.decoded_images(files, size), batch, shuffle_seed=1), warmup,
-        step_count)
-    in_memory = next(iter(data.batches(decoded, batch)))
-    ceiling = input_pipeline.training_images_per_second(
-        trainer, itertools.repeat(in_memory), warmup, step_count)
-    seed_path = input_pipeline.training_images_per_second(
-        trainer, input_pipeline.as_tensors(input_pipeline.seed_generator_batches(
-            os.path.join(data_dir, "train"), size, batch)), warmup, step_count)
+    with tempfile.TemporaryDirectory() as root:
+        probe = seed_config(root, "probe", "--mixed_precision=float32")
+        files, validation = data.find_splits(probe.data_dir, 0.0, seed=0)
+        batch = next(iter(data.batches(data.decoded_images(files, probe.image_size),
+                                       probe.batch_size)))
+        policies = ("float32", "mixed_bfloat16")
+        speeds = {policy: {} for policy in policies}
+        for _, policy in itertools.product(range(_ROUNDS.value), policies):
+            measured = throughput(seed_config(root, "probe", f"--mixed_precision={policy}"),
+                                  batch)
+            for kind, value in measured.items():
+                speeds[policy][kind] = max(value, speeds[policy].get(kind, 0.0))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        def on_images(epochs):
-            return timed(lambda: train.train(dataclasses.replace(
-                base, epochs=epochs, run_dir=f"{tmp}/plain{epochs}",
-                export_dir=f"{tmp}/plain{epochs}-export")))
+        views = f"--feature_views={_VIEWS.value}"
+        runs = []
+        if _FULL_PATH.value:
+            runs.append(("full path (augmented images through VGG16 every epoch), float32",
+                         seed_config(root, "full", "--mixed_precision=float32")))
+        runs.append((f"--cache_features {views}, float32",
+                     seed_config(root, "views32", "--cache_features", views,
+                                 "--mixed_precision=float32")))
+        runs.append((f"--cache_features {views}, mixed_bfloat16",
+                     seed_config(root, "views16", "--cache_features", views,
+                                 "--mixed_precision=mixed_bfloat16")))
+        for k in _MORE_VIEWS.value:
+            runs.append((f"--cache_features --feature_views={k}, auto",
+                         seed_config(root, f"views{k}", "--cache_features",
+                                     f"--feature_views={k}")))
+        runs.append(("no augmentation (--flip=none --zoom=0 --cache_features), auto",
+                     seed_config(root, "plain", "--flip=none", "--zoom=0", "--cache_features")))
+        results = [(name, *seed_job(config)) for name, config in runs]
 
-        plain, plain_seconds = on_images(1)
-        _, two_epochs_seconds = on_images(2)
-        cached_config = dataclasses.replace(base, cache_features=True, run_dir=f"{tmp}/cached",
-                                            export_dir=f"{tmp}/cached-export")
-        cached, cached_seconds = timed(lambda: train.train(cached_config))
-        classifier = inference.load_classifier(cached.exports.h5)
-        _, validation = data.find_splits(data_dir, 0.0, seed=0)
-        _, eval_seconds = timed(lambda: evaluate.predict_files(classifier, validation, 32))
-
-    # Epoch 1 of a run on images also computes the validation features (once per run); each
-    # later epoch costs one training pass. The seed's way re-validates on images every epoch.
-    later_epoch = two_epochs_seconds - plain_seconds
-    plain_estimate = plain_seconds + (_EPOCHS.value - 1) * later_epoch
-    seed_style_estimate = plain_seconds * _EPOCHS.value
-    print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"TensorFlow {tf.__version__}; {size} px, batch {batch}, {len(files)} training and "
+    print(f"\n{time.strftime('%Y-%m-%d')}, {cpu_description()}, TensorFlow {tf.__version__}; "
+          f"{probe.image_size} px, batch {probe.batch_size}, {len(files)} training and "
           f"{len(validation)} validation images, weights {_WEIGHTS.value}\n")
-    print("| measurement | value | ratio |")
-    print("|---|---:|---:|")
-    print(f"| training images/s, in-memory ceiling | {ceiling:.1f} | 1.00 |")
-    print(f"| training images/s, catdog tf.data pipeline | {pipeline:.1f} | "
-          f"{pipeline / ceiling:.2f} of ceiling |")
-    print(f"| training images/s, seed's ImageDataGenerator | {seed_path:.1f} | "
-          f"{seed_path / ceiling:.2f} of ceiling |")
-    print(f"| {_EPOCHS.value}-epoch head training on images, validating on images every epoch "
-          f"(the seed's way; 1-epoch run: {plain_seconds:.0f} s) | {seed_style_estimate:.0f} s "
-          f"(extrapolated) | {seed_style_estimate / cached_seconds:.1f}x the cached run |")
-    print(f"| {_EPOCHS.value}-epoch head training on images, catdog (1- and 2-epoch runs: "
-          f"{plain_seconds:.0f} s, {two_epochs_seconds:.0f} s) | {plain_estimate:.0f} s "
-          f"(extrapolated) | {plain_estimate / cached_seconds:.1f}x the cached run |")
-    print(f"| {_EPOCHS.value}-epoch head training, --cache_features (run in full) | "
-          f"{cached_seconds:.0f} s | 1.00 |")
-    print(f"| best val_accuracy after 1 epoch on images / {_EPOCHS.value} on cached features | "
-          f"{plain.summary['best_val_accuracy']:.4f} / {cached.summary['best_val_accuracy']:.4f}"
-          " | |")
-    print(f"| evaluation images/s (exported .h5, batch 32) | "
-          f"{len(validation) / eval_seconds:.1f} | |")
+    print("| VGG16 images/s | float32 | mixed_bfloat16 | ratio |")
+    print("|---|---:|---:|---:|")
+    for kind in ("feature pass", "training step"):
+        fp32, bf16 = speeds["float32"][kind], speeds["mixed_bfloat16"][kind]
+        print(f"| {kind} | {fp32:.1f} | {bf16:.1f} | {bf16 / fp32:.2f}x |")
+    print("\n| seed job (configs/seed.flags, 10 epochs) | ran in | wall time | "
+          "best val_accuracy | speed-up |")
+    print("|---|---|---:|---:|---:|")
+    reference = results[0][1]
+    for name, seconds, accuracy, precision in results:
+        print(f"| {name} | {precision} | {seconds / 60:.1f} min | {accuracy:.4f} | "
+              f"{reference / seconds:.1f}x |")
 
 
 if __name__ == "__main__":

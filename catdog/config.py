@@ -29,6 +29,7 @@ Strategy = Literal["auto", "default", "one_device", "mirrored", "multi_worker"]
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 AutoBool = Literal["auto", "true", "false"]
 OnBadImage = Literal["skip", "fail"]
+ExportPrecision = Literal["float32", "compute"]
 
 # Google's cats_and_dogs_filtered subset of Kaggle's Dogs vs. Cats (68,606,236 bytes).
 CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
@@ -94,8 +95,13 @@ class Config:
         "computed digest is logged so it can be pinned.", check=_SHA256, resumable=True)
     cache_features: bool = _setting(
         False, "data", "Compute the frozen base's pooled features of each image once and train "
-        "the head on them (needs augmentation off); the export is the same full model.",
-        resumable=True)
+        "the head on them; with augmentation on, of --feature_views views of each image. The "
+        "export is the same full model.", resumable=True)
+    feature_views: int = _setting(
+        1, "data", "With --cache_features and augmentation on: how many views of each training "
+        "image to compute features of once (view 0 unaugmented, the others seeded augmented "
+        "ones); each epoch draws one view per image. 1: augmentation must be off.",
+        at_least=1, at_most=32)
     feature_cache_dir: str = _setting(
         "", "data", "Keep --cache_features features on disk here, reused by later runs while "
         "weights, image size and files are unchanged; empty: in memory for this run only.",
@@ -143,8 +149,10 @@ class Config:
     scale_learning_rate: bool = _setting(
         False, "scale", "Multiply --learning_rate by the replica count (linear scaling).")
     mixed_precision: Precision = _setting(
-        "auto", "scale", "Keras precision policy; auto: mixed_float16 on GPUs of compute "
-        "capability >= 7.0, else float32.")
+        "auto", "scale", "Keras precision policy of training, the feature pass, and evaluate "
+        "and predict on a .h5 model (a SavedModel keeps its own); auto: "
+        "mixed_float16 on GPUs of compute capability >= 7.0, mixed_bfloat16 on CPUs with native "
+        "bfloat16 (avx512_bf16 or amx_bf16), else float32.")
     jit_compile: AutoBool = _setting(
         "auto", "scale", "XLA-compile the model step; auto: on for a single GPU only.",
         resumable=True)
@@ -154,6 +162,9 @@ class Config:
         "<model_name>/<N>/ are written.", check=_NOT_EMPTY, resumable=True)
     model_name: str = _setting("catdog", "export", "Name of the exported model (file and TF "
                                "Serving model name).", check=_MODEL_NAME, resumable=True)
+    export_precision: ExportPrecision = _setting(
+        "float32", "export", "Precision the exports compute in: float32 (runs well on any "
+        "machine) or compute (the policy training used, e.g. mixed_bfloat16).", resumable=True)
     keep_versions: int = _setting(
         0, "export", "After exporting, keep only this many newest SavedModel versions; 0 keeps "
         "all.", at_least=0, resumable=True)
@@ -203,10 +214,14 @@ def augments(flip: str, rotation: float, zoom: float) -> bool:
 
 # Rules between settings: (setting names, predicate over their values, what is valid).
 CROSS_FIELD_RULES: tuple[tuple[tuple[str, ...], Callable[..., bool], str], ...] = (
-    (("cache_features", "flip", "rotation", "zoom"),
-     lambda cache, *augmentation: not (cache and augments(*augmentation)),
-     "cache_features needs augmentation off (flip none, rotation 0, zoom 0): an augmented "
-     "image's features change every epoch"),
+    (("cache_features", "feature_views", "flip", "rotation", "zoom"),
+     lambda cache, views, *augmentation: not (cache and views == 1 and augments(*augmentation)),
+     "cache_features with augmentation on needs feature_views of 2 or more (an augmented "
+     "image's features change every epoch), or augmentation off (flip none, rotation 0, "
+     "zoom 0)"),
+    (("cache_features", "feature_views", "flip", "rotation", "zoom"),
+     lambda cache, views, *augmentation: views == 1 or (cache and augments(*augmentation)),
+     "feature_views above 1 needs cache_features and augmentation on"),
 )
 
 

@@ -173,9 +173,11 @@ def misclassified_files(files: data.ImageFiles, probabilities: np.ndarray,
 
 
 def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 32,
-             max_pixels: int = images.MAX_IMAGE_PIXELS) -> dict[str, Any]:
-    """Evaluates an exported model on a class-folder dataset and writes the three reports."""
-    classifier = inference.load_classifier(model_path)
+             max_pixels: int = images.MAX_IMAGE_PIXELS,
+             precision: str = "float32") -> dict[str, Any]:
+    """Evaluates an exported model on a class-folder dataset and writes the three reports;
+    a `.h5` model computes under the Keras policy `precision`."""
+    classifier = inference.load_classifier(model_path, precision)
     folder_classes = data.class_names_in(data_dir)
     if list(folder_classes) != list(classifier.class_names):
         raise CatdogError(f"--data_dir={data_dir} has classes {list(folder_classes)} but the "
@@ -187,6 +189,7 @@ def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 
     files = files.without({item.path for item in bad})
     probabilities = predict_files(classifier, files, batch_size, max_pixels)
     report = {"model": str(model_path), "data_dir": str(data_dir),
+              "precision": classifier.precision,
               "class_names": list(classifier.class_names),
               **compute_metrics(np.array(files.labels), probabilities, classifier.class_names),
               "misclassified": misclassified_files(files, probabilities, classifier.class_names),
@@ -212,7 +215,8 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise CatdogError(f"unexpected arguments {list(argv[1:])}")
     f = flags.FLAGS
-    report = evaluate(f.model, f.data_dir, f.output_dir, f.batch_size, f.max_image_pixels)
+    report = evaluate(f.model, f.data_dir, f.output_dir, f.batch_size, f.max_image_pixels,
+                      inference.resolve_precision(f.mixed_precision))
     print(f"accuracy {report['accuracy']:.4f}, ROC AUC {report['roc_auc']:.4f}, log loss "
           f"{report['log_loss']:.4f}, ECE {report['expected_calibration_error']:.4f} on "
           f"{report['images']} images; reports in {f.output_dir}")

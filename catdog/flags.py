@@ -177,6 +177,7 @@ def define_predict_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def _define_model_flag(fv: flags.FlagValues) -> None:
     define_max_image_pixels(fv)
+    _define_setting("mixed_precision", config_lib.fields()["mixed_precision"], fv)
     flags.DEFINE_string("model", None,
                         "An exported model: the .h5 file or a SavedModel version folder "
                         "(export/catdog/<N>).", flag_values=fv)

@@ -18,7 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from catdog import contract
+from absl import logging
+
+from catdog import contract, distribute
+from catdog import model as model_lib
 from catdog.errors import CatdogError
 
 
@@ -37,23 +40,35 @@ class Classifier:
     predict: Callable[[np.ndarray], np.ndarray]  # float32 pixels [N, S, S, 3] → probabilities
     class_names: list[str]
     image_size: int
+    precision: str = "float32"  # the Keras policy it computes in ("exported" for a SavedModel)
 
 
-def load_classifier(path: str | os.PathLike) -> Classifier:
-    """Loads the `.h5` file or a SavedModel version folder (through its `predict_pixels`
-    signature); both give the same probabilities for the same pixels."""
+def resolve_precision(requested: str) -> str:
+    """--mixed_precision for inference, 'auto' resolved as training resolves it (bfloat16 on a
+    CPU that computes it natively)."""
+    policy, reason = distribute.resolve_precision(
+        requested, tf.config.list_physical_devices("GPU"), distribute.cpu_flags())
+    logging.info("precision %s (%s)", policy, reason)
+    return policy
+
+
+def load_classifier(path: str | os.PathLike, precision: str = "float32") -> Classifier:
+    """Loads the `.h5` file (computing under the Keras policy `precision`) or a SavedModel
+    version folder (through its `predict_pixels` signature, in the precision it was exported
+    in); in float32 both give the same probabilities for the same pixels."""
     path = Path(path)
     if path.is_file() and path.suffix == ".h5":
         model, class_names = load_h5(path)
+        model = model_lib.in_policy(model, precision)
         forward = tf.function(lambda pixels: model(pixels, training=False))
         return Classifier(lambda pixels: forward(tf.constant(pixels, tf.float32)).numpy(),
-                          class_names, model.input_shape[1])
+                          class_names, model.input_shape[1], precision)
     if (path / "saved_model.pb").is_file():
         signature = tf.saved_model.load(str(path)).signatures[contract.PREDICT_PIXELS]
         class_names = (path / "assets" / contract.LABELS_FILE).read_text().splitlines()
         image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
         return Classifier(
             lambda pixels: signature(pixels=tf.constant(pixels, tf.float32))[
-                contract.PROBABILITIES].numpy(), class_names, image_size)
+                contract.PROBABILITIES].numpy(), class_names, image_size, "exported")
     raise CatdogError(f"--model={path} is neither a .h5 file nor a SavedModel version folder "
                       "(one holding saved_model.pb, e.g. export/catdog/1)")

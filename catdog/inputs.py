@@ -2,7 +2,8 @@
 
 While the VGG16 base is frozen, an image that is not augmented always yields the same pooled
 features, so the head can learn from those instead of from pixels: the validation split (never
-augmented) always, and the training split too with --cache_features. Once fine-tuning unfreezes
+augmented) always, and the training split too with --cache_features (with augmentation on, from
+--feature_views views of each image, one drawn per image and epoch). Once fine-tuning unfreezes
 the base, both splits are images again.
 """
 
@@ -39,14 +40,16 @@ class EpochInputs:
     """The images of both splits, decoded once, and their features computed on first use."""
 
     def __init__(self, config: Config, splits: data.Splits, strategy: tf.distribute.Strategy,
-                 feature_extractor: keras.Model, precision: str):
+                 feature_extractor: keras.Model, precision: str,
+                 augmenter: keras.Model | None = None):
         self.config, self.splits, self.strategy = config, splits, strategy
         self.feature_extractor, self.precision = feature_extractor, precision
+        self.augmenter = augmenter  # makes the training split's feature views
         self.images = {"train": data.decoded_images(splits.train, config.image_size,
                                                     config.max_image_pixels),
                        "validation": data.decoded_images(splits.validation, config.image_size,
                                                          config.max_image_pixels)}
-        self._features: dict[str, tf.data.Dataset] = {}
+        self._features: dict[str, feature_cache.Features] = {}
         self._validation: dict[Source, Batches] = {}
         self.feature_seconds = 0.0  # spent computing (or reading) features in this process
 
@@ -66,9 +69,9 @@ class EpochInputs:
                 self._features_of(split)
 
     def train(self, seed: int, base_frozen: bool) -> Batches:
-        """This epoch's training batches, shuffled by `seed`."""
+        """This epoch's training batches, shuffled (and their feature views drawn) by `seed`."""
         source = self.train_source(base_frozen)
-        return Batches(source, self._distribute(self._dataset("train", source), seed))
+        return Batches(source, self._distribute(self._dataset("train", source, seed), seed))
 
     def validation(self, base_frozen: bool) -> Batches:
         """The validation batches (the same every epoch, so distributed once)."""
@@ -78,19 +81,22 @@ class EpochInputs:
                 source, self._distribute(self._dataset("validation", source)))
         return self._validation[source]
 
-    def _dataset(self, split: str, source: Source) -> tf.data.Dataset:
-        return self._features_of(split) if source is Source.FEATURES else self.images[split]
+    def _dataset(self, split: str, source: Source, seed: int | None = None) -> tf.data.Dataset:
+        if source is Source.FEATURES:
+            return self._features_of(split).dataset(seed)
+        return self.images[split]
 
     def _distribute(self, dataset: tf.data.Dataset, seed: int | None = None):
         return self.strategy.experimental_distribute_dataset(
             data.batches(dataset, self.config.batch_size, shuffle_seed=seed))
 
-    def _features_of(self, split: str) -> tf.data.Dataset:
+    def _features_of(self, split: str) -> feature_cache.Features:
         if split not in self._features:
             files = self.splits.train if split == "train" else self.splits.validation
+            views = self.config.feature_views if split == "train" else 1  # never augmented
             start = time.perf_counter()
             self._features[split] = feature_cache.cached_features(
                 self.feature_extractor, files, self.images[split], self.config, self.precision,
-                split)
+                split, self.augmenter, views)
             self.feature_seconds += time.perf_counter() - start
         return self._features[split]

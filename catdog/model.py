@@ -7,6 +7,9 @@ Augmentation is a separate model applied by the training step only; it is never 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -70,6 +73,44 @@ def build_classifier(num_classes: int, image_size: int, weights: str) -> keras.M
     probabilities = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                        name=OUTPUT_NAME)(x)
     return keras.Model(pixels, probabilities, name="catdog")
+
+
+def compute_policy(model: keras.Model) -> str:
+    """The policy the classifier's head computes in: float32, mixed_bfloat16 or mixed_float16."""
+    return model.get_layer("dense").dtype_policy.name
+
+
+@contextlib.contextmanager
+def global_policy(name: str) -> Iterator[None]:
+    """Keras' global precision policy is `name` inside the block, and what it was after it."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def in_policy(model: keras.Model, policy: str) -> keras.Model:
+    """The same classifier with the same weights, computing under `policy` (the model itself
+    when it already does): a model trained under mixed_bfloat16 is exported in float32, which
+    runs well on every CPU, by rebuilding it under float32 and copying each layer's weights."""
+    if compute_policy(model) == policy:
+        return model
+    with global_policy(policy):
+        copy = build_classifier(model.output_shape[-1], model.input_shape[1], "none")
+    _copy_weights(model, copy)
+    return copy
+
+
+def _copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Layer by layer, by name: the flat weight order changes when fine-tuning has made some
+    base layers trainable, a layer's own order does not."""
+    for layer in target.layers:
+        if isinstance(layer, keras.Model):
+            _copy_weights(source.get_layer(layer.name), layer)
+        elif layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
 def build_augmenter(config: Config) -> keras.Sequential:

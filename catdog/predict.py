@@ -82,7 +82,8 @@ def main(argv: Sequence[str]) -> int:
     if not paths:
         raise CatdogError("usage: python -m catdog.predict --model=PATH IMAGE_OR_DIR... "
                           "(no images given or found)")
-    classifier = inference.load_classifier(f.model)
+    classifier = inference.load_classifier(
+        f.model, inference.resolve_precision(f.mixed_precision))
     failures = 0
     for result in predict_paths(classifier, paths, f.batch_size, f.max_image_pixels):
         failures += "error" in result

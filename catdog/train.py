@@ -66,15 +66,19 @@ def train(config: Config) -> TrainResult:
 
     Under multi-worker training every worker runs this; only the chief writes `run_dir` and
     `export_dir`. The others write the same files to a scratch folder (saving can need all
-    workers) that is removed at the end.
+    workers) that is removed at the end. The run's precision policy is Keras' global policy
+    while it trains; the caller's is restored when it ends.
     """
     wall_start = time.perf_counter()
-    distribution = distribute.setup_distribution(config)
-    if distribution.is_chief:
-        return _train_writing_to(config, distribution, wall_start, RunDir(config.run_dir))
-    with tempfile.TemporaryDirectory(prefix=f"catdog-worker{distribution.worker_index}-") as tmp:
-        scratch = dataclasses.replace(config, run_dir=f"{tmp}/run", export_dir=f"{tmp}/export")
-        return _train_writing_to(scratch, distribution, wall_start, RunDir(config.run_dir))
+    with model_lib.global_policy(keras.mixed_precision.global_policy().name):
+        distribution = distribute.setup_distribution(config)
+        if distribution.is_chief:
+            return _train_writing_to(config, distribution, wall_start, RunDir(config.run_dir))
+        with tempfile.TemporaryDirectory(
+                prefix=f"catdog-worker{distribution.worker_index}-") as tmp:
+            scratch = dataclasses.replace(config, run_dir=f"{tmp}/run",
+                                          export_dir=f"{tmp}/export")
+            return _train_writing_to(scratch, distribution, wall_start, RunDir(config.run_dir))
 
 
 def _train_writing_to(config: Config, distribution: distribute.Distribution, wall_start: float,
@@ -108,7 +112,7 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
     history = run.read_history(finished)
 
     inputs = EpochInputs(config, splits, trainer.strategy, trainer.feature_extractor,
-                         distribution.precision)
+                         distribution.precision, trainer.augmenter)
     if finished < config.total_epochs:
         inputs.compute_features(trainer.base_frozen)
     summary_writers = {split: tf.summary.create_file_writer(str(run.tensorboard / split))
@@ -129,11 +133,12 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
     checkpoints.restore_best()
     logging.info("best epoch %d: val_accuracy %.4f", int(progress.best_epoch),
                  float(progress.best_val_accuracy))
+    policy = "float32" if config.export_precision == "float32" else distribution.precision
     exports = export.export_all(
-        trainer.model, splits.class_names, config.export_dir, config.model_name,
-        config.keep_versions, config.max_image_pixels,
+        model_lib.in_policy(trainer.model, policy), splits.class_names, config.export_dir,
+        config.model_name, config.keep_versions, config.max_image_pixels,
         source=f"{Path(config.run_dir).resolve()} epoch {int(progress.best_epoch)} of "
-               f"{int(progress.finished_epochs)}")
+               f"{int(progress.finished_epochs)} in {policy}")
     logging.info("exported %s and %s", exports.h5, exports.saved_model)
     summary = _summary(config, splits, distribution, progress, history, exports,
                        time.perf_counter() - wall_start, inputs.feature_seconds)

@@ -52,6 +52,16 @@ def write_split(root: Path, per_class: int, seed: int = 0) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """Keras' global precision policy is float32 again after every test (a test that sets up a
+    distribution directly sets it, e.g. to mixed_bfloat16 on a CPU with native bfloat16)."""
+    yield
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture
 def dataset_dir(tmp_path: Path) -> Path:
     """A train/ + validation/ dataset of small tinted JPEGs (16 + 6 per class)."""

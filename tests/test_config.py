@@ -64,15 +64,26 @@ def test_wrong_types_are_refused(name, value, expected):
         Config(**{name: value})
 
 
-def test_cache_features_with_augmentation_is_refused_in_code_and_on_the_command_line():
-    with pytest.raises(CatdogError, match=r"Config\(cache_features=True, flip='horizontal'.*\): "
-                                          r"cache_features needs augmentation off"):
+def test_cache_features_with_augmentation_needs_feature_views_in_code_and_on_the_command_line():
+    with pytest.raises(CatdogError, match=r"Config\(cache_features=True, feature_views=1, "
+                                          r"flip='horizontal'.*\): cache_features with "
+                                          r"augmentation on needs feature_views of 2 or more"):
         Config(cache_features=True)
     Config(cache_features=True, flip="none", rotation=0.0, zoom=0.0)
+    Config(cache_features=True, feature_views=3)
     fv = flags.FlagValues()
     catdog_flags.define_train_flags(fv)
-    with pytest.raises(flags.IllegalFlagValueError, match="cache_features needs augmentation"):
+    with pytest.raises(flags.IllegalFlagValueError, match="needs feature_views of 2 or more"):
         fv(["prog", "--cache_features", "--zoom=0"])
+
+
+@pytest.mark.parametrize("settings", [dict(feature_views=3),
+                                      dict(feature_views=3, cache_features=True, flip="none",
+                                           zoom=0.0)])
+def test_feature_views_need_cache_features_and_augmentation(settings):
+    with pytest.raises(CatdogError, match="feature_views above 1 needs cache_features and "
+                                          "augmentation on"):
+        Config(**settings)
 
 
 def test_a_config_is_frozen_and_a_changed_copy_is_checked_again():
@@ -87,10 +98,12 @@ def test_resuming_may_change_where_and_how_long_but_not_what_is_learned():
     config = Config()
     saved = config.to_dict()
     for name, value in [("epochs", 20), ("export_dir", "elsewhere"), ("strategy", "mirrored"),
+                        ("export_precision", "compute"),
                         ("cache_features", not config.cache_features)]:
         assert config.changes_that_break_resume({**saved, name: value}) == {}
     for name, value in [("batch_size", 32), ("learning_rate", 0.1), ("image_size", 64),
-                        ("weights", "none"), ("seed", 1), ("flip", "none")]:
+                        ("weights", "none"), ("seed", 1), ("flip", "none"),
+                        ("feature_views", 4), ("mixed_precision", "float32")]:
         changed = config.changes_that_break_resume({**saved, name: value})
         assert changed == {name: (value, getattr(config, name))}
 

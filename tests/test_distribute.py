@@ -15,20 +15,25 @@ import numpy as np
 import pytest
 
 from catdog import distribute, steps, train
+from catdog import model as model_lib
 from catdog.config import Config
 from conftest import free_ports, run_catdog, run_python
 
 RELOAD_IN_FLOAT32 = """
 import sys, json, numpy as np, tensorflow as tf, keras
 from catdog import inference
-h5, saved_model, pixels = sys.argv[1:]
+h5, saved_model, pixels = sys.argv[1:4]
 assert keras.mixed_precision.global_policy().name == "float32"
-x = np.load(pixels)
-a = inference.load_h5(h5)[0](x, training=False).numpy()
-b = tf.saved_model.load(saved_model).signatures["predict_pixels"](pixels=tf.constant(x))
-b = b["probabilities"].numpy()
-print(json.dumps({"h5_dtype": str(a.dtype), "saved_model_dtype": str(b.dtype),
-                  "h5": a.tolist(), "saved_model": b.tolist()}))
+model = inference.load_h5(h5)[0]
+out = {"h5_compute": model.get_layer("dense").compute_dtype}
+if len(sys.argv) == 4:  # a fifth argument asks for the compute dtype only
+    x = np.load(pixels)
+    a = model(x, training=False).numpy()
+    b = tf.saved_model.load(saved_model).signatures["predict_pixels"](pixels=tf.constant(x))
+    b = b["probabilities"].numpy()
+    out.update({"h5_dtype": str(a.dtype), "saved_model_dtype": str(b.dtype),
+                "h5": a.tolist(), "saved_model": b.tolist()})
+print(json.dumps(out))
 """
 
 
@@ -44,9 +49,11 @@ def summary_of(run: Path) -> dict:
 
 @pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_matches_one_device(dataset_dir, tmp_path):
-    one = run_catdog("train", *cli_flags(dataset_dir, tmp_path / "one", "--strategy=default"))
+    # float32: bfloat16's rounding would hide what is compared, the summation order alone.
+    one = run_catdog("train", *cli_flags(dataset_dir, tmp_path / "one", "--strategy=default",
+                                         "--mixed_precision=float32"))
     two = run_catdog("train", *cli_flags(dataset_dir, tmp_path / "two", "--strategy=mirrored",
-                                         "--logical_devices=2"))
+                                         "--logical_devices=2", "--mixed_precision=float32"))
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     single, mirrored = summary_of(tmp_path / "one"), summary_of(tmp_path / "two")
@@ -66,17 +73,10 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(dataset_dir, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-@pytest.fixture
-def restore_float32():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("policy, compute, loss_scaled", [
     ("mixed_float16", "float16", True), ("mixed_bfloat16", "bfloat16", False)])
-def test_mixed_precision_on_cpu(dataset_dir, tmp_path, restore_float32, policy, compute,
-                                loss_scaled):
+def test_mixed_precision_on_cpu(dataset_dir, tmp_path, policy, compute, loss_scaled):
     config = Config(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
                     epochs=1, mixed_precision=policy, run_dir=str(tmp_path / "run"),
                     export_dir=str(tmp_path / "export"), strategy="default")
@@ -94,10 +94,26 @@ def test_mixed_precision_on_cpu(dataset_dir, tmp_path, restore_float32, policy, 
                                 str(result.exports.saved_model),
                                 str(tmp_path / "pixels.npy")).stdout.strip().splitlines()[-1])
     assert out["h5_dtype"] == out["saved_model_dtype"] == "float32"
+    assert out["h5_compute"] == "float32"  # exports compute in float32 unless asked otherwise
+    in_float32 = model_lib.in_policy(model, "float32")(pixels, training=False).numpy()
+    np.testing.assert_allclose(out["h5"], in_float32, atol=1e-5)
+    np.testing.assert_allclose(out["saved_model"], in_float32, atol=1e-5)
     in_memory = model(pixels, training=False).numpy()
-    assert in_memory.dtype == np.float32
-    np.testing.assert_allclose(out["h5"], in_memory, atol=1e-3)
-    np.testing.assert_allclose(out["saved_model"], in_memory, atol=1e-3)
+    np.testing.assert_allclose(in_float32, in_memory, atol=0.05)  # same weights, less precision
+
+
+@pytest.mark.slow
+def test_export_precision_compute_exports_the_training_policy(dataset_dir, tmp_path):
+    config = Config(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
+                    epochs=1, mixed_precision="mixed_bfloat16", export_precision="compute",
+                    run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"),
+                    strategy="default")
+    result = train.train(config)
+    out = json.loads(run_python(RELOAD_IN_FLOAT32, str(result.exports.h5),
+                                str(result.exports.saved_model),
+                                str(tmp_path / "unused.npy"), "policy-only"
+                                ).stdout.strip().splitlines()[-1])
+    assert out["h5_compute"] == "bfloat16"
 
 
 @pytest.mark.slow
@@ -171,9 +187,38 @@ def test_bad_distribution_setups_stop_before_any_work(dataset_dir, tmp_path, ext
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("cpu, speedup, policy, reason", [
+    ({"avx2", "avx512f"}, None, "float32", "no native bfloat16"),
+    (set(), None, "float32", "no native bfloat16"),
+    ({"avx512f", "avx512_bf16"}, 1.9, "mixed_bfloat16", "ran at 1.90x float32's speed on this "
+                                                        "CPU (avx512_bf16)"),
+    ({"avx512f", "avx512_bf16"}, 0.55, "float32", "ran at 0.55x float32's speed"),
+    ({"amx_bf16", "amx_tile"}, 3.0, "mixed_bfloat16", "(amx_bf16)"),
+])
+def test_auto_precision_is_bfloat16_where_the_cpu_has_it_and_it_is_faster(cpu, speedup, policy,
+                                                                          reason):
+    def measured():
+        assert speedup is not None, "measured on a CPU without native bfloat16"
+        return speedup
+
+    chosen, why = distribute.resolve_precision("auto", [], frozenset(cpu), measured)
+    assert chosen == policy and reason in why
+    assert distribute.resolve_precision("float32", [], frozenset(cpu), measured) == (
+        "float32", "--mixed_precision")
+
+
+def test_the_bfloat16_probe_measures_a_finite_positive_ratio():
+    assert 0 < distribute.bfloat16_speedup(repeats=2) < float("inf")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n\n")
+    assert distribute.cpu_flags(str(cpuinfo)) == {"fpu", "avx512f", "avx512_bf16"}
+    assert distribute.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
 def test_auto_choices_without_gpus():
-    assert distribute.resolve_precision("auto", []) == "float32"
-    assert distribute.resolve_precision("mixed_bfloat16", []) == "mixed_bfloat16"
     assert distribute.resolve_jit("auto", "default", []) is False
     assert distribute.resolve_jit("true", "mirrored", []) is True
 

@@ -1,4 +1,5 @@
-"""Feature caching: same training as on images, keyed disk cache, refused with augmentation."""
+"""catdog.feature_cache: the same training as on images, seeded feature views drawn per epoch,
+and a keyed disk cache that is reused and never stale."""
 
 import dataclasses
 import os
@@ -6,7 +7,10 @@ import os
 import numpy as np
 import pytest
 
+import keras
+
 from catdog import data, feature_cache, train
+from catdog import model as model_lib
 from catdog.config import Config
 
 
@@ -25,11 +29,12 @@ def test_training_on_cached_features_equals_training_on_images(dataset_dir, tmp_
     for a, b in zip(on_images.summary["epochs"], cached.summary["epochs"]):
         for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
-    # The export is the whole model, pixels in: same as the one trained on images.
+    # The export is the whole model, pixels in (in float32): as the one trained on images.
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
     from catdog import inference
     reloaded, _ = inference.load_h5(cached.exports.h5)
-    np.testing.assert_allclose(reloaded(pixels), on_images.model(pixels), atol=1e-4)
+    np.testing.assert_allclose(reloaded(pixels),
+                               model_lib.in_policy(on_images.model, "float32")(pixels), atol=1e-4)
 
 
 @pytest.mark.slow
@@ -44,6 +49,11 @@ def test_disk_cache_is_reused_and_never_stale(dataset_dir, tmp_path, monkeypatch
     assert key != feature_cache.cache_key(dataclasses.replace(config, seed=10), train_files,
                                      "float32")
     assert key != feature_cache.cache_key(config, train_files, "mixed_float16")
+    assert key != feature_cache.cache_key(config, train_files, "float32", views=3)
+    augmented = dataclasses.replace(config, cache_features=True, feature_views=3, zoom=0.2)
+    assert feature_cache.cache_key(augmented, train_files, "float32", views=3) != (
+        feature_cache.cache_key(dataclasses.replace(augmented, zoom=0.3), train_files, "float32",
+                                views=3))
 
     train.train(config)
     entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
@@ -61,3 +71,60 @@ def test_disk_cache_is_reused_and_never_stale(dataset_dir, tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="recomputed"):
         train.train(dataclasses.replace(config, run_dir=str(tmp_path / "run3")))
 
+
+
+def drawn(features: feature_cache.Features, seed) -> np.ndarray:
+    return np.stack([f.numpy() for f, _ in features.dataset(seed)])
+
+
+def test_each_epoch_draws_one_view_per_image_by_its_seed():
+    rng = np.random.default_rng(0)
+    features = feature_cache.Features(rng.normal(size=(4, 50, 512)).astype(np.float32),
+                                      np.arange(50) % 2)
+    np.testing.assert_array_equal(drawn(features, None), features.views[0])
+    np.testing.assert_array_equal(drawn(features, 7), drawn(features, 7))  # a resumed epoch
+    first, second = drawn(features, 7), drawn(features, 8)
+    assert not np.array_equal(first, second)
+    for chosen in (first, second):
+        picks = [next(k for k in range(4) if np.array_equal(features.views[k, i], chosen[i]))
+                 for i in range(50)]  # each row is one of that image's own views
+        assert len(set(picks)) == 4
+    single = feature_cache.Features(features.views[:1], features.labels)
+    np.testing.assert_array_equal(drawn(single, 7), features.views[0])
+
+
+def test_views_are_the_image_then_seeded_augmentations_of_it(dataset_dir):
+    config = config_for(dataset_dir, dataset_dir, cache_features=True, feature_views=3,
+                        flip="horizontal", zoom=0.3)
+    keras.utils.set_random_seed(0)
+    model = model_lib.build_classifier(2, 32, "none")
+    extractor = model_lib.feature_extractor(model)
+    files, _ = data.find_splits(dataset_dir, 0.0, seed=0)
+    decoded = data.decoded_images(files, 32)
+
+    def views(seed):
+        return feature_cache.compute_views(extractor, decoded, 8, len(files), "train",
+                                           model_lib.build_augmenter(config), 3, seed)
+
+    plain, _ = feature_cache.compute_features(extractor, decoded, 8, len(files), "train")
+    first = views(config.seed)
+    assert first.views.shape == (3, len(files), 512) and first.views.dtype == np.float32
+    np.testing.assert_allclose(first.views[0], plain, atol=1e-6)
+    assert not np.allclose(first.views[1], plain) and not np.allclose(first.views[2], plain)
+    assert not np.allclose(first.views[1], first.views[2])
+    np.testing.assert_array_equal(views(config.seed).views, first.views)  # seeded
+    assert not np.allclose(views(config.seed + 1).views[1], first.views[1])
+
+
+@pytest.mark.slow
+def test_a_run_on_feature_views_resumes_as_if_never_stopped(dataset_dir, tmp_path):
+    settings = dict(cache_features=True, feature_views=3, flip="horizontal", zoom=0.2,
+                    epochs=3)
+    whole = train.train(config_for(dataset_dir, tmp_path / "whole", **settings))
+    stopped = config_for(dataset_dir, tmp_path / "parts", **settings)
+    train.train(dataclasses.replace(stopped, epochs=1))
+    resumed = train.train(stopped)
+    for a, b in zip(whole.summary["epochs"], resumed.summary["epochs"]):
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-5), (a["epoch"], metric)
+    assert len(resumed.summary["epochs"]) == 3

@@ -33,7 +33,7 @@ def test_defaults_are_the_seed_notebooks_settings():
     ("--learning_rate=0", "flag --learning_rate=0"),
     ("--validation_split=0.95", "flag --validation_split=0.95"),
     ("--flip=up", "flag --flip=up: value should be one of <horizontal|vertical|"),
-    ("--cache_features", "cache_features needs augmentation off"),
+    ("--cache_features", "cache_features with augmentation on needs feature_views of 2"),
     ("--rotation=-0.1", "flag --rotation=-0.1"),
     ("--zoom=1.5", "flag --zoom=1.5"),
     ("--seed=-1", "flag --seed=-1"),

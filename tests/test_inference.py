@@ -29,3 +29,16 @@ def test_a_path_that_is_no_export_is_one_line_naming_what_would_do(tmp_path):
     with pytest.raises(CatdogError, match=r"^--model=.* is neither a \.h5 file nor a SavedModel "
                                           r"version folder \(one holding saved_model\.pb"):
         inference.load_classifier(tmp_path)
+
+
+def test_a_h5_model_can_compute_in_bfloat16_with_nearly_the_same_answers(classifier, pixels,
+                                                                         tmp_path):
+    path = export.export_h5(classifier, CLASSES, tmp_path / "m.h5")
+    in_float32 = inference.load_classifier(path)
+    in_bfloat16 = inference.load_classifier(path, "mixed_bfloat16")
+    assert (in_float32.precision, in_bfloat16.precision) == ("float32", "mixed_bfloat16")
+    reference = in_float32.predict(pixels)
+    approximate = in_bfloat16.predict(pixels)
+    assert approximate.dtype == np.float32
+    assert not np.array_equal(approximate, reference)  # it really computed in bfloat16
+    np.testing.assert_allclose(approximate, reference, atol=0.02)

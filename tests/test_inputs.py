@@ -12,19 +12,20 @@ from catdog.steps import Trainer
 
 def epoch_inputs(dataset_dir, monkeypatch, **overrides):
     """EpochInputs over `dataset_dir`, and the list of splits whose features were computed."""
-    config = Config(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
-                    flip="none", zoom=0.0, strategy="default", **overrides)
+    config = Config(**{**dict(data_dir=str(dataset_dir), weights="none", image_size=32,
+                              batch_size=8, flip="none", zoom=0.0, strategy="default"),
+                       **overrides})
     trainer = Trainer(config, 2, distribute.setup_distribution(config))
     computed = []
     real = feature_cache.compute_features
 
-    def counting(extractor, decoded, batch_size, count, name):
+    def counting(extractor, decoded, batch_size, count, name, *args):
         computed.append(name)
-        return real(extractor, decoded, batch_size, count, name)
+        return real(extractor, decoded, batch_size, count, name, *args)
 
     monkeypatch.setattr(feature_cache, "compute_features", counting)
     inputs = EpochInputs(config, data.prepare_splits(config), trainer.strategy,
-                         trainer.feature_extractor, "float32")
+                         trainer.feature_extractor, "float32", trainer.augmenter)
     return inputs, computed
 
 
@@ -62,3 +63,17 @@ def test_each_epoch_has_its_own_seeded_order(dataset_dir, monkeypatch):
              for seed in (1, 1, 2)]
     np.testing.assert_array_equal(order[0], order[1])
     assert not np.array_equal(order[0], order[2])
+
+
+def test_feature_views_augment_training_only(dataset_dir, monkeypatch):
+    """With --feature_views=3 the training split is computed three times (the image and two
+    augmented views) and validation once, unaugmented: its features equal the image's own."""
+    inputs, computed = epoch_inputs(dataset_dir, monkeypatch, cache_features=True,
+                                    feature_views=3, flip="horizontal", zoom=0.3)
+    inputs.compute_features(base_frozen=True)
+    assert computed == ["train"] * 3 + ["validation"]
+    validation = np.concatenate([f.numpy() for f, _ in inputs.validation(True).dataset])
+    plain, _ = feature_cache.compute_features(
+        inputs.feature_extractor, inputs.images["validation"], 8, len(inputs.splits.validation),
+        "validation")
+    np.testing.assert_allclose(validation, plain, atol=1e-6)
