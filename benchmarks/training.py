@@ -30,8 +30,8 @@ import tensorflow as tf
 from absl import app, flags
 
 import input_pipeline  # benchmarks/ is on sys.path when this file runs as a script
+import seed_job as seed_job_lib
 from catdog import data, distribute, steps, train
-from catdog import flags as catdog_flags
 from catdog.config import Config
 
 _WEIGHTS = flags.DEFINE_string("weights", "none", "VGG16 weights: none or a weights file.")
@@ -39,17 +39,12 @@ _VIEWS = flags.DEFINE_integer("views", 2, "K of the float32 and bfloat16 feature
 _MORE_VIEWS = flags.DEFINE_list("more_views", ["4"], "Further K values, in the auto precision.")
 _FULL_PATH = flags.DEFINE_bool("full_path", True, "Run the full-path seed job (the slowest).")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Alternating rounds of the throughput measurement.")
-_SEED_FLAGS = os.path.join(os.path.dirname(__file__), "..", "configs", "seed.flags")
-
-
 def seed_config(root: str, name: str, *overrides: str) -> Config:
     """configs/seed.flags plus `overrides`, on this benchmark's data and weights."""
-    values = flags.FlagValues()
-    catdog_flags.define_train_flags(values)
-    values(["benchmark", f"--flagfile={_SEED_FLAGS}", f"--data_dir={flags.FLAGS.data_dir}",
-            f"--weights={_WEIGHTS.value}", f"--run_dir={root}/{name}",
-            f"--export_dir={root}/{name}-export", "--strategy=default", *overrides])
-    return catdog_flags.config_from_flags(values)
+    return seed_job_lib.seed_config(
+        f"--data_dir={flags.FLAGS.data_dir}", f"--weights={_WEIGHTS.value}",
+        f"--run_dir={root}/{name}", f"--export_dir={root}/{name}-export", "--strategy=default",
+        *overrides)
 
 
 def forward_images_per_second(extractor: keras.Model, batch: tf.Tensor, steps_: int) -> float:

@@ -38,6 +38,9 @@ VGG16_LAYERS = tuple(
     for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
     for kind in [f"conv{i}" for i in range(1, convs + 1)] + ["pool"])
 MIN_IMAGE_SIZE = 32  # VGG16's five 2×2 poolings need at least 32 px
+# --feature_views=0 with augmentation on: chosen from benchmarks/training.py's seed-job table
+# (benchmarks/README.md), the smallest K within a point of the full augmented path.
+DEFAULT_FEATURE_VIEWS = 2
 HELP_GROUPS = ("data", "model", "training", "scale", "export")
 
 # (predicate, what a valid value is) for settings whose rule is more than bounds or choices.
@@ -98,10 +101,10 @@ class Config:
         "the head on them; with augmentation on, of --feature_views views of each image. The "
         "export is the same full model.", resumable=True)
     feature_views: int = _setting(
-        1, "data", "With --cache_features and augmentation on: how many views of each training "
+        0, "data", "With --cache_features and augmentation on: how many views of each training "
         "image to compute features of once (view 0 unaugmented, the others seeded augmented "
-        "ones); each epoch draws one view per image. 1: augmentation must be off.",
-        at_least=1, at_most=32)
+        "ones); each epoch draws one view per image. 0: DEFAULT_FEATURE_VIEWS when augmenting, "
+        "else 1; 1 with augmentation on is refused.", at_least=0, at_most=32)
     feature_cache_dir: str = _setting(
         "", "data", "Keep --cache_features features on disk here, reused by later runs while "
         "weights, image size and files are unchanged; empty: in memory for this run only.",
@@ -190,6 +193,13 @@ class Config:
         return self.epochs + (self.fine_tune_epochs if self.fine_tune_from else 0)
 
     @property
+    def views(self) -> int:
+        """The feature views of each training image: --feature_views, 0 resolved."""
+        if self.feature_views:
+            return self.feature_views
+        return DEFAULT_FEATURE_VIEWS if self.cache_features and self.augments else 1
+
+    @property
     def augments(self) -> bool:
         """Whether any augmentation layer is active in training."""
         return augments(self.flip, self.rotation, self.zoom)
@@ -216,11 +226,11 @@ def augments(flip: str, rotation: float, zoom: float) -> bool:
 CROSS_FIELD_RULES: tuple[tuple[tuple[str, ...], Callable[..., bool], str], ...] = (
     (("cache_features", "feature_views", "flip", "rotation", "zoom"),
      lambda cache, views, *augmentation: not (cache and views == 1 and augments(*augmentation)),
-     "cache_features with augmentation on needs feature_views of 2 or more (an augmented "
-     "image's features change every epoch), or augmentation off (flip none, rotation 0, "
-     "zoom 0)"),
+     "cache_features with augmentation on needs feature_views of 2 or more, or 0 for the "
+     "default (an augmented image's features change every epoch), or augmentation off (flip "
+     "none, rotation 0, zoom 0)"),
     (("cache_features", "feature_views", "flip", "rotation", "zoom"),
-     lambda cache, views, *augmentation: views == 1 or (cache and augments(*augmentation)),
+     lambda cache, views, *augmentation: views <= 1 or (cache and augments(*augmentation)),
      "feature_views above 1 needs cache_features and augmentation on"),
 )
 

@@ -93,7 +93,7 @@ class EpochInputs:
     def _features_of(self, split: str) -> feature_cache.Features:
         if split not in self._features:
             files = self.splits.train if split == "train" else self.splits.validation
-            views = self.config.feature_views if split == "train" else 1  # never augmented
+            views = self.config.views if split == "train" else 1  # never augmented
             start = time.perf_counter()
             self._features[split] = feature_cache.cached_features(
                 self.feature_extractor, files, self.images[split], self.config, self.precision,

@@ -68,13 +68,15 @@ def test_cache_features_with_augmentation_needs_feature_views_in_code_and_on_the
     with pytest.raises(CatdogError, match=r"Config\(cache_features=True, feature_views=1, "
                                           r"flip='horizontal'.*\): cache_features with "
                                           r"augmentation on needs feature_views of 2 or more"):
-        Config(cache_features=True)
-    Config(cache_features=True, flip="none", rotation=0.0, zoom=0.0)
-    Config(cache_features=True, feature_views=3)
+        Config(cache_features=True, feature_views=1)
+    assert Config(cache_features=True, flip="none", rotation=0.0, zoom=0.0).views == 1
+    assert Config(cache_features=True, feature_views=3).views == 3
+    assert Config(cache_features=True).views == config_lib.DEFAULT_FEATURE_VIEWS
+    assert Config().views == 1  # no cache: images through the whole model
     fv = flags.FlagValues()
     catdog_flags.define_train_flags(fv)
     with pytest.raises(flags.IllegalFlagValueError, match="needs feature_views of 2 or more"):
-        fv(["prog", "--cache_features", "--zoom=0"])
+        fv(["prog", "--cache_features", "--zoom=0", "--feature_views=1"])
 
 
 @pytest.mark.parametrize("settings", [dict(feature_views=3),

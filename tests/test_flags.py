@@ -33,7 +33,7 @@ def test_defaults_are_the_seed_notebooks_settings():
     ("--learning_rate=0", "flag --learning_rate=0"),
     ("--validation_split=0.95", "flag --validation_split=0.95"),
     ("--flip=up", "flag --flip=up: value should be one of <horizontal|vertical|"),
-    ("--cache_features", "cache_features with augmentation on needs feature_views of 2"),
+    ("--feature_views=1 --cache_features", "augmentation on needs feature_views of 2"),
     ("--rotation=-0.1", "flag --rotation=-0.1"),
     ("--zoom=1.5", "flag --zoom=1.5"),
     ("--seed=-1", "flag --seed=-1"),
@@ -46,7 +46,7 @@ def test_defaults_are_the_seed_notebooks_settings():
 ])
 def test_bad_value_is_refused_naming_the_flag(arg, message):
     with pytest.raises(flags.IllegalFlagValueError) as error:
-        parse(arg)
+        parse(*arg.split())
     assert message in str(error.value)
 
 

@@ -1,0 +1,127 @@
+"""deploy/: every Kubernetes manifest validates against the Kubernetes schemas offline
+(kubernetes-validate, strict: no unknown fields), and its ports, paths, names and flags agree
+with serving/ and with catdog. No cluster runs them here."""
+
+import os
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from absl import flags
+
+from catdog import flags as catdog_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+# The oldest Kubernetes release still in common use, and the newest the validator knows.
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+# Custom resources have no schema in Kubernetes itself: their pod templates are checked instead.
+POD_TEMPLATES_OF = {"TFJob": lambda doc: [replica["template"] for replica in
+                                          doc["spec"]["tfReplicaSpecs"].values()]}
+
+
+def documents() -> list[tuple[str, dict]]:
+    return [(path.name, doc) for path in sorted((ROOT / "deploy").glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def find(kind: str) -> dict:
+    (doc,) = [doc for _, doc in documents() if doc["kind"] == kind]
+    return doc
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_validates_against_the_kubernetes_schemas(version):
+    checked = 0
+    for name, doc in documents():
+        if doc["kind"] in POD_TEMPLATES_OF:
+            for template in POD_TEMPLATES_OF[doc["kind"]](doc):
+                kubernetes_validate.validate(
+                    {"apiVersion": "v1", "kind": "PodTemplate",
+                     "metadata": {"name": doc["metadata"]["name"]}, "template": template},
+                    version, strict=True)
+        else:
+            kubernetes_validate.validate(doc, version, strict=True)
+        checked += 1
+    assert checked >= 6
+
+
+def test_an_invalid_manifest_is_caught():
+    """The validator is strict: a misspelt field fails (so the test above can fail)."""
+    deployment = find("Deployment")
+    broken = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_the_config_map_holds_servings_config_files_verbatim():
+    data = find("ConfigMap")["data"]
+    for name in ("models.config", "monitoring.config", "batching.config"):
+        assert data[name] == (ROOT / "serving" / name).read_text(), name
+
+
+def serving_container() -> dict:
+    (container,) = find("Deployment")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_tf_serving_runs_as_docker_compose_runs_it():
+    compose = yaml.safe_load((ROOT / "serving" / "docker-compose.yml").read_text())
+    service = compose["services"]["serving"]
+    container = serving_container()
+    assert container["image"] == service["image"]
+    assert container["args"] == service["command"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    flags_given = dict(arg.lstrip("-").split("=", 1) for arg in container["args"])
+    assert ports == {"grpc": int(flags_given["port"]), "http": int(flags_given["rest_api_port"])}
+    assert [f"{p}:{p}" for p in ports.values()] == service["ports"]
+
+
+def test_mounts_match_the_paths_the_configs_name():
+    container = serving_container()
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    flags_given = dict(arg.lstrip("-").split("=", 1) for arg in container["args"])
+    config_files = set(find("ConfigMap")["data"])
+    for flag in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
+        folder, name = os.path.split(flags_given[flag])
+        assert folder == mounts["config"] and name in config_files, flag
+    base_paths = re.findall(r'base_path: "([^"]+)"', find("ConfigMap")["data"]["models.config"])
+    assert base_paths and all(p.startswith(mounts["models"] + "/") for p in base_paths)
+
+
+def test_probes_ask_the_model_status_route_of_the_served_model():
+    container = serving_container()
+    model = re.search(r'name: "([^"]+)"', find("ConfigMap")["data"]["models.config"]).group(1)
+    route = f"/v1/models/{model}"
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": route, "port": "http"}, probe
+    readiness = " ".join(container["readinessProbe"]["exec"]["command"])
+    assert f"GET {route} " in readiness and "/8501" in readiness and "AVAILABLE" in readiness
+
+
+def test_a_rollout_keeps_old_pods_serving_and_every_selector_finds_the_pods():
+    deployment = find("Deployment")
+    rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert rolling["maxUnavailable"] == 0 and rolling["maxSurge"] >= 1
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert find("Service")["spec"]["selector"].items() <= labels.items()
+    assert find("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    target = find("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    container_ports = {p["name"] for p in serving_container()["ports"]}
+    assert {p["targetPort"] for p in find("Service")["spec"]["ports"]} == container_ports
+
+
+def test_the_training_job_runs_catdog_train_with_valid_flags(monkeypatch):
+    """Its flags parse with catdog's own definitions (flagfiles read from the checkout, as the
+    image's working directory holds it)."""
+    monkeypatch.chdir(ROOT)
+    for template in POD_TEMPLATES_OF["TFJob"](find("TFJob")):
+        (container,) = template["spec"]["containers"]
+        assert container["command"] == ["python", "-m", "catdog.train"]
+        values = flags.FlagValues()
+        catdog_flags.define_train_flags(values)
+        values(["train", *container["args"]])
+        assert catdog_flags.config_from_flags(values).strategy == "multi_worker"
