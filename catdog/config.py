@@ -54,6 +54,8 @@ _MODEL_NAME: Check = (
     "must be letters, digits, '_', '.' or '-', starting with a letter or digit")
 _SHA256: Check = (lambda v: bool(re.fullmatch(r"([0-9a-f]{64})?", v)),
                   "must be 64 lowercase hex digits, or empty")
+_SERVICE: Check = (lambda v: not v or bool(re.fullmatch(r"grpc://[^/:]+:\d+", v)),
+                    "must be empty or grpc://host:port (a tf.data service dispatcher)")
 _LAYER: Check = (lambda v: v in ("", *VGG16_LAYERS),
                  f"must be empty or a VGG16 layer name: {', '.join(VGG16_LAYERS)}")
 
@@ -151,6 +153,11 @@ class Config:
         "GPUs); 0 leaves it whole.", at_least=0, at_most=64, resumable=True)
     scale_learning_rate: bool = _setting(
         False, "scale", "Multiply --learning_rate by the replica count (linear scaling).")
+    data_service: str = _setting(
+        "", "scale", "A tf.data service dispatcher, grpc://host:port, whose workers read, decode "
+        "and batch the training images (each once per epoch) on their own CPUs; empty: this "
+        "process does it. Start them with python -m catdog.data_service.", check=_SERVICE,
+        resumable=True)
     mixed_precision: Precision = _setting(
         "auto", "scale", "Keras precision policy of training, the feature pass, and evaluate "
         "and predict on a .h5 model (a SavedModel keeps its own); auto: "

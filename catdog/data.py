@@ -278,6 +278,26 @@ def decoded_images(files: ImageFiles, image_size: int,
     return dataset.cache()
 
 
+def service_batches(files: ImageFiles, image_size: int, batch_size: int, shuffle_seed: int,
+                    service: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.data.Dataset:
+    """Shuffled float32 training batches of `files`, read, decoded and batched by the workers of
+    the tf.data service whose dispatcher is `service` (grpc://host:port). The dispatcher hands
+    the file list out in splits (ShardingPolicy.DYNAMIC, TensorFlow's "distributed_epoch"), so
+    each image is read once per epoch whichever worker reads it; each epoch is a new job. The
+    workers must see the files at the same paths. Nothing is cached: the workers decode every
+    epoch, in parallel, on CPUs this process does not have."""
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (list(files.paths), tf.constant(files.labels, tf.int32)))
+    dataset = dataset.shuffle(max(len(files), 1), seed=shuffle_seed,
+                              reshuffle_each_iteration=False)
+    dataset = dataset.map(
+        lambda path, label: (tf.cast(load_image(path, image_size, max_pixels), tf.float32),
+                             label), num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size).apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service))
+    return dataset.prefetch(AUTOTUNE)
+
+
 def batches(decoded: tf.data.Dataset, batch_size: int,
             shuffle_seed: int | None = None) -> tf.data.Dataset:
     """Float32 pixel batches (0–255) with labels; shuffled by `shuffle_seed` unless it is None."""

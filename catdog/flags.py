@@ -147,6 +147,17 @@ def define_client_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         message="must be grpc://host:port or http://host:port", flag_values=fv)
 
 
+def define_data_service_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `python -m catdog.data_service dispatcher|worker`."""
+    fv = flag_values
+    flags.DEFINE_integer("port", 0, "Port to listen on; 0 picks a free one.", lower_bound=0,
+                         upper_bound=65535, flag_values=fv)
+    flags.DEFINE_string("dispatcher", "", "worker: the dispatcher's host:port.", flag_values=fv)
+    flags.DEFINE_string("worker_address", "",
+                        "worker: the host:port trainers reach it at; empty: localhost:--port.",
+                        flag_values=fv)
+
+
 def define_evaluate_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `python -m catdog.evaluate`."""
     fv = flag_values

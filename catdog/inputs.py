@@ -69,8 +69,14 @@ class EpochInputs:
                 self._features_of(split)
 
     def train(self, seed: int, base_frozen: bool) -> Batches:
-        """This epoch's training batches, shuffled (and their feature views drawn) by `seed`."""
+        """This epoch's training batches, shuffled (and their feature views drawn) by `seed`;
+        images come from the tf.data service's workers when --data_service names one."""
         source = self.train_source(base_frozen)
+        if source is Source.IMAGES and self.config.data_service:
+            return Batches(source, self.strategy.experimental_distribute_dataset(
+                data.service_batches(self.splits.train, self.config.image_size,
+                                     self.config.batch_size, seed, self.config.data_service,
+                                     self.config.max_image_pixels)))
         return Batches(source, self._distribute(self._dataset("train", source, seed), seed))
 
     def validation(self, base_frozen: bool) -> Batches:

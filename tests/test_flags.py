@@ -79,7 +79,8 @@ def test_cli_stops_before_any_work_on_a_bad_flag(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("tool, flag", [("train", "--data_dir"), ("serve", "--model_base_path"),
                                         ("client", "--server"), ("evaluate", "--model"),
-                                        ("predict", "--model"), ("data", "--data_dir")])
+                                        ("predict", "--model"), ("data", "--data_dir"),
+                                        ("data-service", "--dispatcher")])
 def test_console_scripts_are_installed_beside_python_m(tool, flag):
     """`catdog-<tool>` runs the same entry point as `python -m catdog.<tool>`."""
     import shutil
