@@ -26,8 +26,9 @@ def documents() -> list[tuple[str, dict]]:
             for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def find(kind: str) -> dict:
-    (doc,) = [doc for _, doc in documents() if doc["kind"] == kind]
+def find(kind: str, name: str = "") -> dict:
+    (doc,) = [doc for _, doc in documents()
+              if doc["kind"] == kind and doc["metadata"]["name"].startswith(name)]
     return doc
 
 
@@ -44,12 +45,12 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(version):
         else:
             kubernetes_validate.validate(doc, version, strict=True)
         checked += 1
-    assert checked >= 6
+    assert checked >= 9
 
 
 def test_an_invalid_manifest_is_caught():
     """The validator is strict: a misspelt field fails (so the test above can fail)."""
-    deployment = find("Deployment")
+    deployment = find("Deployment", "catdog-serving")
     broken = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
@@ -62,7 +63,7 @@ def test_the_config_map_holds_servings_config_files_verbatim():
 
 
 def serving_container() -> dict:
-    (container,) = find("Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = find("Deployment", "catdog-serving")["spec"]["template"]["spec"]["containers"]
     return container
 
 
@@ -101,17 +102,18 @@ def test_probes_ask_the_model_status_route_of_the_served_model():
 
 
 def test_a_rollout_keeps_old_pods_serving_and_every_selector_finds_the_pods():
-    deployment = find("Deployment")
+    deployment = find("Deployment", "catdog-serving")
     rolling = deployment["spec"]["strategy"]["rollingUpdate"]
     assert rolling["maxUnavailable"] == 0 and rolling["maxSurge"] >= 1
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert find("Service")["spec"]["selector"].items() <= labels.items()
+    assert find("Service", "catdog-serving")["spec"]["selector"].items() <= labels.items()
     assert find("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
     target = find("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
     container_ports = {p["name"] for p in serving_container()["ports"]}
-    assert {p["targetPort"] for p in find("Service")["spec"]["ports"]} == container_ports
+    assert {p["targetPort"] for p in find("Service", "catdog-serving")["spec"]["ports"]} == (
+        container_ports)
 
 
 def test_the_training_job_runs_catdog_train_with_valid_flags(monkeypatch):
@@ -125,3 +127,27 @@ def test_the_training_job_runs_catdog_train_with_valid_flags(monkeypatch):
         catdog_flags.define_train_flags(values)
         values(["train", *container["args"]])
         assert catdog_flags.config_from_flags(values).strategy == "multi_worker"
+
+
+def data_service_args(name: str) -> tuple[list[str], flags.FlagValues]:
+    (container,) = find("Deployment", name)["spec"]["template"]["spec"]["containers"]
+    values = flags.FlagValues()
+    catdog_flags.define_data_service_flags(values)
+    values(["data_service", *container["args"]])
+    return container["command"], values
+
+
+def test_the_data_service_servers_and_the_trainer_agree_on_addresses(monkeypatch):
+    command, dispatcher = data_service_args("catdog-data-dispatcher")
+    assert command == ["python", "-m", "catdog.data_service", "dispatcher"]
+    service = find("Service", "catdog-data-dispatcher")
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == dispatcher.port
+    address = f"{service['metadata']['name']}:{port['port']}"
+    command, worker = data_service_args("catdog-data-worker")
+    assert command[-1] == "worker" and worker.dispatcher == address
+    assert worker.worker_address == f"$(POD_IP):{worker.port}"
+    monkeypatch.chdir(ROOT)
+    for template in POD_TEMPLATES_OF["TFJob"](find("TFJob")):
+        (container,) = template["spec"]["containers"]
+        assert f"--data_service=grpc://{address}" in container["args"]
