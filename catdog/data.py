@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -31,6 +32,8 @@ from catdog.images import MAX_IMAGE_PIXELS, image_problem, load_image
 
 SPLITS = ("train", "validation")
 AUTOTUNE = tf.data.AUTOTUNE
+PREPARED_MANIFEST = "manifest.json"  # marks a folder written by `python -m catdog.data prepare`
+PREPARED_FORMAT = "catdog-prepared-v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +52,20 @@ class ImageFiles:
     labels: tuple[int, ...]
     class_names: tuple[str, ...]
     skipped: tuple[BadImage, ...] = ()  # entries found but never read, and why
+    # Prepared data: the TFRecord shards holding these images decoded, round-robin in `paths`
+    # order (the paths name the source files), and a digest of the shards' contents.
+    shards: tuple[str, ...] = ()
+    fingerprint: str = ""
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def without(self, paths: set[str]) -> ImageFiles:
         """The same files less `paths`."""
+        if self.shards and paths & set(self.paths):
+            raise CatdogError("images cannot be left out of prepared shards; prepare again")
+        if self.shards:
+            return self
         kept = [(p, label) for p, label in zip(self.paths, self.labels) if p not in paths]
         return ImageFiles(tuple(p for p, _ in kept), tuple(label for _, label in kept),
                           self.class_names, self.skipped)
@@ -233,10 +244,46 @@ def check_images(paths: Sequence[str], max_pixels: int = MAX_IMAGE_PIXELS) -> li
         return [BadImage(p, problem) for p, problem in zip(paths, problems) if problem]
 
 
+def is_prepared(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / PREPARED_MANIFEST).is_file()
+
+
+def prepared_splits(folder: str | os.PathLike, image_size: int) -> tuple[ImageFiles, ImageFiles]:
+    """The training and validation images of a folder written by `catdog.prepare`."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / PREPARED_MANIFEST).read_text())
+        assert manifest["format"] == PREPARED_FORMAT
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise CatdogError(f"{folder / PREPARED_MANIFEST} is not a {PREPARED_FORMAT} manifest; "
+                          "prepare the data again") from None
+    if manifest["image_size"] != image_size:
+        raise CatdogError(f"--data_dir={folder} was prepared at {manifest['image_size']} px; "
+                          f"train with --image_size={manifest['image_size']}, or prepare it "
+                          f"again with --image_size={image_size}")
+
+    def split(name: str) -> ImageFiles:
+        entry = manifest["splits"][name]
+        return ImageFiles(tuple(entry["files"]), tuple(entry["labels"]),
+                          tuple(manifest["class_names"]),
+                          shards=tuple(str(folder / name / s["file"]) for s in entry["shards"]),
+                          fingerprint=hashlib.sha256(json.dumps(entry["shards"]).encode())
+                          .hexdigest())
+
+    return split("train"), split("validation")
+
+
 def prepare_splits(config: Config) -> Splits:
-    """Finds, downloads if asked, and checks a run's images, applying --on_bad_image."""
+    """Finds, downloads if asked, and checks a run's images, applying --on_bad_image. A prepared
+    folder (`python -m catdog.data prepare`) was checked when it was written."""
     if config.download and not Path(config.data_dir).exists():
         download_dataset(config.download_url, config.data_dir, config.download_sha256)
+    if is_prepared(config.data_dir):
+        if config.validation_split:
+            raise CatdogError(f"--data_dir={config.data_dir} is prepared data with its own "
+                              "validation split; leave --validation_split at 0")
+        train, validation = prepared_splits(config.data_dir, config.image_size)
+        return _counted(Splits(train, validation, ()), config.data_dir)
     train, validation = find_splits(config.data_dir, config.validation_split, config.seed)
     bad = list(dict.fromkeys(train.skipped + validation.skipped)) + check_images(
         train.paths + validation.paths, config.max_image_pixels)
@@ -251,11 +298,16 @@ def prepare_splits(config: Config) -> Splits:
         logging.warning("skipping %d bad image(s) (--on_bad_image=skip)", len(bad))
     bad_paths = {item.path for item in bad}
     splits = Splits(train.without(bad_paths), validation.without(bad_paths), tuple(bad))
+    return _counted(splits, config.data_dir)
+
+
+def _counted(splits: Splits, data_dir: str) -> Splits:
+    """`splits`, once every class has images in both; their counts logged."""
     for name, files in zip(SPLITS, (splits.train, splits.validation)):
         for class_name, count in files.class_counts().items():
             if count == 0:
                 raise CatdogError(f"class '{class_name}' has no decodable images in the "
-                                  f"{name} split of {config.data_dir}")
+                                  f"{name} split of {data_dir}")
         logging.info("%s: %d images %s", name, len(files), files.class_counts())
     return splits
 
@@ -269,8 +321,11 @@ def decoded_images(files: ImageFiles, image_size: int,
     """(uint8 image [S, S, 3], int32 label) pairs, decoded in parallel and cached in memory.
 
     Build it once per split and derive each epoch's batches from it, so files are decoded in the
-    first epoch only.
+    first epoch only. Prepared images are read from their shards instead, one reader per shard.
     """
+    if files.shards:  # its length stated, as batches() sizes the shuffle buffer from it
+        return _decoded_from_shards(files.shards, image_size).apply(
+            tf.data.experimental.assert_cardinality(len(files))).cache()
     dataset = tf.data.Dataset.from_tensor_slices(
         (list(files.paths), tf.constant(files.labels, tf.int32)))
     dataset = dataset.map(lambda path, label: (load_image(path, image_size, max_pixels), label),
@@ -278,21 +333,54 @@ def decoded_images(files: ImageFiles, image_size: int,
     return dataset.cache()
 
 
+SHARD_FEATURES = {"image": tf.io.FixedLenFeature([], tf.string),
+                  "label": tf.io.FixedLenFeature([], tf.int64)}
+
+
+def _parse_shard_record(image_size: int):
+    def parse(record):
+        example = tf.io.parse_single_example(record, SHARD_FEATURES)
+        image = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8),
+                           [image_size, image_size, 3])
+        return image, tf.cast(example["label"], tf.int32)
+
+    return parse
+
+
+def _decoded_from_shards(shards: Sequence[str], image_size: int) -> tf.data.Dataset:
+    """The (image, label) records of prepared shards in their listed order: the images were
+    written round-robin, so one reader per shard, taken in turn, restores it."""
+    records = tf.data.Dataset.from_tensor_slices(list(shards)).interleave(
+        tf.data.TFRecordDataset, cycle_length=len(shards), block_length=1,
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    return records.map(_parse_shard_record(image_size), num_parallel_calls=AUTOTUNE,
+                       deterministic=True)
+
+
+SERVICE_SHUFFLE_IMAGES = 4096  # decoded images a worker shuffles among, read from shards
+
+
 def service_batches(files: ImageFiles, image_size: int, batch_size: int, shuffle_seed: int,
                     service: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.data.Dataset:
     """Shuffled float32 training batches of `files`, read, decoded and batched by the workers of
     the tf.data service whose dispatcher is `service` (grpc://host:port). The dispatcher hands
-    the file list out in splits (ShardingPolicy.DYNAMIC, TensorFlow's "distributed_epoch"), so
-    each image is read once per epoch whichever worker reads it; each epoch is a new job. The
-    workers must see the files at the same paths. Nothing is cached: the workers decode every
-    epoch, in parallel, on CPUs this process does not have."""
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (list(files.paths), tf.constant(files.labels, tf.int32)))
-    dataset = dataset.shuffle(max(len(files), 1), seed=shuffle_seed,
-                              reshuffle_each_iteration=False)
-    dataset = dataset.map(
-        lambda path, label: (tf.cast(load_image(path, image_size, max_pixels), tf.float32),
-                             label), num_parallel_calls=AUTOTUNE)
+    the file list (or the prepared shards) out in splits (ShardingPolicy.DYNAMIC, TensorFlow's
+    "distributed_epoch"), so each image is read once per epoch whichever worker reads it; each
+    epoch is a new job. The workers must see the files at the same paths. Nothing is cached: the
+    workers decode every epoch, in parallel, on CPUs this process does not have."""
+    if files.shards:  # shards in a seeded order, then images shuffled within a bounded buffer
+        shards = tf.data.Dataset.from_tensor_slices(list(files.shards)).shuffle(
+            len(files.shards), seed=shuffle_seed, reshuffle_each_iteration=False)
+        dataset = shards.interleave(tf.data.TFRecordDataset, num_parallel_calls=AUTOTUNE).map(
+            _parse_shard_record(image_size), num_parallel_calls=AUTOTUNE).shuffle(
+            SERVICE_SHUFFLE_IMAGES, seed=shuffle_seed, reshuffle_each_iteration=False)
+    else:  # paths shuffled (cheap), then decoded
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (list(files.paths), tf.constant(files.labels, tf.int32))).shuffle(
+            max(len(files), 1), seed=shuffle_seed, reshuffle_each_iteration=False).map(
+            lambda path, label: (load_image(path, image_size, max_pixels), label),
+            num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(lambda image, label: (tf.cast(image, tf.float32), label))
     dataset = dataset.batch(batch_size).apply(tf.data.experimental.service.distribute(
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service))
     return dataset.prefetch(AUTOTUNE)
@@ -342,7 +430,7 @@ def download_dataset(url: str, data_dir: str | os.PathLike, sha256: str = "") ->
                 f"could not download {url} ({error}); without internet, pass a dataset folder "
                 "you have and a local weights file: --data_dir=/path/to/cats_and_dogs_filtered "
                 "--weights=/path/to/vgg16_notop.h5 (README, 'Without internet')") from None
-        digest = _sha256_of(scratch / "dataset.zip")
+        digest = sha256_of(scratch / "dataset.zip")
         if not sha256:
             logging.warning("downloaded %s unchecked; its sha256 is %s (pin it with "
                             "--download_sha256)", url, digest)
@@ -353,7 +441,8 @@ def download_dataset(url: str, data_dir: str | os.PathLike, sha256: str = "") ->
     return data_dir
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -402,14 +491,29 @@ def main(argv: Sequence[str]) -> int:
     if command == ["download"] and len(argv) == 2:
         download_dataset(values.download_url, values.data_dir, values.download_sha256)
         return 0
-    raise CatdogError("usage: python -m catdog.data check DIR | download [--data_dir=DIR]")
+    if command == ["prepare"] and len(argv) == 2:
+        from catdog import prepare
+
+        manifest = prepare.prepare(values.data_dir, values.output_dir, values.image_size,
+                                   values.validation_split, values.seed,
+                                   values.max_image_pixels, values.shard_images)
+        for item in manifest["skipped"]:
+            print(f"{item['path']}: {item['reason']}", file=sys.stderr)
+        counts = {name: sum(entry["counts"].values())
+                  for name, entry in manifest["splits"].items()}
+        print(f"prepared {counts['train']} training and {counts['validation']} validation "
+              f"images at {values.image_size} px in {values.output_dir} "
+              f"({len(manifest['skipped'])} bad file(s) left out)")
+        return 0
+    raise CatdogError("usage: python -m catdog.data check DIR | download [--data_dir=DIR] | "
+                      "prepare --data_dir=DIR --output_dir=OUT [--image_size=N]")
 
 
 def run() -> None:
     """The `catdog-data` console script (and `python -m catdog.data`)."""
     from catdog import cli, flags as catdog_flags
 
-    cli.run(main, catdog_flags.define_train_flags)
+    cli.run(main, catdog_flags.define_data_flags)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def _weights_identity(config: Config) -> object:
 
 def cache_key(config: Config, files: data.ImageFiles, precision: str, views: int = 1) -> str:
     """A digest of everything the features of `files` depend on."""
-    file_stats = [[p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files.paths]
+    file_stats = files.fingerprint or [[p, os.stat(p).st_size, os.stat(p).st_mtime_ns]
+                                       for p in files.paths]
     content = {"weights": _weights_identity(config), "image_size": config.image_size,
                "precision": precision, "files": file_stats, "labels": list(files.labels),
                "keras": keras.__version__, "format": _FORMAT, "views": views}

@@ -69,6 +69,15 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib
                                 for name in config_lib.fields()})
 
 
+def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `python -m catdog.data`: the training flags, and where `prepare` writes."""
+    define_train_flags(flag_values)
+    flags.DEFINE_string("output_dir", "", "prepare: the new folder of decoded shards to write.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("shard_images", 2048, "prepare: images per shard (at most).",
+                         lower_bound=1, flag_values=flag_values)
+
+
 def define_max_image_pixels(flag_values: flags.FlagValues) -> None:
     """--max_image_pixels, as training defines it, for the commands that read image files but
     do not train (evaluate, predict)."""

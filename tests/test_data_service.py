@@ -47,3 +47,14 @@ def test_a_run_trains_on_the_service_as_on_local_input(service, dataset_dir, tmp
     a, b = local.summary["epochs"][0], served.summary["epochs"][0]
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert b[metric] == pytest.approx(a[metric], abs=1e-5), metric
+
+
+def test_prepared_shards_come_once_per_epoch_too(service, dataset_dir, tmp_path):
+    from catdog import prepare
+
+    prepare.prepare(dataset_dir, tmp_path / "prepared", 32, shard_images=6)
+    files, _ = data.prepared_splits(tmp_path / "prepared", 32)
+    seen = collections.Counter()
+    for images, labels in data.service_batches(files, 32, 5, 1, service):
+        seen.update(np.asarray(images).reshape(len(labels), -1).sum(axis=1).round(2))
+    assert sum(seen.values()) == len(files) and set(seen.values()) == {1}

@@ -1,0 +1,106 @@
+"""catdog.prepare (`python -m catdog.data prepare`): decoded shards with a manifest, read back as
+the same pixels in the same order, and training on them equal to training on the JPEG folder."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from catdog import data, prepare, train
+from catdog.config import Config
+from catdog.errors import CatdogError
+from conftest import run_catdog
+
+
+@pytest.fixture
+def source(dataset_dir):
+    """The JPEG dataset with one file that is not an image."""
+    (dataset_dir / "train" / "cats" / "broken.jpg").write_bytes(b"not a jpeg")
+    return dataset_dir
+
+
+def as_arrays(dataset):
+    pairs = [(image.numpy(), int(label)) for image, label in dataset]
+    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+def test_the_manifest_counts_lists_and_fingerprints_what_was_written(source, tmp_path):
+    manifest = prepare.prepare(source, tmp_path / "prepared", 32, shard_images=5)
+    assert [item["path"].endswith("broken.jpg") for item in manifest["skipped"]] == [True]
+    assert manifest["class_names"] == ["cats", "dogs"] and manifest["image_size"] == 32
+    train = manifest["splits"]["train"]
+    assert train["counts"] == {"cats": 16, "dogs": 16}
+    assert len(train["files"]) == len(train["labels"]) == 32
+    assert not any(path.endswith("broken.jpg") for path in train["files"])
+    assert [s["images"] for s in train["shards"]] == [5, 5, 5, 5, 4, 4, 4]
+    for shard in train["shards"]:
+        written = (tmp_path / "prepared" / "train" / shard["file"]).read_bytes()
+        assert hashlib.sha256(written).hexdigest() == shard["sha256"]
+    assert json.loads((tmp_path / "prepared" / "manifest.json").read_text()) == manifest
+
+
+def test_shards_give_back_the_same_pixels_in_the_same_order(source, tmp_path):
+    prepare.prepare(source, tmp_path / "prepared", 32, shard_images=5)
+    from_jpegs, _ = data.find_splits(source, 0.0, seed=0)
+    from_jpegs = from_jpegs.without({p for p in from_jpegs.paths if p.endswith("broken.jpg")})
+    from_shards, _ = data.prepared_splits(tmp_path / "prepared", 32)
+    assert from_shards.paths == from_jpegs.paths and len(from_shards.shards) == 7
+    decoded = data.decoded_images(from_shards, 32)
+    assert int(decoded.cardinality()) == 32  # what sizes each epoch's shuffle
+    images, labels = as_arrays(decoded)
+    expected_images, expected_labels = as_arrays(data.decoded_images(from_jpegs, 32))
+    np.testing.assert_array_equal(images, expected_images)
+    assert labels == expected_labels == list(from_jpegs.labels)
+
+
+def test_a_prepared_folder_at_another_size_is_one_line_naming_the_fix(source, tmp_path):
+    prepare.prepare(source, tmp_path / "prepared", 32)
+    with pytest.raises(CatdogError, match=r"prepared at 32 px; train with --image_size=32, or "
+                                          r"prepare it again with --image_size=48"):
+        data.prepare_splits(Config(data_dir=str(tmp_path / "prepared"), image_size=48))
+
+
+def test_a_failed_prepare_leaves_nothing_and_an_existing_folder_is_refused(
+        source, tmp_path, monkeypatch):
+    def fail_midway(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prepare, "_example", fail_midway)
+    with pytest.raises(CatdogError, match="cannot write .*prepared: No space left on device"):
+        prepare.prepare(source, tmp_path / "prepared", 32)
+    assert not (tmp_path / "prepared").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(CatdogError, match="--output_dir=.*taken already exists"):
+        prepare.prepare(source, tmp_path / "taken", 32)
+
+
+@pytest.mark.slow
+def test_training_on_prepared_shards_equals_training_on_the_jpegs(source, tmp_path):
+    result = run_catdog("data", "prepare", f"--data_dir={source}",
+                        f"--output_dir={tmp_path / 'prepared'}", "--image_size=32")
+    assert result.returncode == 0, result.stderr
+    assert "broken.jpg: " in result.stderr
+    assert "prepared 32 training and 12 validation images at 32 px" in result.stdout
+    settings = dict(weights="none", image_size=32, batch_size=8, epochs=2, rotation=0.1,
+                    seed=3, strategy="default", mixed_precision="float32")
+
+    def run(data_dir, name, **more):
+        return train.train(Config(data_dir=str(data_dir), run_dir=str(tmp_path / name),
+                                  export_dir=str(tmp_path / f"{name}-export"),
+                                  **{**settings, **more}))
+
+    def metrics(result):
+        return [[row[m] for m in ("loss", "accuracy", "val_loss", "val_accuracy")]
+                for row in result.summary["epochs"]]
+
+    for more in ({}, dict(cache_features=True, flip="none", zoom=0.0, rotation=0.0)):
+        on_jpegs = run(source, f"jpegs{len(more)}", **more)
+        on_shards = run(tmp_path / "prepared", f"shards{len(more)}", **more)
+        np.testing.assert_allclose(metrics(on_shards), metrics(on_jpegs), atol=1e-6)
+    # Resuming on prepared data: one epoch, then the same command with two, as one run of two.
+    run(tmp_path / "prepared", "resumed", epochs=1)
+    resumed = run(tmp_path / "prepared", "resumed")
+    straight = run(tmp_path / "prepared", "straight")
+    np.testing.assert_allclose(metrics(resumed), metrics(straight), atol=1e-6)
