@@ -324,7 +324,7 @@ def decoded_images(files: ImageFiles, image_size: int,
     first epoch only. Prepared images are read from their shards instead, one reader per shard.
     """
     if files.shards:  # its length stated, as batches() sizes the shuffle buffer from it
-        return _decoded_from_shards(files.shards, image_size).apply(
+        return read_shards(files.shards, image_size).apply(
             tf.data.experimental.assert_cardinality(len(files))).cache()
     dataset = tf.data.Dataset.from_tensor_slices(
         (list(files.paths), tf.constant(files.labels, tf.int32)))
@@ -347,7 +347,7 @@ def _parse_shard_record(image_size: int):
     return parse
 
 
-def _decoded_from_shards(shards: Sequence[str], image_size: int) -> tf.data.Dataset:
+def read_shards(shards: Sequence[str], image_size: int) -> tf.data.Dataset:
     """The (image, label) records of prepared shards in their listed order: the images were
     written round-robin, so one reader per shard, taken in turn, restores it."""
     records = tf.data.Dataset.from_tensor_slices(list(shards)).interleave(
