@@ -58,7 +58,7 @@ def test_command_line_overrides_flagfile(tmp_path):
 
 
 def test_shipped_flagfiles_parse():
-    for name in ("quickstart", "seed", "multigpu", "multiworker"):
+    for name in ("quickstart", "seed", "multigpu", "multiworker", "best"):
         parse(f"--flagfile=configs/{name}.flags")
 
 
