@@ -118,7 +118,9 @@ def kill_and_resume(tmp_path: Path, flags: list[str], kill_at_epoch: int, epochs
     """Trains once uninterrupted, and once killed when epoch `kill_at_epoch` starts then started
     again; returns (uninterrupted summary, resumed summary, the resumed run's log)."""
     flagfile = tmp_path / "run.flags"
-    flagfile.write_text("\n".join(flags))
+    # float32 stated: `auto` measures bfloat16's speed at start-up, and both runs must compute
+    # alike whatever the machine's load made of that measurement.
+    flagfile.write_text("\n".join([*flags, "--mixed_precision=float32"]))
 
     def flags_for(name):
         return [f"--flagfile={flagfile}", f"--run_dir={tmp_path / name}",
