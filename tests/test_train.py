@@ -204,10 +204,12 @@ def test_sigkill_at_random_moments_then_the_rerun_finishes_cleanly(dataset_dir_m
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_stop_cleanly_in_one_line_and_the_rerun_resumes(
         dataset_dir_module, tmp_path, signum):
+    # Epochs on images (not cached features, whose epochs last milliseconds), so the signal
+    # lands while epoch 2 trains rather than racing it to the end of the run.
     args = [sys.executable, "-m", "catdog.train", f"--data_dir={dataset_dir_module}",
-            "--weights=none", "--image_size=32", "--batch_size=8", "--epochs=3", "--flip=none",
-            "--rotation=0", "--zoom=0", "--cache_features", f"--run_dir={tmp_path / 'run'}",
-            f"--export_dir={tmp_path / 'export'}"]
+            "--weights=none", "--image_size=32", "--batch_size=4", "--epochs=3", "--flip=none",
+            "--rotation=0.1", "--zoom=0", "--mixed_precision=float32",
+            f"--run_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     seen = []
