@@ -16,8 +16,8 @@ import tensorflow as tf
 from absl import app, flags
 
 from catdog import distribute, steps
-from catdog.inputs import Source
 from catdog.config import Config
+from catdog.inputs import Source
 
 _STEPS = flags.DEFINE_integer("steps", 200, "Timed training steps per setting.")
 _WARMUP = flags.DEFINE_integer("warmup", 10, "Untimed steps first (tracing, XLA compiling).")

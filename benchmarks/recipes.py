@@ -19,10 +19,10 @@ import os
 import tempfile
 import time
 
+import seed_job  # benchmarks/ is on sys.path when this file runs as a script
 import tensorflow as tf
 from absl import app, flags
 
-import seed_job  # benchmarks/ is on sys.path when this file runs as a script
 from catdog import distribute, evaluate, train
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/datasets/cats_vs_dogs",

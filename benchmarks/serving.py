@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
-
 from tensorflow_serving.apis import model_pb2
 
-from catdog import contract, serve
-from catdog.client import Client
+from catdog import contract
+from catdog.serving.client import Client
+from catdog.serving.server import start_server
 
 _BASE = flags.DEFINE_string("model_base_path", "export/catdog", "SavedModel versions to serve.")
 _IMAGES = flags.DEFINE_string("images", "../shared/datasets/cats_vs_dogs/validation/cats",
@@ -68,10 +68,10 @@ def measure(call, payloads: list[bytes], clients: int, requests: int) -> tuple[f
 def main(argv):
     del argv
     payloads = jpeg_payloads(_IMAGES.value, 16, _IMAGE_PX.value)
-    server = serve.start_server("catdog", _BASE.value, port=0, rest_api_port=0)
-    batching = serve.start_server("catdog", _BASE.value, port=0, rest_api_port=None,
-                                  enable_batching=True,
-                                  batching_parameters_file=_BATCHING.value)
+    server = start_server("catdog", _BASE.value, port=0, rest_api_port=0)
+    batching = start_server("catdog", _BASE.value, port=0, rest_api_port=None,
+                            enable_batching=True,
+                            batching_parameters_file=_BATCHING.value)
     version = server.core.servable(model_pb2.ModelSpec(name="catdog"))
     signature = tf.saved_model.load(str(version.path)).signatures[contract.SERVING_DEFAULT]
     in_process = lambda payload: signature(image_bytes=tf.constant([payload]))  # noqa: E731

@@ -69,8 +69,8 @@ def _start_server(base: Path) -> tuple[subprocess.Popen, int, int]:
 
 
 def _client_loop(url: str, images: list[bytes], stop: threading.Event, log: list) -> None:
-    from catdog.client import Client
-    from catdog.wire import ServingError
+    from catdog.serving.client import Client
+    from catdog.serving.status import ServingError
 
     client = Client(url, timeout=120, retries=0)
     i = 0

@@ -25,12 +25,12 @@ import platform
 import tempfile
 import time
 
+import input_pipeline  # benchmarks/ is on sys.path when this file runs as a script
 import keras
+import seed_job as seed_job_lib
 import tensorflow as tf
 from absl import app, flags
 
-import input_pipeline  # benchmarks/ is on sys.path when this file runs as a script
-import seed_job as seed_job_lib
 from catdog import data, distribute, steps, train
 from catdog.config import Config
 

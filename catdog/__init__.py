@@ -20,8 +20,8 @@ def _serve_without_onednn() -> None:
     """The serve command runs TensorFlow without its oneDNN CPU kernels, as TF Serving's standard
     build does, whatever the environment says: some oneDNN kernels abort the whole process on a
     malformed input (a rank-2 tensor fed to a convolution fails a CHECK in tensor_format.h), so
-    one bad request could take the server down. (They also kept ~130 MB per unloaded version
-    and ran one-image requests 10% slower here: benchmarks/soak.py.) Set before TensorFlow is
+    one bad request could take the server down. (They also cost memory per unloaded version and
+    speed: serving/README.md, from benchmarks/soak.py.) Set before TensorFlow is
     imported; a library user's process is left as it is."""
     if _command() == "serve":
         _os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"

@@ -9,13 +9,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 from absl import logging
 
 from catdog import atomic
 from catdog.errors import CatdogError
 from catdog.run_dir import RunDir
-from catdog.steps import Trainer
 
 
 class Progress:
@@ -35,19 +35,16 @@ class Progress:
 class Checkpoints:
     """A run's checkpoint after every epoch (model, optimizer, progress) and of its best epoch."""
 
-    def __init__(self, run: RunDir, trainer: Trainer, progress: Progress,
+    def __init__(self, run: RunDir, model: keras.Model,
+                 optimizers: dict[str, keras.optimizers.Optimizer], progress: Progress,
                  read_from: RunDir | None = None):
         """Writes under `run`; reads (resumes) from `read_from`, the chief's run dir when this
         process is a non-chief worker writing to scratch space, else `run` itself."""
         self.progress = progress
         self.read_from = read_from or run
-        optimizers = {"optimizer": trainer.optimizer}
-        if trainer.fine_tune_optimizer:
-            optimizers["fine_tune_optimizer"] = trainer.fine_tune_optimizer
-        self.last = tf.train.Checkpoint(model=trainer.model, **optimizers,
-                                        **progress.variables())
+        self.last = tf.train.Checkpoint(model=model, **optimizers, **progress.variables())
         self.last_manager = tf.train.CheckpointManager(self.last, run.checkpoints, max_to_keep=2)
-        self.best = tf.train.Checkpoint(model=trainer.model)
+        self.best = tf.train.Checkpoint(model=model)
         self.best_manager = tf.train.CheckpointManager(self.best, run.best_checkpoint,
                                                        max_to_keep=1)
 

@@ -83,9 +83,10 @@ HELP_ARGS = ("--help", "-h", "--helpshort", "-?")
 
 def short_help(program: str, flag_values: flags.FlagValues,
                groups: dict[str, Sequence[str]]) -> str:
-    """catdog's own flags, grouped, with their defaults (absl's --helpshort lists only the
-    flags defined in the main module, which for catdog is none)."""
-    ours = {f.name: f for f in flag_values.flags_by_module_dict().get("catdog.flags", [])}
+    """catdog's own flags (those its modules define), grouped, with their defaults (absl's
+    --helpshort lists only the flags defined in the main module, which for catdog is none)."""
+    ours = {f.name: f for module, defined in flag_values.flags_by_module_dict().items()
+            if module.split(".")[0] == "catdog" for f in defined}
     training = "epochs" in ours  # the groups describe the training flags (train, data)
     grouped = [(g, [n for n in names if n in ours]) for g, names in groups.items()
                if training]

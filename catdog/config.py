@@ -2,8 +2,9 @@
 
 Each field carries everything about one setting: its type (a `Literal` lists the choices), its
 default, its bounds or rule, its help text and `--help` group, and whether a resumed run may
-change it. `catdog/flags.py` turns these fields into absl flags and adds nothing of its own, so a
-`Config` built in a test or a notebook is refused for exactly what the command line refuses:
+change it (`catdog/fields.py` holds the machinery, shared with the server's options).
+`catdog/flags.py` turns these fields into absl flags and adds nothing of its own, so a `Config`
+built in a test or a notebook is refused for exactly what the command line refuses:
 
     >>> Config(batch_size=0)
     CatdogError: Config(batch_size=0): must be at least 1
@@ -17,12 +18,12 @@ import dataclasses
 import json
 import os
 import re
-import typing
-from collections.abc import Callable
 from typing import Any, Literal
 
-from catdog.errors import CatdogError
-from catdog.images import MAX_IMAGE_PIXELS
+from catdog import contract
+from catdog import fields as fields_lib
+from catdog.fields import Check, CrossRule
+from catdog.image_formats import MAX_IMAGE_PIXELS
 
 Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
 Strategy = Literal["auto", "default", "one_device", "mirrored", "multi_worker"]
@@ -43,8 +44,6 @@ MIN_IMAGE_SIZE = 32  # VGG16's five 2×2 poolings need at least 32 px
 DEFAULT_FEATURE_VIEWS = 2
 HELP_GROUPS = ("data", "model", "training", "scale", "export")
 
-# (predicate, what a valid value is) for settings whose rule is more than bounds or choices.
-Check = tuple[Callable[[Any], bool], str]
 _NOT_EMPTY: Check = (bool, "must not be empty")
 _WEIGHTS: Check = (
     lambda v: v in ("imagenet", "none") or os.path.isfile(v),
@@ -65,9 +64,8 @@ def _setting(default: Any, group: str, help: str, *, at_least: float | None = No
              resumable: bool = False) -> Any:
     """A Config field and what flags.py needs to offer it: `resumable` fields may differ when a
     run folder is resumed, since its checkpoints do not depend on them."""
-    return dataclasses.field(default=default, metadata=dict(
-        group=group, help=help, at_least=at_least, at_most=at_most, check=check,
-        resumable=resumable))
+    return fields_lib.setting(default, help, at_least=at_least, at_most=at_most, check=check,
+                              group=group, resumable=resumable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +168,9 @@ class Config:
     export_dir: str = _setting(
         "export", "export", "Where <model_name>.h5 and the SavedModel versions "
         "<model_name>/<N>/ are written.", check=_NOT_EMPTY, resumable=True)
-    model_name: str = _setting("catdog", "export", "Name of the exported model (file and TF "
-                               "Serving model name).", check=_MODEL_NAME, resumable=True)
+    model_name: str = _setting(
+        contract.DEFAULT_MODEL_NAME, "export", "Name of the exported model (file and TF Serving "
+        "model name).", check=_MODEL_NAME, resumable=True)
     export_precision: ExportPrecision = _setting(
         "float32", "export", "Precision the exports compute in: float32 (runs well on any "
         "machine) or compute (the policy training used, e.g. mixed_bfloat16).", resumable=True)
@@ -184,15 +183,7 @@ class Config:
 
     def validate(self) -> None:
         """Raises CatdogError naming the first invalid setting and what would be valid."""
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            problem = type_problem(field.name, value) or setting_problem(field.name, value)
-            if problem:
-                raise CatdogError(f"Config({field.name}={value!r}): {problem}")
-        for names, holds, message in CROSS_FIELD_RULES:
-            if not holds(*(getattr(self, name) for name in names)):
-                settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
-                raise CatdogError(f"Config({settings}): {message}")
+        fields_lib.validate(self, CROSS_FIELD_RULES)
 
     @property
     def total_epochs(self) -> int:
@@ -230,7 +221,7 @@ def augments(flip: str, rotation: float, zoom: float) -> bool:
 
 
 # Rules between settings: (setting names, predicate over their values, what is valid).
-CROSS_FIELD_RULES: tuple[tuple[tuple[str, ...], Callable[..., bool], str], ...] = (
+CROSS_FIELD_RULES: tuple[CrossRule, ...] = (
     (("cache_features", "feature_views", "flip", "rotation", "zoom"),
      lambda cache, views, *augmentation: not (cache and views == 1 and augments(*augmentation)),
      "cache_features with augmentation on needs feature_views of 2 or more, or 0 for the "
@@ -244,53 +235,4 @@ CROSS_FIELD_RULES: tuple[tuple[tuple[str, ...], Callable[..., bool], str], ...] 
 
 def fields() -> dict[str, dataclasses.Field]:
     """Config's fields by name, each with its metadata (group, help, bounds, rule)."""
-    return {field.name: field for field in dataclasses.fields(Config)}
-
-
-def field_type(name: str) -> Any:
-    """The resolved type of a field: int, float, bool, str, tuple[str, ...] or a Literal."""
-    return _TYPES[name]
-
-
-def choices(name: str) -> tuple[str, ...]:
-    """The allowed values of a Literal-typed field, else ()."""
-    hint = field_type(name)
-    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
-
-
-def type_problem(name: str, value: Any) -> str | None:
-    """Why `value` has the wrong type (or is not one of the choices) for field `name`."""
-    hint = field_type(name)
-    if choices(name):  # in absl's words for a bad enum flag: code and command line agree
-        allowed = choices(name)
-        return None if value in allowed else f"value should be one of <{'|'.join(allowed)}>"
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif hint is str:
-        ok = isinstance(value, str)
-    else:  # tuple[str, ...]
-        ok = isinstance(value, tuple) and all(isinstance(item, str) for item in value)
-    return None if ok else f"must be {_TYPE_NAMES.get(hint, 'a tuple of strings')}"
-
-
-def setting_problem(name: str, value: Any) -> str | None:
-    """Why a value of the right type is not valid for field `name` (bounds or rule), or None."""
-    meta = fields()[name].metadata
-    low, high = meta["at_least"], meta["at_most"]
-    if low is not None and high is not None and not low <= value <= high:
-        return f"must be between {low:g} and {high:g}"
-    if low is not None and value < low:
-        return f"must be at least {low:g}"
-    if high is not None and value > high:
-        return f"must be at most {high:g}"
-    if meta["check"] and not meta["check"][0](value):
-        return meta["check"][1]
-    return None
-
-
-_TYPES = typing.get_type_hints(Config)
-_TYPE_NAMES = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}
+    return fields_lib.fields(Config)

@@ -38,3 +38,8 @@ BYTES_SUFFIX = "_bytes"
 
 # The .h5 file attribute holding the JSON list of class names.
 H5_CLASS_NAMES_ATTR = "catdog_class_names"
+
+# Defaults that the exporter, the server, the client and the deployment files agree on.
+DEFAULT_MODEL_NAME = "catdog"
+DEFAULT_GRPC_PORT = 8500  # TF Serving's --port
+DEFAULT_REST_PORT = 8501  # TF Serving's --rest_api_port

@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import stat
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -253,10 +252,12 @@ def prepared_splits(folder: str | os.PathLike, image_size: int) -> tuple[ImageFi
     folder = Path(folder)
     try:
         manifest = json.loads((folder / PREPARED_MANIFEST).read_text())
-        assert manifest["format"] == PREPARED_FORMAT
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        format_ = manifest["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        format_ = None
+    if format_ != PREPARED_FORMAT:
         raise CatdogError(f"{folder / PREPARED_MANIFEST} is not a {PREPARED_FORMAT} manifest; "
-                          "prepare the data again") from None
+                          "prepare the data again")
     if manifest["image_size"] != image_size:
         raise CatdogError(f"--data_dir={folder} was prepared at {manifest['image_size']} px; "
                           f"train with --image_size={manifest['image_size']}, or prepare it "
@@ -424,7 +425,8 @@ def download_dataset(url: str, data_dir: str | os.PathLike, sha256: str = "") ->
                 "dataset.zip", origin=url, cache_dir=scratch, cache_subdir="", extract=True,
                 file_hash=sha256 or None)
         except ValueError as error:
-            raise CatdogError(f"{url} does not match --download_sha256={sha256}: {error}")
+            raise CatdogError(f"{url} does not match --download_sha256={sha256}: {error}"
+                              ) from None
         except Exception as error:
             raise CatdogError(
                 f"could not download {url} ({error}); without internet, pass a dataset folder "
@@ -460,10 +462,6 @@ def _dataset_root(extracted: Path, url: str) -> Path:
     return extracted
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
 def check_folder(folder: str, max_pixels: int = MAX_IMAGE_PIXELS) -> list[BadImage]:
     """Checks every image of a dataset folder (with or without train/ and validation/)."""
     root = Path(folder)
@@ -478,43 +476,7 @@ def check_folder(folder: str, max_pixels: int = MAX_IMAGE_PIXELS) -> list[BadIma
     return skipped + check_images(paths, max_pixels)
 
 
-def main(argv: Sequence[str]) -> int:
-    from absl import flags
+if __name__ == "__main__":  # the verbs live in catdog.data_cli, which imports this module
+    from catdog.data_cli import run
 
-    command, values = argv[1:2], flags.FLAGS
-    if command == ["check"] and len(argv) == 3:
-        bad = check_folder(argv[2], values.max_image_pixels)
-        for item in bad:
-            print(f"{item.path}: {item.reason}")
-        print(f"{len(bad)} bad file(s)", file=sys.stderr)
-        return 1 if bad else 0
-    if command == ["download"] and len(argv) == 2:
-        download_dataset(values.download_url, values.data_dir, values.download_sha256)
-        return 0
-    if command == ["prepare"] and len(argv) == 2:
-        from catdog import prepare
-
-        manifest = prepare.prepare(values.data_dir, values.output_dir, values.image_size,
-                                   values.validation_split, values.seed,
-                                   values.max_image_pixels, values.shard_images)
-        for item in manifest["skipped"]:
-            print(f"{item['path']}: {item['reason']}", file=sys.stderr)
-        counts = {name: sum(entry["counts"].values())
-                  for name, entry in manifest["splits"].items()}
-        print(f"prepared {counts['train']} training and {counts['validation']} validation "
-              f"images at {values.image_size} px in {values.output_dir} "
-              f"({len(manifest['skipped'])} bad file(s) left out)")
-        return 0
-    raise CatdogError("usage: python -m catdog.data check DIR | download [--data_dir=DIR] | "
-                      "prepare --data_dir=DIR --output_dir=OUT [--image_size=N]")
-
-
-def run() -> None:
-    """The `catdog-data` console script (and `python -m catdog.data`)."""
-    from catdog import cli, flags as catdog_flags
-
-    cli.run(main, catdog_flags.define_data_flags)
-
-
-if __name__ == "__main__":
     run()

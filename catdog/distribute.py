@@ -14,7 +14,6 @@ this module only chooses and describes the strategy.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
@@ -53,7 +52,8 @@ class Distribution:
         return {"strategy": self.kind, "strategy_class": type(self.strategy).__name__,
                 "replicas": self.replicas, "devices": list(self.devices),
                 "per_replica_batch": self.per_replica_batch, "precision": self.precision,
-                "precision_reason": self.precision_reason, "jit_compile": self.jit_compile, "worker_index": self.worker_index,
+                "precision_reason": self.precision_reason, "jit_compile": self.jit_compile,
+                "worker_index": self.worker_index,
                 "num_workers": self.num_workers}
 
 
@@ -91,8 +91,7 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
 def bfloat16_speedup(repeats: int = 5) -> float:
     """How many times faster a VGG16-like 3×3 convolution (4×56×56×128 → 128) runs in bfloat16
     than in float32 on this CPU, measured now (about half a second): native bfloat16 flags do
-    not make it faster everywhere (0.55× on a 2-core Xeon with avx512_bf16, 1.9× on an EPYC
-    with it, both measured)."""
+    not make it faster everywhere (benchmarks/README.md, "bfloat16", has the figures)."""
     images, kernel = tf.random.uniform([4, 56, 56, 128]), tf.random.uniform([3, 3, 128, 128])
     conv = tf.function(lambda a, b: tf.nn.relu(tf.nn.conv2d(a, b, 1, "SAME")))
     inputs = {dtype: (tf.cast(images, dtype), tf.cast(kernel, dtype))
@@ -143,30 +142,27 @@ def resolve_jit(requested: str, kind: str, gpus: list) -> bool:
     return len(gpus) == 1 and kind in ("default", "one_device")
 
 
-def _tf_config() -> dict[str, Any]:
-    raw = os.environ.get("TF_CONFIG", "")
-    if not raw:
+def _worker_position() -> tuple[int, int]:
+    """(index among all training tasks with the chief first, number of such tasks), from
+    TF_CONFIG as TensorFlow's own TFConfigClusterResolver reads it."""
+    if not os.environ.get("TF_CONFIG"):
         raise CatdogError("--strategy=multi_worker needs the TF_CONFIG environment variable "
                           '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
                           '"task": {"type": "worker", "index": 0}})')
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     try:
-        tf_config = json.loads(raw)
-        cluster, task = tf_config["cluster"], tf_config["task"]
-        task["type"], int(task["index"])
-    except (ValueError, KeyError, TypeError) as error:
+        cluster = resolver.cluster_spec().as_dict()
+        task_type, task_id = resolver.task_type, resolver.task_id
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CatdogError(f"TF_CONFIG is not valid: {error!r}; it needs 'cluster' and "
                           "'task' {'type', 'index'}") from None
+    if task_type is None or task_id is None:
+        raise CatdogError("TF_CONFIG is not valid: no 'task' {'type', 'index'}; it needs "
+                          "'cluster' and 'task'")
     if not any(cluster.get(role) for role in ("chief", "worker")):
         raise CatdogError("TF_CONFIG's cluster names no 'chief' or 'worker' tasks")
-    return tf_config
-
-
-def _worker_position(tf_config: dict[str, Any]) -> tuple[int, int]:
-    """(index among all training tasks with the chief first, number of such tasks)."""
-    cluster, task = tf_config["cluster"], tf_config["task"]
     chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
-    index = int(task["index"]) + (chiefs if task["type"] == "worker" else 0)
-    return index, chiefs + workers
+    return task_id + (chiefs if task_type == "worker" else 0), chiefs + workers
 
 
 def _device_key(name: str) -> tuple[str, int] | None:
@@ -215,7 +211,7 @@ def setup_distribution(config: Config) -> Distribution:
     """Configures devices, precision and strategy for `config`; call before any other TF work."""
     worker_index, num_workers = 0, 1
     if config.strategy == "multi_worker":
-        worker_index, num_workers = _worker_position(_tf_config())
+        worker_index, num_workers = _worker_position()
     if config.logical_devices:
         split_cpu(config.logical_devices)
     gpus = tf.config.list_physical_devices("GPU")

@@ -1,4 +1,5 @@
-"""Where the model fails: `python -m catdog.evaluate --model=PATH --data_dir=DIR [--output_dir=OUT]`.
+"""Where the model fails:
+`python -m catdog.evaluate --model=PATH --data_dir=DIR [--output_dir=OUT]`.
 
 PATH is the exported `.h5` or a SavedModel version folder (the same numbers from both); DIR holds
 one sub-folder per class, named as the model's classes. Writes to OUT:
@@ -224,7 +225,8 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """The `catdog-evaluate` console script (and `python -m catdog.evaluate`)."""
-    from catdog import cli, flags as catdog_flags
+    from catdog import cli
+    from catdog import flags as catdog_flags
 
     cli.run(main, catdog_flags.define_evaluate_flags)
 

@@ -13,9 +13,11 @@ import re
 from pathlib import Path
 
 import tensorflow as tf
+from tensorflow.core.example import example_pb2, feature_pb2
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-MAX_IMAGE_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS
+from catdog.contract import IMAGE_FEATURE
+from catdog.image_formats import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
+
 _HEADER_BYTES = 32
 
 
@@ -106,3 +108,9 @@ def read_checked_image(path: str, image_size: int | None = None,
 def image_problem(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
     """Why `path` cannot be used as an image, or None if it decodes."""
     return read_checked_image(path, max_pixels=max_pixels)[1]
+
+
+def image_example(encoded: bytes) -> example_pb2.Example:
+    """The tf.Example that a catdog classify signature expects for one encoded image."""
+    return example_pb2.Example(features=feature_pb2.Features(feature={
+        IMAGE_FEATURE: feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[encoded]))}))

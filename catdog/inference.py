@@ -17,7 +17,6 @@ import h5py
 import keras
 import numpy as np
 import tensorflow as tf
-
 from absl import logging
 
 from catdog import contract, distribute

@@ -35,6 +35,11 @@ class Batches:
     source: Source
     dataset: Any  # a tf.distribute DistributedDataset
 
+    @property
+    def head_only(self) -> bool:
+        """Whether these batches go through the head alone (what the trainer's steps ask)."""
+        return self.source is Source.FEATURES
+
 
 class EpochInputs:
     """The images of both splits, decoded once, and their features computed on first use."""

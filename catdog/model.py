@@ -72,7 +72,7 @@ def build_classifier(num_classes: int, image_size: int, weights: str) -> keras.M
     x = keras.layers.Dense(HEAD_UNITS, activation="relu", name="dense")(x)
     probabilities = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                        name=OUTPUT_NAME)(x)
-    return keras.Model(pixels, probabilities, name="catdog")
+    return keras.Model(pixels, probabilities, name=contract.DEFAULT_MODEL_NAME)
 
 
 def compute_policy(model: keras.Model) -> str:
@@ -125,11 +125,20 @@ def build_augmenter(config: Config) -> keras.Sequential:
     return keras.Sequential(layers, name="augmentation")
 
 
+# A prime stride between epochs' seeds, so that no (seed, epoch) pair repeats another's stream.
+_EPOCH_SEED_STRIDE = 1_000_003
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's data order and augmentation, the same on every (re)start."""
+    return (seed * _EPOCH_SEED_STRIDE + epoch) % (2**31 - 1)
+
+
 def reseed_augmenter(augmenter: keras.Model, seed: int, epoch: int) -> None:
     """Sets every random layer's seed state from (seed, epoch), so an epoch's augmentation is the
     same whether the run was interrupted before it or not."""
     for index, state in enumerate(augmenter.variables):
-        state.assign(tf.constant([seed + index, epoch * 1_000_003], dtype=state.dtype))
+        state.assign(tf.constant([seed + index, epoch * _EPOCH_SEED_STRIDE], dtype=state.dtype))
 
 
 def frozen_base(model: keras.Model) -> keras.Model:

@@ -98,7 +98,8 @@ def main(argv: Sequence[str]) -> int:
 
 def run() -> None:
     """The `catdog-predict` console script (and `python -m catdog.predict`)."""
-    from catdog import cli, flags as catdog_flags
+    from catdog import cli
+    from catdog import flags as catdog_flags
 
     cli.run(main, catdog_flags.define_predict_flags)
 

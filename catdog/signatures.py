@@ -1,8 +1,8 @@
 """The SavedModel's serving contract: signatures, the labels asset, and warm-up requests.
 
-    serving_default  image_bytes  string [N] or one string []    → probabilities, class_ids, classes
-                                  (JPEG/PNG/GIF/BMP)
-    predict_pixels   pixels       float32 [N, S, S, 3], RGB 0–255 → probabilities, class_ids, classes
+    serving_default  image_bytes  string [N] or one string []    → probabilities, class_ids,
+                                  (JPEG/PNG/GIF/BMP)                classes
+    predict_pixels   pixels       float32 [N, S, S, 3], RGB 0–255 → the same three
     classify         inputs       serialized tf.Example [N] with the image under image/encoded
                                   → classes string [N, C], scores float32 [N, C]
                                   (method tensorflow/serving/classify, for TF Serving's Classify)
@@ -21,14 +21,32 @@ import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import (classification_pb2, input_pb2, model_pb2, predict_pb2,
-                                     prediction_log_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    input_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+)
 
 from catdog import images
-from catdog.wire import image_example
-from catdog.contract import (CLASS_IDS, CLASSES, CLASSIFY, CLASSIFY_INPUTS, CLASSIFY_METHOD,
-                             IMAGE_BYTES, IMAGE_FEATURE, LABELS_FILE, PIXELS, PREDICT_PIXELS,
-                             PROBABILITIES, SCORES, SERVING_DEFAULT, WARMUP_FILE)
+from catdog.contract import (
+    CLASS_IDS,
+    CLASSES,
+    CLASSIFY,
+    CLASSIFY_INPUTS,
+    CLASSIFY_METHOD,
+    IMAGE_BYTES,
+    IMAGE_FEATURE,
+    LABELS_FILE,
+    PIXELS,
+    PREDICT_PIXELS,
+    PROBABILITIES,
+    SCORES,
+    SERVING_DEFAULT,
+    WARMUP_FILE,
+)
+from catdog.images import image_example
 
 
 def serving_archive(model: keras.Model, labels_path: Path,

@@ -3,7 +3,7 @@
 One step function serves every `tf.distribute` strategy: a `tf.function` that calls
 `strategy.run`, with the loss averaged over the global batch. (Not `model.fit`: Keras 3.15's fit
 fails under MultiWorkerMirroredStrategy, keras-team/keras#20585.) Each step exists for both input
-sources (`inputs.Source`): images through the whole model, features through the head alone.
+sources: images through the whole model, or (`head_only`) cached features through the head alone.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import tensorflow as tf
 from catdog import distribute
 from catdog import model as model_lib
 from catdog.config import Config
-from catdog.inputs import Batches, Source
 
 
 class Trainer:
@@ -46,11 +45,10 @@ class Trainer:
             self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
             self.val_loss = keras.metrics.Mean(name="val_loss")
             self.val_accuracy = keras.metrics.SparseCategoricalAccuracy(name="val_accuracy")
-        self.train_steps = {
-            Source.IMAGES: self._train_step(self.model, self.optimizer, augment=True),
-            Source.FEATURES: self._train_step(self.head, self.optimizer, augment=False)}
-        self.eval_steps = {Source.IMAGES: self._eval_step(self.model),
-                            Source.FEATURES: self._eval_step(self.head)}
+        self.train_steps = {  # keyed by head_only
+            False: self._train_step(self.model, self.optimizer, augment=True),
+            True: self._train_step(self.head, self.optimizer, augment=False)}
+        self.eval_steps = {False: self._eval_step(self.model), True: self._eval_step(self.head)}
 
     def _adam(self, learning_rate: float, distribution: distribute.Distribution):
         optimizer = keras.optimizers.Adam(distribute.learning_rate_for(
@@ -67,7 +65,7 @@ class Trainer:
         """Unfreezes the base from --fine_tune_from; later steps use the fine-tuning optimizer."""
         model_lib.unfreeze_from(self.model, self.config.fine_tune_from)
         self.fine_tuning = True
-        self.train_steps[Source.IMAGES] = self._train_step(
+        self.train_steps[False] = self._train_step(
             self.model, self.fine_tune_optimizer, augment=True)
 
     def _train_step(self, network: keras.Model, optimizer, augment: bool):
@@ -101,24 +99,30 @@ class Trainer:
 
         return tf.function(lambda batch: self.strategy.run(replica_step, args=batch))
 
-    def train_epoch(self, batches: Batches, steps: int,
+    def optimizers(self) -> dict[str, keras.optimizers.Optimizer]:
+        """The run's optimizers by checkpoint key (the fine-tuning one when there is one)."""
+        found = {"optimizer": self.optimizer, "fine_tune_optimizer": self.fine_tune_optimizer}
+        return {key: optimizer for key, optimizer in found.items() if optimizer}
+
+    def train_epoch(self, dataset, head_only: bool, steps: int,
                     progbar: keras.utils.Progbar) -> dict[str, float]:
-        """One training pass over `batches`; returns the epoch's mean loss and accuracy."""
+        """One training pass over distributed (inputs, labels) batches, images through the whole
+        model or, `head_only`, features through the head; the epoch's mean loss and accuracy."""
         for metric in (self.train_loss, self.train_accuracy):
             metric.reset_state()
-        step_fn = self.train_steps[batches.source]
-        for step, batch in enumerate(batches.dataset, 1):
+        step_fn = self.train_steps[head_only]
+        for step, batch in enumerate(dataset, 1):
             step_fn(batch)
             progbar.update(min(step, steps), values=self._results(
                 self.train_loss, self.train_accuracy))
         return dict(self._results(self.train_loss, self.train_accuracy))
 
-    def evaluate(self, batches: Batches) -> dict[str, float]:
+    def evaluate(self, dataset, head_only: bool) -> dict[str, float]:
         """Mean loss and accuracy over the validation batches."""
         for metric in (self.val_loss, self.val_accuracy):
             metric.reset_state()
-        step_fn = self.eval_steps[batches.source]
-        for batch in batches.dataset:
+        step_fn = self.eval_steps[head_only]
+        for batch in dataset:
             step_fn(batch)
         return dict(self._results(self.val_loss, self.val_accuracy))
 

@@ -1,4 +1,5 @@
-"""Trains the classifier and exports it: `python -m catdog.train --flagfile=configs/quickstart.flags`.
+"""Trains the classifier and exports it:
+`python -m catdog.train --flagfile=configs/quickstart.flags`.
 
 The epoch loop and the run's summary; the distributed steps are in `steps.py`, the checkpoints
 in `checkpoints.py`, and where each epoch's batches come from in `inputs.py`.
@@ -44,11 +45,6 @@ class TrainResult:
     class_names: tuple[str, ...]
     summary: dict[str, Any]
     exports: export.Exports
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch's data order and augmentation, the same on every (re)start."""
-    return (seed * 1_000_003 + epoch) % (2**31 - 1)
 
 
 def _log_to_file(run: RunDir) -> std_logging.Handler:
@@ -100,7 +96,8 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
     keras.utils.set_random_seed(config.seed)
     trainer = Trainer(config, len(splits.class_names), distribution)
     progress = Progress()
-    checkpoints = Checkpoints(run, trainer, progress, read_from=chief_run)
+    checkpoints = Checkpoints(run, trainer.model, trainer.optimizers(), progress,
+                              read_from=chief_run)
     finished = checkpoints.restore_last()
     if finished > config.epochs:
         trainer.start_fine_tuning()
@@ -149,7 +146,7 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
 def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int) -> dict[str, Any]:
     """Trains one epoch with its own data order and augmentation seed, then validates."""
     config = trainer.config
-    seed = epoch_seed(config.seed, epoch)
+    seed = model_lib.epoch_seed(config.seed, epoch)
     if trainer.augmenter.layers:
         model_lib.reseed_augmenter(trainer.augmenter, seed, epoch)
     count = len(inputs.splits.train)
@@ -158,9 +155,10 @@ def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int) -> dict[str,
         "loss", "accuracy", "val_loss", "val_accuracy"])
     batches = inputs.train(seed, trainer.base_frozen)
     start = time.perf_counter()
-    metrics = trainer.train_epoch(batches, steps, progbar)
+    metrics = trainer.train_epoch(batches.dataset, batches.head_only, steps, progbar)
     seconds = time.perf_counter() - start
-    metrics.update(trainer.evaluate(inputs.validation(trainer.base_frozen)))
+    validation = inputs.validation(trainer.base_frozen)
+    metrics.update(trainer.evaluate(validation.dataset, validation.head_only))
     progbar.update(steps, values=list(metrics.items()), finalize=True)
     return {"epoch": epoch, "phase": "fine_tune" if trainer.fine_tuning else "head", **metrics,
             "seconds": seconds, "images_per_second": count / seconds}
@@ -248,7 +246,8 @@ def main(argv: Sequence[str]) -> int | None:
 
 def run() -> None:
     """The `catdog-train` console script (and `python -m catdog.train`)."""
-    from catdog import cli, flags as catdog_flags
+    from catdog import cli
+    from catdog import flags as catdog_flags
 
     cli.run(main, catdog_flags.define_train_flags)
 

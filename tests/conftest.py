@@ -157,10 +157,10 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="session")
 def local_server(exported):
     """`exported` served in this process on free ports, requests capped at 256 KB."""
-    from catdog import serve
+    from catdog.serving.server import start_server
 
-    server = serve.start_server("catdog", exported[2], port=0, rest_api_port=0,
-                                max_request_bytes=256 << 10)
+    server = start_server("catdog", exported[2], port=0, rest_api_port=0,
+                          max_request_bytes=256 << 10)
     yield server
     server.stop()
 
@@ -184,8 +184,9 @@ def expected_probabilities(model, paths):
 
     from catdog import images
 
-    pixels = np.stack([tf.cast(images.load_image(tf.constant(str(p)), SERVED_IMAGE_SIZE), tf.float32)
-                       for p in paths])
+    pixels = np.stack([
+        tf.cast(images.load_image(tf.constant(str(p)), SERVED_IMAGE_SIZE), tf.float32)
+        for p in paths])
     return model(pixels, training=False).numpy()
 
 
@@ -200,7 +201,9 @@ def tfs_models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tfs_server(tfs_models):
     """`catdog.serve` over TF Serving's test models with its tests' model and monitoring config."""
-    from catdog import serve
+    from catdog.serving.options import ServerOptions
+    from catdog.serving.server import start_server
+
     from tfserving_models import CONFIG, TWO_VERSIONS
 
     config = tfs_models / "models.config"
@@ -208,7 +211,7 @@ def tfs_server(tfs_models):
     monitoring = tfs_models / "monitoring.config"
     monitoring.write_text(
         'prometheus_config: { enable: true, path: "/monitoring/prometheus/metrics" }')
-    server = serve.start_server(options=serve.ServerOptions(
+    server = start_server(options=ServerOptions(
         port=0, rest_api_port=0, model_config_file=str(config),
         monitoring_config_file=str(monitoring)))
     yield server
@@ -242,3 +245,75 @@ def classifier():
 def pixels():
     """Whole-number pixels, which survive PNG encoding exactly."""
     return np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype("float32")
+
+
+# --- `python -m catdog.serve` in its own process, for the hostile-request tests (REST, gRPC) ---
+
+@pytest.fixture(scope="session")
+def model_base(tmp_path_factory):
+    """A small catdog export of its own, for the server process the hostile tests attack."""
+    import keras
+
+    from catdog import export
+    from catdog import model as model_lib
+
+    keras.utils.set_random_seed(0)
+    model = model_lib.build_classifier(len(CLASSES), 32, "none")
+    root = tmp_path_factory.mktemp("faults")
+    return export.export_all(model, CLASSES, root, "catdog").saved_model.parent
+
+
+@pytest.fixture(scope="session")
+def serve_process(model_base):
+    """`python -m catdog.serve` in its own process. Its environment asks for TensorFlow's oneDNN
+    kernels, which abort a process on some malformed inputs (a rank-2 `pixels`, below): the serve
+    command must run without them all the same."""
+    grpc_port, rest_port = free_ports(2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "catdog.serve", f"--model_base_path={model_base}",
+         f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--max_request_bytes=4194304",
+         "--max_request_instances=64", "--max_rest_connections=8"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"})
+    assert process.stdout.readline().startswith("serving catdog")
+    yield process, grpc_port, rest_port
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def assert_still_serving(serve_process) -> None:
+    """The server process is alive and answers a good request over gRPC and REST."""
+    from catdog.serving.client import Client
+
+    process, grpc_port, rest_port = serve_process
+    assert process.poll() is None, "the server process died"
+    for url in (f"grpc://127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"):
+        client = Client(url, timeout=30)
+        assert client.predict([TINY_PNG])[0].label in CLASSES
+        client.close()
+
+
+def post(local_server, path, body: bytes):
+    """POSTs `body` to a running server's REST port: (HTTP status, parsed JSON answer)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+
+    request = urllib.request.Request(f"http://127.0.0.1:{local_server.rest_port}{path}",
+                                     data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def request_with(signature: str, alias: str, proto):
+    """A catdog PredictRequest feeding `proto` to `alias` of `signature`."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "catdog", signature
+    request.inputs[alias].CopyFrom(proto)
+    return request

@@ -27,7 +27,8 @@ def test_a_file_write_that_fails_keeps_the_old_content_and_leaves_nothing(tmp_pa
 
 @pytest.mark.parametrize("where, steps", [(os, ("replace", "rename")), (atomic, ("_fsync",)),
                                           (os, ("chmod",))])
-def test_a_failure_injected_into_the_helper_leaves_no_temporary(tmp_path, monkeypatch, where, steps):
+def test_a_failure_injected_into_the_helper_leaves_no_temporary(tmp_path, monkeypatch, where,
+                                                                steps):
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

@@ -11,6 +11,7 @@ import pytest
 
 from catdog import train
 from catdog.errors import CatdogError
+
 from conftest import fast_config, leftovers, run_catdog
 
 

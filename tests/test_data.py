@@ -17,6 +17,7 @@ from PIL import Image
 from catdog import data, images
 from catdog.config import Config
 from catdog.errors import CatdogError
+
 from conftest import CLASSES, class_image, png_bomb, run_catdog, write_split
 
 

@@ -35,7 +35,7 @@ def find(kind: str, name: str = "") -> dict:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_manifest_validates_against_the_kubernetes_schemas(version):
     checked = 0
-    for name, doc in documents():
+    for _name, doc in documents():
         if doc["kind"] in POD_TEMPLATES_OF:
             for template in POD_TEMPLATES_OF[doc["kind"]](doc):
                 kubernetes_validate.validate(

@@ -17,6 +17,7 @@ import pytest
 from catdog import distribute, steps, train
 from catdog import model as model_lib
 from catdog.config import Config
+
 from conftest import free_ports, run_catdog, run_python
 
 RELOAD_IN_FLOAT32 = """
@@ -172,6 +173,7 @@ def test_two_local_workers_train_and_only_the_chief_writes(dataset_dir, tmp_path
     assert [e["epoch"] for e in summary_of(run)["epochs"]] == [1, 2]
 
 
+@pytest.mark.slow  # spawns the CLI, four times
 @pytest.mark.parametrize("extra, env, message", [
     (["--strategy=multi_worker"], {}, "--strategy=multi_worker needs the TF_CONFIG environment"),
     (["--strategy=multi_worker"], {"TF_CONFIG": "{not json"}, "TF_CONFIG is not valid"),

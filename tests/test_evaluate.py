@@ -11,6 +11,7 @@ from PIL import Image
 
 from catdog import evaluate, export
 from catdog import model as model_lib
+
 from conftest import run_catdog
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from catdog import export
 from catdog.errors import CatdogError
+
 from conftest import CLASSES
 
 

@@ -4,10 +4,9 @@ and a keyed disk cache that is reused and never stale."""
 import dataclasses
 import os
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from catdog import data, feature_cache, train
 from catdog import model as model_lib

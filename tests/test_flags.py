@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 
 from catdog import flags as catdog_flags
+
 from conftest import run_catdog
 
 

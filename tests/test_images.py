@@ -7,6 +7,7 @@ import tensorflow as tf
 from PIL import Image
 
 from catdog import images
+
 from conftest import png_bomb
 
 

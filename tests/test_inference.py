@@ -5,6 +5,7 @@ import pytest
 
 from catdog import export, inference
 from catdog.errors import CatdogError
+
 from conftest import CLASSES
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from catdog import export, inference, predict
 from catdog import model as model_lib
+
 from conftest import png_bomb, run_catdog
 
 
@@ -30,6 +31,7 @@ def test_h5_and_saved_model_label_a_folder_equally(exported, dataset_dir):
         assert set(a["probabilities"]) == {"cats", "dogs"}
 
 
+@pytest.mark.slow  # spawns the CLI
 def test_cli_labels_a_folder_and_reports_bad_files_without_a_traceback(exported, dataset_dir):
     folder = dataset_dir / "validation"
     (folder / "cats" / "empty.jpg").write_bytes(b"")

@@ -10,6 +10,7 @@ import pytest
 from catdog import data, prepare, train
 from catdog.config import Config
 from catdog.errors import CatdogError
+
 from conftest import run_catdog
 
 

@@ -1,4 +1,5 @@
-"""Run folder: resuming with incompatible flags is refused; history is cut back to the checkpoint."""
+"""Run folder: resuming with incompatible flags is refused; history is cut back to the
+checkpoint."""
 
 import dataclasses
 
@@ -32,8 +33,8 @@ def test_a_run_that_failed_before_its_first_epoch_pins_no_flags(tmp_path):
 def test_history_keeps_only_epochs_that_have_a_checkpoint(tmp_path):
     run = RunDir(tmp_path)
     run.open(Config(data_dir="d"))
-    rows = [{"epoch": e, "phase": "head", "loss": 1.0 / e, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5,
-             "seconds": 1.0, "images_per_second": 10.0} for e in (1, 2, 3)]
+    rows = [{"epoch": e, "phase": "head", "loss": 1.0 / e, "accuracy": 0.5, "val_loss": 1.0,
+             "val_accuracy": 0.5, "seconds": 1.0, "images_per_second": 10.0} for e in (1, 2, 3)]
     for row in rows:
         run.append_history(row)
     assert run.read_history(2) == rows[:2]

@@ -8,7 +8,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from catdog import export
-from catdog.wire import image_example
+from catdog.images import image_example
+
 from conftest import CLASSES
 
 

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from catdog import train
 from catdog.config import Config
+
 from conftest import fast_config, leftovers, run_catdog, run_python
 
 RELOAD_EXPORTS = """
@@ -31,9 +32,11 @@ np.savez(out_path, h5=model(pixels, training=False), saved_model=outputs["probab
 
 
 def small_config(dataset_dir: Path, tmp_path: Path, **overrides) -> Config:
+    """Two epochs at 32 px, in float32 (exports compute in float32, so in-memory and reloaded
+    answers compare like with like even where --mixed_precision=auto picks bfloat16)."""
     settings = dict(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
-                    epochs=2, rotation=0.1, run_dir=str(tmp_path / "run"),
-                    export_dir=str(tmp_path / "export"), seed=7)
+                    epochs=2, rotation=0.1, mixed_precision="float32",
+                    run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"), seed=7)
     return Config(**{**settings, **overrides})
 
 
@@ -159,6 +162,7 @@ def test_a_killed_run_resumes_after_its_last_finished_epoch(dataset_dir, tmp_pat
         "--epochs=3", "--rotation=0.1", "--zoom=0.2", "--seed=3"], kill_at_epoch=2, epochs=3)
 
 
+@pytest.mark.slow  # three training runs, about 45 s
 def test_fine_tuning_resumes_mid_phase_and_matches_an_uninterrupted_run(dataset_dir, tmp_path):
     _, resumed = kill_and_resume(tmp_path, [
         f"--data_dir={dataset_dir}", "--weights=none", "--image_size=48", "--batch_size=4",

@@ -1,4 +1,4 @@
-"""catdog.client against what TF Serving really sends, not against catdog.serve.
+"""catdog.serving.client against what TF Serving really sends, not against catdog.serve.
 
 A fake REST server replays TF Serving's bodies: the recorded metadata layout
 (servables/tensorflow/testdata/*_metadata.json: no "@type", signature_def nested twice, int64 as
@@ -18,13 +18,18 @@ from http import server as http_server
 
 import grpc
 import pytest
-from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, predict_pb2,
-                                     prediction_service_pb2_grpc)
 from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
-from catdog.client import Client
-from catdog.wire import ServingError
+from catdog.serving.client import Client
+from catdog.serving.status import ServingError
+
 from conftest import free_ports
 from tfserving_models import recorded_metadata
 
@@ -191,12 +196,12 @@ def test_grpc_client_reads_typed_fields(fake_grpc):
     assert client.classify([b"jpeg"]) == [{"cats": 0.875, "dogs": 0.125}]
     assert set(client.metadata()) == {"serving_default", "__saved_model_init_op"}
 
-# --- when the server is away or silent -------------------------------------------------------------
+# --- when the server is away or silent ----------------------------------------------------------
 
 @pytest.mark.parametrize("scheme", ["grpc", "http"])
 def test_client_retries_unavailable_with_backoff_then_reports_it(scheme, monkeypatch):
     pauses = []
-    monkeypatch.setattr("catdog.client.time.sleep", pauses.append)
+    monkeypatch.setattr("catdog.serving.client.time.sleep", pauses.append)
     client = Client(f"{scheme}://127.0.0.1:{free_ports(1)[0]}", "catdog", timeout=5, retries=3,
                     backoff_seconds=0.1)
     with pytest.raises(ServingError) as error:

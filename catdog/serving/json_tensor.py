@@ -1,18 +1,17 @@
-"""TensorFlow Serving's wire format, defined once for the client, the local server and the tests.
+"""TF Serving's REST JSON rules, server side (util/json_tensor.cc, model_servers/http_server.cc).
 
-Every rule here is TF Serving's own (tensorflow_serving/util/json_tensor.cc,
-model_servers/http_server.cc, servables/tensorflow/predict_util.cc), including its error
-messages, so a client written against one server works against the other:
+Every rule here is TF Serving's own, including its error messages, so a client written against one
+server works against the other:
 
-- gRPC tensors carry their values in the typed fields (`float_val`, `int64_val`, `string_val`...),
-  as TF Serving's Predict fills them (`Tensor::AsProtoField`); `tensor_content` is read too.
-- REST predict bodies hold an optional `signature_name` and either row `instances` or columnar
-  `inputs`; a JSON value is checked against the signature input's dtype only (shapes are left to
-  the graph); binary strings travel as `{"b64": "..."}`, and a DT_STRING output whose alias ends in
-  `_bytes` is written back that way. Floats are written with six significant digits unless that
-  does not round-trip. Classify and regress answer `{"results": ...}`; errors `{"error": "..."}`.
-- JSON is parsed without a nesting limit and anything after the first complete document is
-  ignored, as rapidjson's iterative, stop-when-done parse does.
+- predict bodies hold an optional `signature_name` and either row `instances` or columnar `inputs`;
+  a JSON value is checked against the signature input's dtype only (shapes are left to the graph);
+  binary strings travel as `{"b64": "..."}`, and a DT_STRING output whose alias ends in `_bytes` is
+  written back that way. Floats are written with six significant digits unless that does not
+  round-trip. Classify and regress answer `{"results": ...}`; errors `{"error": "..."}`.
+- JSON is read by Python's json module; like rapidjson, it accepts NaN and ±Infinity and ignores
+  anything after the first complete document. A body nested deeper than Python's recursion limit
+  (no realistic tensor comes close: an image batch nests four deep) is refused with 400, where
+  rapidjson's iterative parser would go on.
 """
 
 from __future__ import annotations
@@ -21,165 +20,18 @@ import base64
 import binascii
 import json
 import math
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
-from catdog.contract import BYTES_SUFFIX, IMAGE_FEATURE
-
-TensorProto = tensor_pb2.TensorProto
-MAX_RANK = 32  # numpy's and this server's limit on the dimensions of a request tensor
-
-# model_servers/http_server.cc, ToHTTPStatusCode.
-_HTTP_STATUS = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
-_CODE_OF_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-
-class ServingError(Exception):
-    """An error as TF Serving reports it: a gRPC status code and the server's message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-    @classmethod
-    def from_tf_error(cls, error: Exception) -> ServingError:
-        """TensorFlow's error codes are gRPC's, so a session error keeps its code."""
-        code = _CODE_OF_NUMBER.get(getattr(error, "error_code", 2), grpc.StatusCode.UNKNOWN)
-        return cls(code, str(getattr(error, "message", error)).split("\n\t")[0].strip())
-
-
-def invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def http_status(code: grpc.StatusCode) -> int:
-    return _HTTP_STATUS.get(code, 500)
-
-
-def code_of_http_status(status: int) -> grpc.StatusCode:
-    """The gRPC code a REST client reports for an HTTP status (the first TF Serving maps there:
-    400 reads as INVALID_ARGUMENT, 500 as UNKNOWN)."""
-    for code, http in _HTTP_STATUS.items():
-        if http == status:
-            return code
-    return grpc.StatusCode.UNKNOWN
-
-
-def dtype_name(dtype: int) -> str:
-    """TensorFlow's DataTypeString: DT_FLOAT → "float", DT_STRING → "string"."""
-    return types_pb2.DataType.Name(dtype)[3:].lower() if dtype in types_pb2.DataType.values() \
-        else f"unknown dtype {dtype}"
-
-
-# --- gRPC tensors --------------------------------------------------------------------------------
-
-_TYPED_FIELD = {
-    types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
-    types_pb2.DT_INT32: "int_val", types_pb2.DT_INT16: "int_val", types_pb2.DT_INT8: "int_val",
-    types_pb2.DT_UINT8: "int_val", types_pb2.DT_UINT16: "int_val",
-    types_pb2.DT_INT64: "int64_val", types_pb2.DT_UINT32: "uint32_val",
-    types_pb2.DT_UINT64: "uint64_val", types_pb2.DT_BOOL: "bool_val",
-    types_pb2.DT_STRING: "string_val", types_pb2.DT_HALF: "half_val",
-    types_pb2.DT_BFLOAT16: "half_val", types_pb2.DT_COMPLEX64: "scomplex_val",
-    types_pb2.DT_COMPLEX128: "dcomplex_val",
-}
-
-
-def _numpy_dtype(dtype: int) -> np.dtype:
-    import tensorflow as tf  # only the dtype table; cheap once TensorFlow is loaded
-
-    return np.dtype(tf.dtypes.as_dtype(dtype).as_numpy_dtype)
-
-
-def _proto_dtype(array: np.ndarray) -> int:
-    if array.dtype == object or array.dtype.kind in "SU":
-        return types_pb2.DT_STRING
-    import tensorflow as tf
-
-    return tf.dtypes.as_dtype(array.dtype).as_datatype_enum
-
-
-def tensor_proto(value: Any) -> TensorProto:
-    """A TensorProto with its values in the typed field, as TF Serving's responses carry them."""
-    array = np.asarray(value)
-    dtype = _proto_dtype(array)
-    proto = TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in array.shape]))
-    flat = array.reshape(-1)
-    if dtype == types_pb2.DT_STRING:
-        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
-    elif dtype in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
-        proto.half_val.extend(flat.view(np.uint16).tolist())
-    elif dtype in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128):
-        getattr(proto, _TYPED_FIELD[dtype]).extend(flat.view(flat.real.dtype).tolist())
-    else:
-        getattr(proto, _TYPED_FIELD[dtype]).extend(flat.tolist())
-    return proto
-
-
-def array_from_proto(proto: TensorProto, max_bytes: int = 1 << 31) -> np.ndarray:
-    """The array a TensorProto describes, checked before anything is allocated: a usable dtype,
-    a known non-negative shape, no more values than the shape holds, at most `max_bytes`."""
-    if proto.dtype not in _TYPED_FIELD:
-        raise invalid(f"tensor parsing error: dtype {dtype_name(proto.dtype)} cannot be sent "
-                      "in a request")
-    if proto.tensor_shape.unknown_rank or any(d.size < 0 for d in proto.tensor_shape.dim):
-        raise invalid("tensor parsing error: a request tensor needs a fully known shape")
-    if len(proto.tensor_shape.dim) > MAX_RANK:
-        raise invalid(f"tensor parsing error: rank {len(proto.tensor_shape.dim)} is more than "
-                      f"{MAX_RANK}")
-    shape = tuple(d.size for d in proto.tensor_shape.dim)
-    count = math.prod(shape)
-    itemsize = 8 if proto.dtype == types_pb2.DT_STRING else _numpy_dtype(proto.dtype).itemsize
-    if count * itemsize > max_bytes:
-        raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"tensor of shape {list(shape)} ({dtype_name(proto.dtype)}) would "
-                           f"take {count * itemsize} bytes; the limit is {max_bytes}")
-    if proto.tensor_content:
-        if len(proto.tensor_content) != count * itemsize:
-            raise invalid(f"tensor parsing error: tensor_content holds "
-                          f"{len(proto.tensor_content)} bytes; shape {list(shape)} of "
-                          f"{dtype_name(proto.dtype)} needs {count * itemsize}")
-        return np.frombuffer(proto.tensor_content, _numpy_dtype(proto.dtype)).reshape(shape)
-    values = getattr(proto, _TYPED_FIELD[proto.dtype])
-    per_item = 2 if proto.dtype in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128) else 1
-    if len(values) > count * per_item:
-        raise invalid(f"tensor parsing error: {len(values)} values for shape {list(shape)}")
-    if proto.dtype == types_pb2.DT_STRING:
-        flat = np.empty(count, dtype=object)
-        flat[:len(values)] = list(values)
-        flat[len(values):] = values[-1] if values else b""
-        return flat.reshape(shape)
-    import tensorflow as tf
-
-    return tf.make_ndarray(proto)  # pads with the last value (or zeros), as TensorFlow does
-
+from catdog.contract import BYTES_SUFFIX
+from catdog.serving.status import ServingError, invalid
+from catdog.serving.tensors import TensorProto, dtype_name, typed_proto
 
 # --- JSON text -----------------------------------------------------------------------------------
 
@@ -191,16 +43,11 @@ _PY_TO_RAPIDJSON_ERROR = (
     ("Invalid control character", "Invalid encoding in string."),
     ("Expecting ','", "Missing a comma or ']' after an array element."),
 )
-_TOKEN = re.compile(r'\s*(?:(?P<open>[\[{])|(?P<close>[\]}])|(?P<comma>,)|(?P<colon>:)|'
-                    r'(?P<string>")|(?P<number>-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?)|'
-                    r'(?P<literal>true|false|null|NaN|-?Infinity))')
-_LITERALS = {"true": True, "false": False, "null": None, "NaN": math.nan,
-             "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 def parse_json(body: bytes | str) -> Any:
-    """A JSON document as TF Serving's rapidjson reads it: NaN/Infinity allowed, no nesting
-    limit, text after the first document ignored; errors are INVALID_ARGUMENT."""
+    """A JSON document as TF Serving's rapidjson reads it: NaN/Infinity allowed, text after the
+    first document ignored; errors are INVALID_ARGUMENT."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError as error:
@@ -212,49 +59,11 @@ def parse_json(body: bytes | str) -> Any:
     try:
         return json.JSONDecoder().raw_decode(text, start)[0]
     except RecursionError:
-        return _parse_deep_json(text, start)
+        raise invalid("JSON Parse error: the document is nested too deeply") from None
     except json.JSONDecodeError as error:
         reason = next((ours for theirs, ours in _PY_TO_RAPIDJSON_ERROR
                        if error.msg.startswith(theirs)), "Invalid value.")
         raise invalid(f"JSON Parse error: {reason} at offset: {error.pos}") from None
-
-
-def _parse_deep_json(text: str, position: int) -> Any:
-    """An explicit-stack JSON parser for documents nested deeper than Python's recursion limit."""
-    stack: list[tuple[Any, str | None]] = []  # (container, pending object key)
-    key: str | None = None
-    while True:
-        match = _TOKEN.match(text, position)
-        if not match:
-            raise invalid(f"JSON Parse error: Invalid value. at offset: {position}")
-        position = match.end()
-        kind = match.lastgroup
-        if kind in ("comma", "colon"):
-            continue
-        if kind == "open":
-            stack.append(([] if match["open"] == "[" else {}, key))
-            key = None
-            continue
-        if kind == "close":
-            value, key = stack.pop()
-        elif kind == "string":
-            value, position = json.decoder.scanstring(text, position)
-            if stack and isinstance(stack[-1][0], dict) and key is None:
-                key = value
-                continue
-        elif kind == "number":
-            number = match["number"]
-            value = float(number) if any(c in number for c in ".eE") else int(number)
-        else:
-            value = _LITERALS[match["literal"]]
-        if not stack:
-            return value
-        container = stack[-1][0]
-        if isinstance(container, dict):
-            container[key] = value
-            key = None
-        else:
-            container.append(value)
 
 
 class _Raw(str):
@@ -320,7 +129,8 @@ _INT_RANGES = {
 }
 
 
-def _is_b64(value: Any) -> bool:
+def is_b64(value: Any) -> bool:
+    """Whether a JSON value is a {"b64": ...} binary string."""
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
@@ -330,7 +140,7 @@ def b64_json(data: bytes) -> dict[str, str]:
 
 
 def _b64decode(value: Any) -> bytes:
-    if not _is_b64(value):
+    if not is_b64(value):
         raise invalid(f"JSON Value: {_debug(value)} not formatted correctly for base64 data")
     try:
         return base64.b64decode(value["b64"], validate=True)
@@ -402,16 +212,6 @@ def _leaves(value: Any, shape: Sequence[int], dtype: int) -> list:
     return out
 
 
-def _proto_of(dtype: int, shape: Sequence[int], values: list) -> TensorProto:
-    proto = TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in shape]))
-    field = getattr(proto, _TYPED_FIELD[dtype])
-    if dtype == types_pb2.DT_FLOAT:
-        values = np.asarray(values, np.float64).astype(np.float32).tolist()
-    field.extend(values)
-    return proto
-
-
 def _shape_text(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(n) for n in shape) + "]"
 
@@ -432,13 +232,13 @@ def _instances(items: list, dtypes: Mapping[str, int]) -> dict[str, TensorProto]
     if not isinstance(items[0], dict) and len(dtypes) > 1:
         raise invalid("instances is a plain list, but expecting list of objects as multiple "
                       "input tensors required as per tensorinfo_map")
-    named = isinstance(items[0], dict) and not _is_b64(items[0])
+    named = isinstance(items[0], dict) and not is_b64(items[0])
     shapes: dict[str, list[int]] = {}
     values: dict[str, list] = {name: [] for name in dtypes}
     for index, item in enumerate(items):
-        if named != (isinstance(item, dict) and not _is_b64(item)):
-            raise invalid(f"Expecting {'object but got list' if named else 'value/list but got object'}"
-                          f" at item {index} of input list")
+        if named != (isinstance(item, dict) and not is_b64(item)):
+            expected = "object but got list" if named else "value/list but got object"
+            raise invalid(f"Expecting {expected} at item {index} of input list")
         pairs = item.items() if named else [(next(iter(dtypes)), item)]
         for name, value in pairs:
             try:
@@ -462,13 +262,13 @@ def _instances(items: list, dtypes: Mapping[str, int]) -> dict[str, TensorProto]
             raise invalid(f"Failed to process element: {index} of 'instances' list. JSON "
                           f"object: {_debug(item)} keys must be equal to: "
                           f"{','.join(sorted(dtypes))}")
-    return {name: _proto_of(dtypes[name], [len(items), *shapes[name]], values[name])
+    return {name: typed_proto(dtypes[name], [len(items), *shapes[name]], values[name])
             for name in shapes}
 
 
 def _columns(value: Any, dtypes: Mapping[str, int]) -> dict[str, TensorProto]:
     """FillTensorMapFromInputsMap: columnar format, each input given whole."""
-    if not isinstance(value, dict) or _is_b64(value):
+    if not isinstance(value, dict) or is_b64(value):
         if len(dtypes) > 1:
             raise invalid("inputs is a plain value/list, but expecting an object as multiple "
                           "input tensors required as per tensorinfo_map")
@@ -481,7 +281,7 @@ def _columns(value: Any, dtypes: Mapping[str, int]) -> dict[str, TensorProto]:
     tensors = {}
     for name, column in columns.items():
         shape = _dense_shape(column)
-        tensors[name] = _proto_of(dtypes[name], shape, _leaves(column, shape, dtypes[name]))
+        tensors[name] = typed_proto(dtypes[name], shape, _leaves(column, shape, dtypes[name]))
     return tensors
 
 
@@ -577,7 +377,7 @@ def _add_feature_value(feature: feature_pb2.Feature, name: str, value: Any) -> N
         getattr(feature, kind).value.append(item)
 
     if value is None or isinstance(value, list) or (isinstance(value, dict) and
-                                                    not _is_b64(value)):
+                                                    not is_b64(value)):
         raise invalid(f"Feature: {name} has element with unexpected JSON type: "
                       f"{_json_type(value)}")
     if isinstance(value, bool):
@@ -641,58 +441,3 @@ def json_from_regression_result(result: regression_pb2.RegressionResult) -> str:
     return dumps({"results": [_decimal(r.value, True) for r in result.regressions]})
 
 
-# --- the client's side of REST -------------------------------------------------------------------
-
-def predict_body(inputs: Mapping[str, np.ndarray], signature_name: str) -> dict[str, Any]:
-    """A columnar predict body (columnar keeps several named outputs unambiguous)."""
-    columns = {}
-    for name, array in inputs.items():
-        array = np.asarray(array)
-        columns[name] = (np.vectorize(b64_json, otypes=[object])(array).tolist()
-                         if array.dtype == object else array.tolist())
-    return {"signature_name": signature_name, "inputs": columns}
-
-
-def _array_from_json(value: Any) -> np.ndarray:
-    def decode(v):
-        if isinstance(v, list):
-            return [decode(x) for x in v]
-        return base64.b64decode(v["b64"]) if _is_b64(v) else v
-
-    decoded = decode(value)
-    array = np.array(decoded, dtype=object)
-    if all(isinstance(v, (bytes, str)) for v in array.reshape(-1)):
-        return array
-    return np.array(decoded)
-
-
-def outputs_from_json(document: Mapping[str, Any], single_output_name: Callable[[], str]
-                      ) -> dict[str, np.ndarray]:
-    """The arrays of a columnar predict response. Several outputs come keyed by alias; one comes
-    bare, and `single_output_name()` says its alias (from the signature's metadata)."""
-    outputs = document["outputs"]
-    if isinstance(outputs, dict) and not _is_b64(outputs):
-        return {name: _array_from_json(value) for name, value in outputs.items()}
-    return {single_output_name(): _array_from_json(outputs)}
-
-
-def classifications_from_json(document: Mapping[str, Any]) -> list[dict[str, float]]:
-    """{label: score} per example from a classify response's `results`."""
-    return [{label: float(score) for label, score in item} for item in document["results"]]
-
-
-def image_example(encoded: bytes) -> example_pb2.Example:
-    """The tf.Example that a catdog classify signature expects for one encoded image."""
-    return example_pb2.Example(features=feature_pb2.Features(feature={
-        IMAGE_FEATURE: feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[encoded]))}))
-
-
-def example_to_json(example: example_pb2.Example) -> dict[str, Any]:
-    """A tf.Example as a classify-body example (bytes as {"b64"}, numbers as numbers)."""
-    body = {}
-    for name, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        values = list(getattr(feature, kind).value) if kind else []
-        body[name] = ([b64_json(v) for v in values]
-                      if kind == "bytes_list" else values)
-    return body

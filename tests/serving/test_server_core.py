@@ -1,4 +1,4 @@
-"""catdog.server_core: versions appear, swap and retire without failing a request; version
+"""catdog.serving.server_core: versions appear, swap and retire without failing a request; version
 policies, labels and config reloads behave as TF Serving's (S tensorflow_model_server_test.py)."""
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import grpc
 import keras
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from catdog import export, serve
+from catdog import export
 from catdog import model as model_lib
-from catdog.client import Client
-from catdog.wire import ServingError
+from catdog.serving.client import Client
+from catdog.serving.options import ServerOptions
+from catdog.serving.server import start_server
+from catdog.serving.status import ServingError
+
 from conftest import CLASSES, TINY_PNG
 from tfserving_models import TWO_VERSIONS, rest, verify_predict
 
@@ -28,8 +31,8 @@ def test_a_new_version_is_picked_up(exported, tmp_path, jpegs):
     model, _, _ = exported
     base = tmp_path / "catdog"
     export.export_saved_model(model, CLASSES, base)
-    server = serve.start_server("catdog", base, port=0, rest_api_port=None,
-                                file_system_poll_wait_seconds=60)
+    server = start_server("catdog", base, port=0, rest_api_port=None,
+                          file_system_poll_wait_seconds=60)
     try:
         client = Client(f"grpc://127.0.0.1:{server.grpc_port}", "catdog")
         assert client.status()[0]["version"] == 1
@@ -48,10 +51,10 @@ def test_shipped_models_config_serves_its_labels(exported, tmp_path, jpegs):
     base = tmp_path / "catdog"
     for _ in range(2):
         export.export_saved_model(model, CLASSES, base)
-    shipped = (Path(__file__).resolve().parents[1] / "serving" / "models.config").read_text()
+    shipped = (Path(__file__).resolve().parents[2] / "serving" / "models.config").read_text()
     config = tmp_path / "models.config"
     config.write_text(shipped.replace('"/models/catdog"', f'"{base}"'))
-    server = serve.start_server(options=serve.ServerOptions(
+    server = start_server(options=ServerOptions(
         port=0, rest_api_port=0, model_config_file=str(config)))
     try:
         url = f"http://127.0.0.1:{server.rest_port}"
@@ -80,12 +83,11 @@ def _served_versions(server) -> list[int]:
 def test_a_half_copied_version_is_served_once_complete(small_model, tmp_path):
     import shutil
 
-    from catdog import serve
 
     base = tmp_path / "catdog"
     first = export.export_saved_model(small_model, CLASSES, base)
-    server = serve.start_server("catdog", base, port=0, rest_api_port=None,
-                                file_system_poll_wait_seconds=3600)
+    server = start_server("catdog", base, port=0, rest_api_port=None,
+                          file_system_poll_wait_seconds=3600)
     try:
         partial = base / "2"
         shutil.copytree(first / "variables", partial / "variables")  # saved_model.pb not yet
@@ -107,12 +109,11 @@ def test_a_half_copied_version_is_served_once_complete(small_model, tmp_path):
 def test_version_swaps_under_load_fail_no_request(small_model, tmp_path):
     """6 clients (gRPC and REST) while two new versions replace the served one
     (--keep_versions=1 deletes the old folder): zero failed requests."""
-    from catdog import serve
 
     base = tmp_path / "catdog"
     export.export_saved_model(small_model, CLASSES, base)
-    server = serve.start_server("catdog", base, port=0, rest_api_port=0,
-                                file_system_poll_wait_seconds=0.2)
+    server = start_server("catdog", base, port=0, rest_api_port=0,
+                          file_system_poll_wait_seconds=0.2)
     stop, failures, counts = threading.Event(), [], []
 
     def client_loop(url):
@@ -149,12 +150,11 @@ def test_a_retired_version_runs_the_requests_that_found_it(small_model, tmp_path
     import numpy as np
     from tensorflow_serving.apis import model_pb2
 
-    from catdog import serve
 
     base = tmp_path / "catdog"
     export.export_saved_model(small_model, CLASSES, base)
-    server = serve.start_server("catdog", base, port=0, rest_api_port=None,
-                                file_system_poll_wait_seconds=3600)
+    server = start_server("catdog", base, port=0, rest_api_port=None,
+                          file_system_poll_wait_seconds=3600)
     try:
         with server.core.use(model_pb2.ModelSpec(name="catdog")) as old:
             export.export_saved_model(small_model, CLASSES, base, keep_versions=1)
@@ -190,7 +190,7 @@ def test_model_config_reload(tfs_models, tmp_path):
     base = 'model_config_list: {{ config: {{ name: "{name}", base_path: "{path}", ' \
            'model_platform: "tensorflow" }} }}'
     config.write_text(base.format(name="half_plus_two", path=tfs_models / "half_plus_two"))
-    server = serve.start_server(options=serve.ServerOptions(
+    server = start_server(options=ServerOptions(
         port=0, rest_api_port=None, model_config_file=str(config),
         model_config_file_poll_wait_seconds=0.1))
     try:

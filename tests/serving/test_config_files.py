@@ -1,4 +1,4 @@
-"""catdog.serving_config and serving/: the shipped TF Serving config files parse as the protos
+"""catdog.serving.config_files and serving/: the shipped TF Serving config files parse as the protos
 TF Serving reads, and a bad one is refused in TF Serving's words."""
 
 from pathlib import Path
@@ -7,10 +7,11 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from catdog import serve
 from catdog.errors import CatdogError
+from catdog.serving.options import ServerOptions
+from catdog.serving.server import start_server
 
-SERVING = Path(__file__).resolve().parents[1] / "serving"
+SERVING = Path(__file__).resolve().parents[2] / "serving"
 
 
 def test_models_config_is_a_model_server_config_for_catdog():
@@ -45,5 +46,5 @@ def test_bad_model_config_is_one_line(tmp_path):
     bad.write_text("improperly formatted file")
     with pytest.raises(CatdogError, match="Error parsing text-format "
                                           "tensorflow.serving.ModelServerConfig"):
-        serve.start_server(options=serve.ServerOptions(port=0, rest_api_port=None,
-                                                       model_config_file=str(bad)))
+        start_server(options=ServerOptions(port=0, rest_api_port=None,
+                                           model_config_file=str(bad)))

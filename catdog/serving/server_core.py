@@ -24,9 +24,8 @@ from absl import logging
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from catdog import wire
-from catdog.servable import Servable
-from catdog.wire import ServingError
+from catdog.serving.servable import Servable
+from catdog.serving.status import ServingError, invalid
 
 ModelConfig = model_server_config_pb2.ModelConfig
 _Status = get_model_status_pb2.ModelVersionStatus
@@ -141,7 +140,7 @@ class ModelManager:
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
             if spec.version_label not in self.config.version_labels:
-                raise wire.invalid(f"Unrecognized servable version label: {spec.version_label}")
+                raise invalid(f"Unrecognized servable version label: {spec.version_label}")
             version = self.config.version_labels[spec.version_label]
         else:
             version = spec.version.value if choice == "version" else None
@@ -220,7 +219,7 @@ class ServerCore:
 
     def manager(self, name: str) -> ModelManager:
         if not name:
-            raise wire.invalid("Missing model name in request.")
+            raise invalid("Missing model name in request.")
         with self._lock:
             manager = self._models.get(name)
         if manager is None:

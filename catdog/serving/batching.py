@@ -20,8 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 import grpc
 import numpy as np
 
-from catdog import wire
-from catdog.wire import ServingError
+from catdog.serving.status import ServingError, invalid
 
 Run = Callable[[Mapping[str, np.ndarray], Sequence[str]], list[np.ndarray]]
 
@@ -79,9 +78,9 @@ class Batcher:
             return self._run(feeds, fetches)  # not batchable: run alone, as TF Serving would fail
         (count,) = rows
         if count > self.options.max_batch_size:
-            raise wire.invalid(f"Task size {count} is larger than maximum input batch size "
+            raise invalid(f"Task size {count} is larger than maximum input batch size "
                                f"{self.options.max_batch_size}")
-        if self._queue.qsize() >= self.options.max_enqueued_batches * self.options.max_batch_size:
+        if self.queued_tasks() >= self.options.max_enqueued_batches * self.options.max_batch_size:
             raise ServingError(grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to "
                                "which this task was submitted is full")
         key = (tuple(fetches), tuple(sorted((n, a.dtype.str, a.shape[1:])
@@ -89,6 +88,10 @@ class Batcher:
         task = _Task(key, feeds, count, concurrent.futures.Future())
         self._queue.put(task)
         return task.future.result()
+
+    def queued_tasks(self) -> int:
+        """Tasks waiting for a batch (not yet taken by a batch thread)."""
+        return self._queue.qsize()
 
     def stop(self) -> None:
         for _ in self._threads:

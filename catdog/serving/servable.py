@@ -20,13 +20,17 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
-from tensorflow.python.util import deprecation
-from tensorflow_serving.apis import (classification_pb2, input_pb2, prediction_log_pb2,
-                                     regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    input_pb2,
+    prediction_log_pb2,
+    regression_pb2,
+)
 
-from catdog import contract, wire
-from catdog.batching import Batcher, BatchingOptions
-from catdog.wire import ServingError
+from catdog import contract
+from catdog.serving import tensors
+from catdog.serving.batching import Batcher, BatchingOptions
+from catdog.serving.status import ServingError, invalid
 
 DEFAULT_SIGNATURE = contract.SERVING_DEFAULT
 
@@ -40,8 +44,9 @@ class Servable:
         self.name, self.version, self.path = name, version, Path(path)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
-        with deprecation.silence():  # TF Serving's own loading path, deprecated for Python users
-            meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
+        # TF Serving's own loading path (a MetaGraphDef into a session); TensorFlow logs it as
+        # deprecated for Python users once per process, which catdog's commands keep off screen.
+        meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
         self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(
             meta_graph.signature_def)
         self.timeout_ms = 0  # no timeout while warming up (TF Serving's warm-up has none)
@@ -88,13 +93,13 @@ class Servable:
         """Input alias → DataType, for parsing a REST body (GetInfoMap)."""
         key = signature_name or DEFAULT_SIGNATURE
         if key not in self.signature_defs:
-            raise wire.invalid(f"Serving signature name: \"{key}\" not found in signature def")
+            raise invalid(f"Serving signature name: \"{key}\" not found in signature def")
         return {k: v.dtype for k, v in self.signature_defs[key].inputs.items()}
 
     # --- running ------------------------------------------------------------------------------
 
     def _run(self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
-        """One session run by tensor names, without Python's feed shape checks."""
+        """One session run by tensor names, with no feed shape checks."""
         feed_names = tuple(sorted(feeds))
         key = (feed_names, tuple(fetches), self.timeout_ms)
         with self._callables_lock:
@@ -103,13 +108,16 @@ class Servable:
                 options = config_pb2.CallableOptions(feed=feed_names, fetch=list(fetches))
                 if self.timeout_ms > 0:
                     options.run_options.timeout_in_ms = self.timeout_ms
+                # Private on purpose: the public Session.run/make_callable refuse a feed whose
+                # shape differs from its placeholder's, which TF Serving's C++ session runs
+                # (its own tests send [2.0] to half_plus_two's x: [None, 1]).
                 run = self._callables[key] = self.session._make_callable_from_options(options)
         try:
             return list(run(*(feeds[n] for n in feed_names)))
         except tf.errors.OpError as error:
             raise ServingError.from_tf_error(error) from None
         except (TypeError, ValueError) as error:
-            raise wire.invalid(f"tensor parsing error: {error}") from None
+            raise invalid(f"tensor parsing error: {error}") from None
 
     def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray],
                 output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
@@ -130,7 +138,7 @@ class Servable:
                       outputs: Sequence[str]) -> tuple[int, list[np.ndarray]]:
         signature = self.signature(signature_name)
         if len(signature.inputs) != 1:
-            raise wire.invalid("Expected one input Tensor.")
+            raise invalid("Expected one input Tensor.")
         (alias, info), = signature.inputs.items()
         examples = _serialized_examples(request_input)
         return len(examples), self._run({info.name: examples},
@@ -141,18 +149,18 @@ class Servable:
         """RunClassify: `classes` and/or `scores` [batch, classes] per example."""
         signature = self.signature(signature_name)
         if len(signature.outputs) not in (1, 2):
-            raise wire.invalid(f"Expected one or two output Tensors, found "
+            raise invalid(f"Expected one or two output Tensors, found "
                                f"{len(signature.outputs)}")
         wanted = [o for o in (contract.CLASSES, contract.SCORES) if o in signature.outputs]
         if not wanted:
-            raise wire.invalid("Expected classification signature outputs to contain at least "
+            raise invalid("Expected classification signature outputs to contain at least "
                                f"one of \"{contract.CLASSES}\" or \"{contract.SCORES}\".")
         count, arrays = self._run_examples(signature_name, request_input, wanted)
         got = dict(zip(wanted, arrays))
         classes, scores = got.get(contract.CLASSES), got.get(contract.SCORES)
         for array, kind in ((classes, "classes"), (scores, "scores")):
             if array is not None and (array.ndim != 2 or array.shape[0] != count):
-                raise wire.invalid(f"Expected {kind} Tensor shape: [batch_size num_classes] "
+                raise invalid(f"Expected {kind} Tensor shape: [batch_size num_classes] "
                                    f"with batch size {count} but got {list(array.shape)}")
         result = classification_pb2.ClassificationResult()
         width = (classes if classes is not None else scores).shape[1]
@@ -170,16 +178,16 @@ class Servable:
         """RunRegress: one float per example from the `outputs` tensor ([batch] or [batch, 1])."""
         signature = self.signature(signature_name)
         if len(signature.outputs) != 1:
-            raise wire.invalid("Expected one output Tensor.")
+            raise invalid("Expected one output Tensor.")
         if contract.REGRESS_OUTPUTS not in signature.outputs:
-            raise wire.invalid("No regression outputs found in SignatureDef")
+            raise invalid("No regression outputs found in SignatureDef")
         count, (values,) = self._run_examples(signature_name, request_input,
                                               [contract.REGRESS_OUTPUTS])
         if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
-            raise wire.invalid("Expected output Tensor shape to be either [batch_size] or "
+            raise invalid("Expected output Tensor shape to be either [batch_size] or "
                                f"[batch_size, 1] but got {list(values.shape)}")
         if values.shape[0] != count:
-            raise wire.invalid(f"Input batch size did not match output batch size: {count} "
+            raise invalid(f"Input batch size did not match output batch size: {count} "
                                f"vs. {values.shape[0]}")
         result = regression_pb2.RegressionResult()
         for value in values.reshape(-1):
@@ -205,7 +213,7 @@ class Servable:
             if kind == "predict_log":
                 request = log.predict_log.request
                 self.predict(request.model_spec.signature_name,
-                             {k: wire.array_from_proto(v) for k, v in request.inputs.items()},
+                             {k: tensors.array_from_proto(v) for k, v in request.inputs.items()},
                              request.output_filter)
             elif kind == "classify_log":
                 request = log.classify_log.request
@@ -231,7 +239,7 @@ def _check_inputs(signature: meta_graph_pb2.SignatureDef, inputs: Mapping) -> No
     """VerifyRequestInputsSize and GetInputValues: the aliases must be the signature's."""
     sent, expected = set(inputs), set(signature.inputs)
     if sent != expected and (len(sent) > len(expected) or not signature.defaults):
-        raise wire.invalid(
+        raise invalid(
             f"input size does not match signature: {len(sent)}!={len(expected)} "
             f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
             f"Sent extra: {{{','.join(sorted(sent - expected))}}}. Missing but required: "
@@ -243,10 +251,11 @@ def _output_aliases(signature: meta_graph_pb2.SignatureDef, output_filter: Seque
     seen = []
     for alias in output_filter:
         if alias not in signature.outputs:
-            raise wire.invalid(f"output tensor alias not found in signature: {alias} Outputs "
-                               f"expected to be in the set {{{','.join(sorted(signature.outputs))}}}.")
+            raise invalid(f"output tensor alias not found in signature: {alias} Outputs "
+                          f"expected to be in the set "
+                          f"{{{','.join(sorted(signature.outputs))}}}.")
         if alias in seen:
-            raise wire.invalid(f"duplicate output tensor alias: {alias}")
+            raise invalid(f"duplicate output tensor alias: {alias}")
         seen.append(alias)
     return seen or sorted(signature.outputs)
 
@@ -257,7 +266,7 @@ def _fed_array(array: np.ndarray, dtype: int, alias: str) -> np.ndarray:
     got = tf.string if array.dtype == object or array.dtype.kind in "SU" else \
         tf.dtypes.as_dtype(array.dtype)
     if got != want:
-        raise wire.invalid(f"Expects arg for input '{alias}' to be {want.name} but "
+        raise invalid(f"Expects arg for input '{alias}' to be {want.name} but "
                            f"{got.name} is provided")
     return array
 
@@ -277,7 +286,7 @@ def _serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
             merged.MergeFrom(example)
             examples.append(merged)
     else:
-        raise wire.invalid("Input is empty.")
+        raise invalid("Input is empty.")
     if not examples:
-        raise wire.invalid("Input is empty.")
+        raise invalid("Input is empty.")
     return np.array([e.SerializeToString() for e in examples], dtype=object)

@@ -1,7 +1,7 @@
-"""catdog.servable: a SavedModel version answers Predict, Classify, Regress and MultiInference
-as TF Serving's servables do, on TF Serving's test models and on SavedModels written by TF2
-(the tests each name the TF Serving test they port: H http_rest_api_handler_test.cc, S
-tensorflow_model_server_test.py)."""
+"""catdog.serving.servable: a SavedModel version answers Predict, Classify, Regress and
+MultiInference as TF Serving's servables do, on TF Serving's test models and on SavedModels
+written by TF2 (the tests each name the TF Serving test they port: H
+http_rest_api_handler_test.cc, S tensorflow_model_server_test.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ from pathlib import Path
 import grpc
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (classification_pb2, inference_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 
-from catdog import serve
+from catdog.serving.server import start_server
+
 from tfserving_models import TWO_VERSIONS, rest, verify_predict, verify_spec
 
 
@@ -38,6 +43,8 @@ from tfserving_models import TWO_VERSIONS, rest, verify_predict, verify_spec
      '{"signature_name": "classify_x_to_y", "examples": [ { "x": 10.0 } ] }',
      {"results": [[["", 7]]]}),
 ])
+
+
 def test_predict_regress_classify_answer_as_tf_serving(tfs_server, path, body, expected):
     """H Predict, Regress, Classify: the exact bodies."""
     assert rest(tfs_server, "POST", f"/v1/models/{TWO_VERSIONS}{path}", body) == (200, expected)
@@ -87,6 +94,8 @@ def test_multi_inference_grpc(tfs_stubs):
 
 @pytest.mark.parametrize("model_name,expected", [("half_plus_two", 3.0),
                                                  ("half_plus_three", 4.0)])
+
+
 @pytest.mark.parametrize("specify_output", [True, False])
 def test_good_model_config(tfs_stubs, model_name, expected, specify_output):
     """S testGoodModelConfig (and testPredictSavedModel): several models from one config."""
@@ -94,7 +103,7 @@ def test_good_model_config(tfs_stubs, model_name, expected, specify_output):
 
 
 def _serve_one(base: Path):
-    return serve.start_server("default", base, port=0, rest_api_port=None)
+    return start_server("default", base, port=0, rest_api_port=None)
 
 
 def test_tf_saved_model_save(tmp_path):

@@ -1,25 +1,36 @@
-"""catdog.batching: TF Serving's batching semantics on a recorded session run."""
+"""catdog.serving.batching: TF Serving's batching semantics on a recorded session run."""
 
 import concurrent.futures
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from catdog import serve
-from catdog.batching import Batcher, BatchingOptions
-from catdog.client import Client
-from catdog.serving_config import BatchingParameters, parse_text_proto
-from catdog.wire import ServingError
+from catdog.serving.batching import Batcher, BatchingOptions
+from catdog.serving.client import Client
+from catdog.serving.config_files import BatchingParameters, parse_text_proto
+from catdog.serving.server import start_server
+from catdog.serving.status import ServingError
+
 from conftest import expected_probabilities
 
 
+def wait_for(condition, seconds: float = 30) -> None:
+    """Polls `condition` until it holds; fails the test after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
 def test_concurrent_tasks_are_merged_padded_and_split_back():
-    release, sizes = threading.Event(), []
+    release, first_running, sizes = threading.Event(), threading.Event(), []
 
     def run(feeds, fetches):
         sizes.append(len(feeds["x"]))
+        first_running.set()
         release.wait(30)  # hold the first batch so the other tasks queue up behind it
         return [feeds["x"] * 2]
 
@@ -32,12 +43,10 @@ def test_concurrent_tasks_are_merged_padded_and_split_back():
 
     threads = [threading.Thread(target=task, args=(i,)) for i in range(6)]
     threads[0].start()
-    while not sizes:  # the first task is running alone
-        threading.Event().wait(0.01)
+    assert first_running.wait(30)  # the first task runs alone
     for thread in threads[1:]:
         thread.start()
-    while batcher._queue.qsize() < 5:
-        threading.Event().wait(0.01)
+    wait_for(lambda: batcher.queued_tasks() == 5)
     release.set()
     for thread in threads:
         thread.join(30)
@@ -55,7 +64,8 @@ def test_a_task_larger_than_the_batch_is_refused():
 
 def test_shipped_batching_config_parses_as_tf_serving_parses_it(tmp_path):
     options = BatchingOptions.from_proto(parse_text_proto(
-        Path(__file__).resolve().parents[1] / "serving" / "batching.config", BatchingParameters, "batching_parameters_file"))
+        Path(__file__).resolve().parents[2] / "serving" / "batching.config", BatchingParameters,
+        "batching_parameters_file"))
     assert options == BatchingOptions(32, 2000, 100, 2, ())
     (tmp_path / "bad.config").write_text("max_batch_size: 3")
     with pytest.raises(Exception, match="Error parsing text-format "
@@ -66,9 +76,9 @@ def test_shipped_batching_config_parses_as_tf_serving_parses_it(tmp_path):
 def test_batching_merges_concurrent_requests_and_keeps_answers(exported, tmp_path, jpegs):
     """--enable_batching with serving/batching.config: 8 concurrent clients get the answers an
     unbatched server gives."""
-    batching = Path(__file__).resolve().parents[1] / "serving" / "batching.config"
-    server = serve.start_server("catdog", exported[2], port=0, rest_api_port=None,
-                                enable_batching=True, batching_parameters_file=str(batching))
+    batching = Path(__file__).resolve().parents[2] / "serving" / "batching.config"
+    server = start_server("catdog", exported[2], port=0, rest_api_port=None,
+                          enable_batching=True, batching_parameters_file=str(batching))
     try:
         url = f"grpc://127.0.0.1:{server.grpc_port}"
         with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -2,16 +2,22 @@
 
 `ModelServerConfig` comes with tensorflow-serving-api. `MonitoringConfig` and
 `BatchingParameters` do not ship in that package, so they are declared here field for field from
-TF Serving's `config/monitoring_config.proto` and `servables/tensorflow/session_bundle_config.proto`,
-and text_format parses them with the same strictness (an unknown field is an error).
+TF Serving's `config/monitoring_config.proto` and
+`servables/tensorflow/session_bundle_config.proto`, and text_format parses them with the same
+strictness (an unknown field is an error).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2  # noqa: F401  (registers the wrapper types)
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,  # noqa: F401  (registers the wrapper types)
+)
 from tensorflow_serving.config import model_server_config_pb2
 
 from catdog.errors import CatdogError

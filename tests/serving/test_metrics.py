@@ -1,11 +1,10 @@
-"""catdog.serving_metrics: TF Serving's Prometheus page (S testPrometheusEndpoint, P
+"""catdog.serving.metrics: TF Serving's Prometheus page (S testPrometheusEndpoint, P
 util/prometheus_exporter_test.cc)."""
 
 from __future__ import annotations
 
 import urllib.error
 import urllib.request
-
 
 from tfserving_models import rest
 

@@ -5,7 +5,10 @@
                                              (histogram in microseconds, buckets 10·1.8^i, i<33)
 
 Names, labels, buckets and layout follow servables/tensorflow/util.cc and
-util/prometheus_exporter.cc, so dashboards built on TF Serving read these unchanged.
+util/prometheus_exporter.cc, so dashboards built on TF Serving read these unchanged. Written here
+rather than with prometheus_client, which would change what a scraper reads: it names a counter
+`..._total` (and adds `..._created`), and writes bucket bounds as `le="10.0"` where TF Serving
+writes `le="10"`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,219 @@
+"""TF Serving's REST API (model_servers/http_rest_api_handler.cc): a thin transport over `api`.
+
+Paths, verbs and JSON are TF Serving's; the HTTP server is the standard library's, one thread per
+connection, at most --max_rest_connections at once.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import urllib.parse
+from http import server as http_server
+
+import grpc
+from absl import logging
+from google.protobuf import json_format, message
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    regression_pb2,
+)
+
+from catdog.serving import api, json_tensor
+from catdog.serving.api import Api
+from catdog.serving.status import ServingError, http_status, invalid
+
+# model_servers/http_rest_api_util.cc
+_PREDICTION_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+                              r":(classify|regress|predict)", re.IGNORECASE)
+_STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|"
+                          r"(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
+_INT64_MAX = (1 << 63) - 1
+
+
+def _spec_from_path(name: str, version: str | None, label: str | None) -> model_pb2.ModelSpec:
+    """ParseModelInfo + FillModelSpecWithNameVersionAndLabel."""
+    spec = model_pb2.ModelSpec(name=urllib.parse.unquote(name or ""))
+    if version:
+        if int(version) > _INT64_MAX:
+            raise invalid(f"Failed to convert version: {version} to numeric.")
+        spec.version.value = int(version)
+    if label:
+        spec.version_label = urllib.parse.unquote(label)
+    return spec
+
+
+def _proto_json(message_: message.Message, preserve_names: bool) -> dict:
+    return json_format.MessageToDict(message_, preserving_proto_field_name=preserve_names,
+                                      always_print_fields_with_no_presence=True)
+
+
+def rest_request(server_api: Api, http_method: str, path: str, body: bytes) -> tuple[str, str]:
+    """HttpRestApiHandler::ProcessRequest: (API name for metrics, JSON text), or ServingError."""
+    malformed = invalid(f"Malformed request: {http_method} {path}")
+    if http_method == "POST":
+        match = _PREDICTION_PATH.fullmatch(path)
+        if not match:
+            raise malformed
+        spec = _spec_from_path(*match.groups()[:3])
+        verb = match[4].lower()
+        return verb, server_api.call(lambda: _rest_post(server_api, spec, verb, body),
+                                     spec.name, verb, "REST")
+    if http_method == "GET":
+        match = _STATUS_PATH.fullmatch(path)
+        if not match:
+            raise malformed
+        spec = _spec_from_path(*match.groups()[:3])
+        if not spec.name:
+            raise invalid("Missing model name in request.")
+        if match[4]:
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=spec, metadata_field=["signature_def"])
+            response = api.metadata(server_api.core, request)
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            response.metadata["signature_def"].Unpack(signature_map)
+            return "metadata", json_tensor.dumps({
+                "model_spec": _proto_json(response.model_spec, True),
+                "metadata": {"signature_def": _proto_json(signature_map, True)}})
+        response = api.model_status(server_api.core, get_model_status_pb2.GetModelStatusRequest(
+            model_spec=spec))
+        return "status", json_tensor.dumps(_proto_json(response, False))
+    raise malformed
+
+
+def _rest_post(server_api: Api, spec: model_pb2.ModelSpec, verb: str, body: bytes) -> str:
+    document = json_tensor.parse_json(body)
+    spec.signature_name = json_tensor.signature_name_of(document)
+    if verb == "predict":
+        _, outputs = api.run_predict(
+            server_api.core, spec, lambda servable: json_tensor.predict_inputs_from_json(
+                document, servable.input_dtypes(spec.signature_name))[0], server_api.options)
+        return json_tensor.json_from_outputs(outputs, row="instances" in document)
+    request_input = json_tensor.input_from_json(document)
+    if verb == "classify":
+        response = api.classify(server_api.core, classification_pb2.ClassificationRequest(
+            model_spec=spec, input=request_input), server_api.options)
+        return json_tensor.json_from_classification_result(response.result)
+    response = api.regress(server_api.core, regression_pb2.RegressionRequest(
+        model_spec=spec, input=request_input), server_api.options)
+    return json_tensor.json_from_regression_result(response.result)
+
+
+class RestHandler(http_server.BaseHTTPRequestHandler):
+    """TF Serving's REST API (and its Prometheus page) over the same functions as gRPC."""
+
+    api: Api
+    monitoring_path: str | None = None
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds an idle or half-sent connection may hold its thread
+
+    def do_GET(self):
+        if self.monitoring_path and self.path.split("?")[0] == self.monitoring_path:
+            self._reply(200, self.api.metrics.page(), "text/plain")
+            return
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def do_PUT(self):
+        self._handle("PUT")
+
+    def do_DELETE(self):
+        self._handle("DELETE")
+
+    def do_PATCH(self):
+        self._handle("PATCH")
+
+    def do_OPTIONS(self):
+        """A CORS preflight: TF Serving answers OK when an http(s) Origin is given."""
+        self._read_body()
+        if re.search(r"https?://", self.headers.get("Origin", "")):
+            self._reply(200, "")
+        else:
+            self._reply_error(ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                                           "Origin header is missing in CORS preflight"))
+
+    def log_message(self, format, *args):
+        logging.debug("%s %s", self.address_string(), format % args)
+
+    def _handle(self, http_method: str) -> None:
+        try:
+            body = self._read_body()
+            path = self.path.split("?")[0]
+            if not re.fullmatch(r"/v1/.*", path, re.IGNORECASE):
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"No handler for {path}")
+            _, output = rest_request(self.api, http_method, path, body)
+            self._reply(200, output)
+        except ServingError as error:
+            self._reply_error(error)
+        except Exception as error:  # the server answers every request and keeps serving
+            logging.exception("internal error in REST %s %s", http_method, self.path)
+            self._reply_error(ServingError(grpc.StatusCode.INTERNAL,
+                                           f"{type(error).__name__}: {error}"))
+
+    def _read_body(self) -> bytes:
+        header = self.headers.get("Content-Length") or "0"
+        if not header.isdigit():
+            self.close_connection = True
+            raise invalid(f"Content-Length: {header!r} is not a non-negative integer")
+        length = int(header)
+        if length > self.api.options.max_request_bytes:
+            self.close_connection = True
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"request body of {length} bytes exceeds the limit of "
+                               f"{self.api.options.max_request_bytes} bytes")
+        return self.rfile.read(length)
+
+    def _reply_error(self, error: ServingError) -> None:
+        self._reply(http_status(error.code), json_tensor.json_error(error.message))
+
+    def _reply(self, status: int, text: str, content_type: str = "application/json") -> None:
+        payload = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class RestServer(http_server.ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` at once: past that a connection is
+    answered 503 (UNAVAILABLE, which clients retry) and closed instead of holding a thread."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int):
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request) -> None:
+        body = json_tensor.json_error(f"the server holds {self.max_connections} connections "
+                               "(--max_rest_connections); retry later").encode()
+        try:
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
+                            b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                            % (len(body), body))
+        except OSError:
+            pass
+        self.shutdown_request(request)

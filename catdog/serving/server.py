@@ -1,0 +1,189 @@
+"""A local stand-in for TensorFlow Serving, for laptops and CI where the real one cannot run.
+
+    python -m catdog.serve --model_base_path=export/catdog [--model_name=catdog]
+    python -m catdog.serve --model_config_file=serving/models.config
+                           [--enable_batching --batching_parameters_file=serving/batching.config]
+                           [--monitoring_config_file=serving/monitoring.config]
+
+Production uses TF Serving itself (see serving/). This server speaks TF Serving's APIs as TF
+Serving's own tests and recorded responses define them, under TF Serving's flag names: gRPC
+`PredictionService` (Predict, Classify, Regress, MultiInference, GetModelMetadata) and
+`ModelService` (GetModelStatus, HandleReloadConfigRequest); REST `/v1/models/...` status,
+metadata, `:predict`, `:classify`, `:regress`, with `/versions/N` and `/labels/L`; Prometheus
+metrics. What it does not do is listed in serving/README.md ("Differences from TF Serving").
+This module assembles the parts (server_core, api and its two transports, options) and holds
+`main`; like all of catdog.serving it imports no training code.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from absl import logging
+
+from catdog.errors import CatdogError
+from catdog.serving import grpc_service
+from catdog.serving import options as options_lib
+from catdog.serving.api import DEFAULTS, Api
+from catdog.serving.batching import BatchingOptions
+from catdog.serving.config_files import (
+    BatchingParameters,
+    ModelServerConfig,
+    MonitoringConfig,
+    parse_text_proto,
+)
+from catdog.serving.metrics import Metrics
+from catdog.serving.options import ServerOptions
+from catdog.serving.rest import RestHandler, RestServer
+from catdog.serving.server_core import ServerCore, single_model_config
+
+
+@dataclasses.dataclass
+class LocalServer:
+    """A running local server; `grpc_port` and `rest_port` are the bound ports."""
+
+    core: ServerCore
+    grpc_server: grpc.Server
+    rest_server: RestServer | None
+    grpc_port: int
+    rest_port: int
+    metrics: Metrics
+
+    def stop(self) -> None:
+        self.grpc_server.stop(grace=1).wait()
+        if self.rest_server:
+            self.rest_server.shutdown()
+            self.rest_server.server_close()
+        self.core.stop()
+
+
+def _model_server_config(options: ServerOptions) -> ModelServerConfig:
+    if options.model_config_file:
+        return parse_text_proto(options.model_config_file, ModelServerConfig,
+                                "model_config_file")
+    if not options.model_base_path:
+        raise CatdogError("give --model_base_path (one model) or --model_config_file (several)")
+    return single_model_config(options.model_name, options.model_base_path)
+
+
+def _servable_options(options: ServerOptions) -> dict:
+    batching = None
+    if options.enable_batching:
+        proto = (parse_text_proto(options.batching_parameters_file, BatchingParameters,
+                                  "batching_parameters_file")
+                 if options.batching_parameters_file else BatchingParameters())
+        try:
+            batching = BatchingOptions.from_proto(proto)
+        except ValueError as error:
+            raise CatdogError(f"--batching_parameters_file={options.batching_parameters_file}: "
+                              f"{error}") from None
+    return {"batcher_options": batching, "timeout_ms": options.rest_api_timeout_in_ms}
+
+
+def _monitoring_path(options: ServerOptions) -> str | None:
+    if not options.monitoring_config_file:
+        return None
+    config = parse_text_proto(options.monitoring_config_file, MonitoringConfig,
+                              "monitoring_config_file")
+    if not config.prometheus_config.enable:
+        return None
+    return config.prometheus_config.path or "/monitoring/prometheus/metrics"
+
+
+def _watch_config_file(core: ServerCore, path: str, seconds: float) -> None:
+    """Re-reads --model_config_file every `seconds` and applies it when it changed."""
+    last = [Path(path).read_text()]
+
+    def poll():
+        text = Path(path).read_text()
+        if text != last[0]:
+            core.reload_config(parse_text_proto(path, ModelServerConfig, "model_config_file"))
+            last[0] = text
+            logging.info("applied the changed %s", path)
+
+    core.every(seconds, poll, "config-poller")
+
+
+def start_server(model_name: str | None = None, model_base_path: str | Path | None = None,
+                 options: ServerOptions = DEFAULTS, **overrides) -> LocalServer:
+    """Loads the models and starts gRPC (and REST unless its port is None); port 0 picks a
+    free port. `model_name`, `model_base_path` and `overrides` replace fields of `options`
+    (e.g. port=0, rest_api_port=0)."""
+    if model_name is not None:
+        overrides["model_name"] = model_name
+    if model_base_path is not None:
+        overrides["model_base_path"] = str(model_base_path)
+    options = dataclasses.replace(options, **overrides)
+    config = _model_server_config(options)
+    monitoring_path = _monitoring_path(options)
+    core = ServerCore(config, _servable_options(options))
+    if not any(m.loaded_versions() for m in core.models()):
+        core.stop()
+        where = options.model_config_file or options.model_base_path
+        raise CatdogError(f"{where} holds no loadable version (an integer-named folder with "
+                          "saved_model.pb)")
+    core.every(options.file_system_poll_wait_seconds, core.refresh, "version-poller")
+    if options.model_config_file:
+        _watch_config_file(core, options.model_config_file,
+                           options.model_config_file_poll_wait_seconds)
+    server_api = Api(core, options, Metrics())
+    grpc_server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=options.grpc_max_threads),
+        options=[("grpc.max_receive_message_length", options.max_request_bytes),
+                 ("grpc.max_send_message_length", -1)])
+    grpc_service.add_services(grpc_server, server_api)
+    grpc_port = grpc_server.add_insecure_port(f"{options.host}:{options.port}")
+    if grpc_port == 0:
+        core.stop()
+        raise CatdogError(f"--port={options.port}: cannot listen on {options.host}")
+    grpc_server.start()
+    rest_server, rest_port = None, 0
+    if options.rest_api_port is not None:
+        handler = type("Handler", (RestHandler,), {"api": server_api,
+                                                   "monitoring_path": monitoring_path})
+        try:
+            rest_server = RestServer((options.host, options.rest_api_port), handler,
+                                     options.max_rest_connections)
+        except OSError as error:
+            grpc_server.stop(None)
+            core.stop()
+            raise CatdogError(f"--rest_api_port={options.rest_api_port}: {error.strerror}"
+                              ) from error
+        rest_port = rest_server.server_address[1]
+        threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
+    return LocalServer(core, grpc_server, rest_server, grpc_port, rest_port, server_api.metrics)
+
+
+def main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        raise CatdogError(f"unexpected arguments {list(argv[1:])}")
+    options = options_lib.from_flags(flags.FLAGS)
+    server = start_server(options=options)
+    models = ", ".join(sorted(m.name for m in server.core.models()))
+    print(f"serving {models} on gRPC {options.host}:{server.grpc_port}"
+          + (f" and REST http://{options.host}:{server.rest_port}" if server.rest_server else ""),
+          flush=True)
+    try:
+        server.grpc_server.wait_for_termination()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+def run() -> None:
+    """The `catdog-serve` console script (and `python -m catdog.serve`)."""
+    from catdog import cli
+
+    cli.run(main, options_lib.define_flags)
+
+
+if __name__ == "__main__":
+    run()

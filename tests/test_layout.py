@@ -1,0 +1,63 @@
+"""The package's walls: the serving wing imports no training code, and a Config needs no
+TensorFlow. Checked in fresh processes (what a server or `--help` really loads) and in the source
+(what any module imports at its top level)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "catdog"
+GROUND = {"catdog.contract", "catdog.errors", "catdog.fields", "catdog.image_formats",
+          "catdog.images", "catdog.atomic"}
+
+
+def loaded_after(statement: str) -> set[str]:
+    """The catdog modules, and whether tensorflow, a fresh process holds after `statement`."""
+    code = (f"import sys; {statement}; import json; print(json.dumps(sorted(m for m in "
+            "sys.modules if m.startswith('catdog') or m == 'tensorflow')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True)
+    return set(json.loads(result.stdout.splitlines()[-1]))
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The catdog modules a file imports outside any function."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("catdog")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("catdog"):
+            found |= {f"{node.module}.{alias.name}" if node.module == "catdog" else node.module
+                      for alias in node.names}
+    return found
+
+
+@pytest.mark.parametrize("module", ["catdog.serving", "catdog.serving.server",
+                                    "catdog.serving.client"])
+def test_importing_the_serving_wing_loads_no_training_module(module):
+    loaded = {m for m in loaded_after(f"import {module}") if m.startswith("catdog")}
+    outside = {m for m in loaded if not m.startswith("catdog.serving")} - {"catdog"}
+    assert outside <= GROUND, outside - GROUND
+
+
+def test_no_serving_module_imports_training_code_at_its_top():
+    for path in sorted((PACKAGE / "serving").glob("*.py")):
+        for name in top_level_imports(path):
+            assert name.startswith("catdog.serving") or name in GROUND, (path.name, name)
+
+
+def test_the_savedmodel_writer_does_not_import_the_serving_wing():
+    for name in ("signatures.py", "export.py"):
+        assert not any(n.startswith("catdog.serving") for n in
+                       top_level_imports(PACKAGE / name)), name
+
+
+def test_building_a_config_loads_no_tensorflow():
+    loaded = loaded_after("from catdog.config import Config; Config(data_dir='d')")
+    assert "tensorflow" not in loaded
