@@ -59,7 +59,7 @@ def _start_server(base: Path) -> tuple[subprocess.Popen, int, int]:
 
     grpc_port, rest_port = free_ports(2)
     process = subprocess.Popen(
-        [sys.executable, "-m", "catdog.serve", f"--model_base_path={base}",
+        [sys.executable, "-m", "catdog.serve", "--model_name=catdog", f"--model_base_path={base}",
          f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          "--file_system_poll_wait_seconds=1"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

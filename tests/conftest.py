@@ -201,19 +201,25 @@ def tfs_models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tfs_server(tfs_models):
     """`catdog.serve` over TF Serving's test models with its tests' model and monitoring config."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
     from catdog.serving.options import ServerOptions
     from catdog.serving.server import start_server
 
-    from tfserving_models import CONFIG, TWO_VERSIONS
+    from tfserving_models import CONFIG, LABELS, TWO_VERSIONS
 
     config = tfs_models / "models.config"
-    config.write_text(CONFIG.format(two=TWO_VERSIONS, root=tfs_models))
+    config.write_text(CONFIG.format(two=TWO_VERSIONS, root=tfs_models, labels=""))
     monitoring = tfs_models / "monitoring.config"
     monitoring.write_text(
         'prometheus_config: { enable: true, path: "/monitoring/prometheus/metrics" }')
     server = start_server(options=ServerOptions(
         port=0, rest_api_port=0, model_config_file=str(config),
         monitoring_config_file=str(monitoring)))
+    server.core.reload_config(text_format.Parse(
+        CONFIG.format(two=TWO_VERSIONS, root=tfs_models, labels=LABELS),
+        model_server_config_pb2.ModelServerConfig()))
     yield server
     server.stop()
 
@@ -270,7 +276,8 @@ def serve_process(model_base):
     command must run without them all the same."""
     grpc_port, rest_port = free_ports(2)
     process = subprocess.Popen(
-        [sys.executable, "-m", "catdog.serve", f"--model_base_path={model_base}",
+        [sys.executable, "-m", "catdog.serve", "--model_name=catdog",
+         f"--model_base_path={model_base}",
          f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--max_request_bytes=4194304",
          "--max_request_instances=64", "--max_rest_connections=8"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

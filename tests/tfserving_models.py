@@ -120,11 +120,15 @@ def write_models(root: Path) -> Path:
 
 TWO_VERSIONS = "saved_model_half_plus_two_2_versions"  # H's model, policy specific {123}
 # The model server config of TF Serving's tests, over the models written by `write_models`.
+# `labels` is empty for the first config: like TF Serving's (http_rest_api_handler_test.cc's
+# CreateServerCore), a server is started without labels, and the config with the label
+# (LABELS) is loaded once version 123 is AVAILABLE.
+LABELS = 'version_labels { key: "Version_Label" value: 123 }'
 CONFIG = """
 model_config_list {{
   config {{ name: "{two}" base_path: "{root}/two_versions" model_platform: "tensorflow"
            model_version_policy {{ specific {{ versions: 123 }} }}
-           version_labels {{ key: "Version_Label" value: 123 }} }}
+           {labels} }}
   config {{ name: "default" base_path: "{root}/half_plus_two" model_platform: "tensorflow" }}
   config {{ name: "half_plus_two" base_path: "{root}/half_plus_two" model_platform: "tensorflow" }}
   config {{ name: "half_plus_three" base_path: "{root}/half_plus_three"
@@ -167,3 +171,12 @@ def verify_predict(stub, model_name, expected, specify_output=True, batch_input=
     assert len(result.outputs["y"].float_val) == 1
     assert result.outputs["y"].float_val[0] == expected
     verify_spec(result.model_spec, model_name, signature_name)
+
+
+def rest_port_answers(port: int, path: str) -> int:
+    """The HTTP status of GET `path` on a REST port of this machine."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code

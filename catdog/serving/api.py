@@ -145,7 +145,8 @@ def multi_inference(core: ServerCore, request: inference_pb2.MultiInferenceReque
             elif task.method_name == contract.REGRESS_METHOD:
                 result.regression_result.CopyFrom(servable.regress(signature, request.input))
             else:
-                raise invalid(f"Unsupported signature method_name: {task.method_name}")
+                raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                                   f"Unsupported signature method_name: {task.method_name}")
     return response
 
 
@@ -169,24 +170,23 @@ def metadata(core: ServerCore, request: get_model_metadata_pb2.GetModelMetadataR
 
 def model_status(core: ServerCore, request: get_model_status_pb2.GetModelStatusRequest, _=None
                  ) -> get_model_status_pb2.GetModelStatusResponse:
+    """GetModelStatusImpl: every version the monitor knows, newest first; only
+    model_spec.version narrows it (a label does not)."""
     _require_spec(request)
-    manager = core.manager(request.model_spec.name)
     spec = request.model_spec
-    version = None
-    if spec.WhichOneof("version_choice") == "version":
-        version = spec.version.value
-    elif spec.WhichOneof("version_choice") == "version_label":
-        version = manager.servable(spec).version
+    version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
     return get_model_status_pb2.GetModelStatusResponse(
-        model_version_status=manager.status(version))
+        model_version_status=core.monitor.statuses(spec.name, version))
 
 
 def reload_config(core: ServerCore, request: model_management_pb2.ReloadConfigRequest, _=None
                   ) -> model_management_pb2.ReloadConfigResponse:
-    try:
-        core.reload_config(request.config)
-    except ValueError as error:
-        raise invalid(str(error)) from None
+    """ModelServiceImpl::HandleReloadConfigRequest: a model list, applied by ServerCore (which
+    refuses what TF Serving's ServerCore refuses, keeping the config in force)."""
+    if request.config.WhichOneof("config") != "model_config_list":
+        raise invalid("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                      "ModelConfigList is currently supported")
+    core.reload_config(request.config)
     return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
 
 

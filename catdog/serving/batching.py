@@ -2,10 +2,14 @@
 
 Concurrent Predict calls that feed and fetch the same tensors, with inputs equal in every
 dimension but the first, are concatenated along dimension 0 into one session run and the outputs
-split back. A batch closes when it holds `max_batch_size` rows or `batch_timeout_micros` after its
-first task; `num_batch_threads` batches run at once; at most `max_enqueued_batches` wait, past
-which a request is refused with UNAVAILABLE as TF Serving's queue refuses it. With
-`allowed_batch_sizes`, a batch is padded (repeating its first row) up to the next allowed size.
+split back. Tasks whose inputs differ in dtype or in any dimension but the first are never
+merged. When a merged run fails (one undecodable image fails the whole graph run), each of its
+tasks is run alone, so only the offending request gets an error (TF Serving's BatchingSession
+fails every task of the batch instead: serving/README.md). A batch closes when it holds
+`max_batch_size` rows or `batch_timeout_micros` after its first task; `num_batch_threads`
+batches run at once; at most `max_enqueued_batches` wait, past which a request is refused with
+UNAVAILABLE as TF Serving's queue refuses it. With `allowed_batch_sizes`, a batch is padded
+(repeating its first row) up to the next allowed size.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class Batcher:
         self._threads = [threading.Thread(target=self._loop, name=f"batch-{i}", daemon=True)
                          for i in range(options.num_batch_threads)]
         self.batches_run = 0
+        self.batches_split = 0  # merged runs that failed and were rerun task by task
         for thread in self._threads:
             thread.start()
 
@@ -132,11 +137,21 @@ class Batcher:
         try:
             outputs = self._run(feeds, batch[0].key[0])
             self.batches_run += 1
-        except Exception as error:  # every task of the batch gets the batch's error
-            for task in batch:
-                task.future.set_exception(error)
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0].future.set_exception(error)
+            else:  # one bad task must not fail the others: each runs alone
+                self.batches_split += 1
+                for task in batch:
+                    self._run_alone(task)
             return
         start = 0
         for task in batch:
             task.future.set_result([o[start:start + task.rows] for o in outputs])
             start += task.rows
+
+    def _run_alone(self, task: _Task) -> None:
+        try:
+            task.future.set_result(self._run(task.feeds, task.key[0]))
+        except Exception as error:  # this task's own error, and only this task's
+            task.future.set_exception(error)

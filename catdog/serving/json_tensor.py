@@ -254,8 +254,10 @@ def _instances(items: list, dtypes: Mapping[str, int]) -> dict[str, TensorProto]
                                   f"{_shape_text(shape)}")
             except ServingError as error:
                 key = f" key: {name}" if named else ""
-                raise ServingError(error.code, f"Failed to process element: {index}{key} of "
-                                   f"'instances' list. Error: {error}") from None
+                # TF Serving wraps every element error as INVALID_ARGUMENT (a DT_HALF value,
+                # UNIMPLEMENTED in columnar format, is 400 here)
+                raise invalid(f"Failed to process element: {index}{key} of 'instances' list. "
+                              f"Error: {error}") from None
             shapes[name] = shape
             values[name].extend(leaves)
         if named and set(item) != set(dtypes):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Callable
 
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
@@ -26,15 +27,29 @@ def _number(value: float) -> str:
     return "%.6g" % value
 
 
+def _escaped(value: str) -> str:
+    """A label value as the exposition format writes it: backslash, double quote and line feed
+    escaped, so no request's model name can break the page."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
-    return ",".join('{}="{}"'.format(k, v.replace("\\", "\\\\").replace('"', '\\"'))
-                    for k, v in pairs)
+    return ",".join(f'{k}="{_escaped(v)}"' for k, v in pairs)
+
+
+OTHER_MODELS = "(other)"  # the model_name of requests past MAX_UNSERVED_NAMES unserved names
+MAX_UNSERVED_NAMES = 32
 
 
 class Metrics:
-    """Request counts by model and status, latency histograms by model, API and entrypoint."""
+    """Request counts by model and status, latency histograms by model, API and entrypoint.
+    Served models are always counted under their name; requests naming other models (any
+    client can send any name) create at most MAX_UNSERVED_NAMES more names, and are counted
+    under OTHER_MODELS past that."""
 
-    def __init__(self):
+    def __init__(self, is_served: Callable[[str], bool] = lambda name: True):
+        self._is_served = is_served
+        self._unserved: set[str] = set()
         self._lock = threading.Lock()
         self._counts: dict[tuple, int] = {}
         self._latency: dict[tuple, list] = {}  # labels → [bucket counts..., sum]
@@ -43,6 +58,7 @@ class Metrics:
                latency_micros: float | None) -> None:
         """One finished request; latency is recorded for successful ones, as TF Serving does."""
         with self._lock:
+            model_name = self._bounded(model_name)
             key = (("model_name", model_name), ("status", status))
             self._counts[key] = self._counts.get(key, 0) + 1
             if latency_micros is not None:
@@ -50,6 +66,14 @@ class Metrics:
                 cell = self._latency.setdefault(labels, [0] * (len(LATENCY_BUCKETS) + 1) + [0.0])
                 cell[bisect.bisect_left(LATENCY_BUCKETS, latency_micros)] += 1
                 cell[-1] += latency_micros
+
+    def _bounded(self, model_name: str) -> str:
+        if model_name in self._unserved or self._is_served(model_name):
+            return model_name
+        if len(self._unserved) < MAX_UNSERVED_NAMES:
+            self._unserved.add(model_name)
+            return model_name
+        return OTHER_MODELS
 
     def page(self) -> str:
         """The Prometheus exposition page (PrometheusExporter::GeneratePage)."""

@@ -15,10 +15,16 @@ import os
 from absl import flags
 
 from catdog import contract, fields
-from catdog.fields import Check, CrossRule
+from catdog.fields import Check
 
 _TEXT_PROTO_FILE: Check = (lambda path: not path or os.path.isfile(path),
                            "must name an existing text proto file")
+_CHANNEL_ARGUMENTS: Check = (
+    lambda text: not text or all(item.count("=") == 1 and item.split("=")[0]
+                                 for item in text.split(",")),
+    "must be comma-separated key=value gRPC channel arguments, e.g. "
+    "grpc.max_connection_age_ms=2000")
+TF_SERVING_DEFAULT_MODEL_NAME = "default"  # TF Serving's --model_name default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,13 +32,20 @@ class ServerOptions:
     """What `start_server` needs: TF Serving's flags, as values. `rest_api_port=None` turns REST
     off (the flag's 0); port 0 in code picks a free port."""
 
-    model_name: str = fields.setting(contract.DEFAULT_MODEL_NAME,
-                                     "Name clients use for the model.")
+    model_name: str = fields.setting(
+        TF_SERVING_DEFAULT_MODEL_NAME, "Name clients use for the model given by "
+        "--model_base_path (TF Serving's default; catdog's configs pass --model_name=catdog).")
     model_base_path: str = fields.setting(
         f"export/{contract.DEFAULT_MODEL_NAME}",
         "Folder holding integer-named SavedModel versions.")
     port: int = fields.setting(contract.DEFAULT_GRPC_PORT, "gRPC port.", at_least=0,
                                at_most=65535)
+    grpc_socket_path: str = fields.setting(
+        "", "If non-empty, also serve gRPC on a UNIX socket at this path.")
+    grpc_channel_arguments: str = fields.setting(
+        "", "Comma-separated key=value arguments passed to the gRPC server (e.g. "
+        "grpc.max_connection_age_ms=2000); numbers are passed as integers.",
+        check=_CHANNEL_ARGUMENTS)
     rest_api_port: int | None = fields.setting(
         contract.DEFAULT_REST_PORT, "REST port; 0 turns REST off.", at_least=0, at_most=65535)
     host: str = fields.setting("127.0.0.1",
@@ -42,7 +55,12 @@ class ServerOptions:
     max_request_instances: int = fields.setting(
         256, "Most instances (batch size or tf.Examples) one request may hold.", at_least=1)
     max_rest_connections: int = fields.setting(
-        64, "Most REST connections served at once; more are answered 503.", at_least=1)
+        64, "Most REST requests processed at once; more are answered 503. Up to 8 times as "
+        "many connections may be open (sending, or idle between requests).", at_least=1)
+    rest_request_timeout_seconds: float = fields.setting(
+        30.0, "Seconds a REST client has to send each whole request, headers and body; a "
+        "slower one is disconnected (keeps slow senders from holding connections).",
+        at_least=0.1)
     file_system_poll_wait_seconds: float = fields.setting(
         1.0, "How often to look for new or removed versions.", at_least=0.05)
     model_config_file: str = fields.setting(
@@ -53,6 +71,12 @@ class ServerOptions:
     monitoring_config_file: str = fields.setting(
         "", "A MonitoringConfig text proto; enables Prometheus metrics on the REST port.",
         check=_TEXT_PROTO_FILE)
+    allow_version_labels_for_unavailable_models: bool = fields.setting(
+        False, "Allow a version label on a version that is not AVAILABLE yet (a new label, "
+        "or one that keeps its version), as TF Serving's flag does.")
+    enable_signature_method_name_check: bool = fields.setting(
+        False, "Refuse a request whose signature's method_name does not match the API "
+        "(Predict, Classify, Regress), as TF Serving's flag does.")
     enable_batching: bool = fields.setting(
         False, "Batch concurrent Predict requests into one session run.")
     batching_parameters_file: str = fields.setting(
@@ -66,21 +90,21 @@ class ServerOptions:
         fields.validate(self)
 
 
-# Checked when the flags are parsed, not when a ServerOptions is built: the default base path
-# need not exist for a server given its models in code or in a config file.
-COMMAND_LINE_RULES: tuple[CrossRule, ...] = (
-    (("model_base_path", "model_config_file"),
-     lambda base_path, config_file: bool(config_file) or os.path.isdir(base_path),
-     "--model_base_path must be an existing folder of SavedModel versions (e.g. "
-     f"export/{contract.DEFAULT_MODEL_NAME}), unless --model_config_file is given"),
-)
+def models_given(base_path: str, config_file: str) -> bool:
+    """Whether a command line names its models: an existing base path, or a config file.
+    Checked when the flags are parsed, not when a ServerOptions is built: the default base path
+    need not exist for a server given its models in code."""
+    return bool(config_file) or os.path.isdir(base_path)
+
+
+NO_MODELS = ("--model_base_path must be an existing folder of SavedModel versions (e.g. "
+             f"export/{contract.DEFAULT_MODEL_NAME}), unless --model_config_file is given")
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Flags of `python -m catdog.serve`: one per ServerOptions field."""
+    """One flag per ServerOptions field, with its default, help and checks."""
     for name in fields.fields(ServerOptions):
         fields.define_flag(ServerOptions, name, flag_values)
-    fields.register_cross_rules(COMMAND_LINE_RULES, flag_values)
 
 
 def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ServerOptions:

@@ -6,8 +6,13 @@ connection, at most --max_rest_connections at once.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
 import re
+import socket
 import threading
+import time
 import urllib.parse
 from http import server as http_server
 
@@ -102,16 +107,48 @@ def _rest_post(server_api: Api, spec: model_pb2.ModelSpec, verb: str, body: byte
     return json_tensor.json_from_regression_result(response.result)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, all bounded by one deadline: a request must arrive whole (headers,
+    then body) by then, however slowly its bytes trickle in."""
+
+    def __init__(self, connection: socket.socket):
+        self.connection, self.deadline = connection, math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive within --rest_request_timeout_seconds")
+        self.connection.settimeout(remaining)
+        return self.connection.recv_into(buffer)
+
+
 class RestHandler(http_server.BaseHTTPRequestHandler):
-    """TF Serving's REST API (and its Prometheus page) over the same functions as gRPC."""
+    """TF Serving's REST API (and its Prometheus page) over the same functions as gRPC. Each
+    request must arrive whole within `request_timeout` seconds of the connection being ready
+    for it; it then needs one of the server's request slots (--max_rest_connections)."""
 
     api: Api
     monitoring_path: str | None = None
     protocol_version = "HTTP/1.1"
-    timeout = 30  # seconds an idle or half-sent connection may hold its thread
+    request_timeout = 30.0
+    timeout = 30  # seconds a reply may take to be written
+
+    def setup(self):
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self):
+        """One request, read under its deadline (a timeout closes the connection)."""
+        self._reader.deadline = time.monotonic() + self.request_timeout
+        super().handle_one_request()
 
     def do_GET(self):
         if self.monitoring_path and self.path.split("?")[0] == self.monitoring_path:
+            self._read_body()
             self._reply(200, self.api.metrics.page(), "text/plain")
             return
         self._handle("GET")
@@ -146,10 +183,13 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
             path = self.path.split("?")[0]
             if not re.fullmatch(r"/v1/.*", path, re.IGNORECASE):
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"No handler for {path}")
-            _, output = rest_request(self.api, http_method, path, body)
+            with self.server.request_slot():
+                _, output = rest_request(self.api, http_method, path, body)
             self._reply(200, output)
         except ServingError as error:
             self._reply_error(error)
+        except TimeoutError:  # the body came too slowly: handle_one_request drops the connection
+            raise
         except Exception as error:  # the server answers every request and keeps serving
             logging.exception("internal error in REST %s %s", http_method, self.path)
             self._reply_error(ServingError(grpc.StatusCode.INTERNAL,
@@ -173,6 +213,7 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
 
     def _reply(self, status: int, text: str, content_type: str = "application/json") -> None:
         payload = text.encode()
+        self.connection.settimeout(self.timeout)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -181,35 +222,54 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
 
 
 class RestServer(http_server.ThreadingHTTPServer):
-    """A thread per connection, at most `max_connections` at once: past that a connection is
-    answered 503 (UNAVAILABLE, which clients retry) and closed instead of holding a thread."""
+    """A thread per connection. Requests are processed `max_requests` at once, and a request
+    past that is answered 503 (UNAVAILABLE, which clients retry). Connections that are still
+    sending, or idle between requests, hold no request slot, so slow senders cannot shut
+    others out; at most CONNECTIONS_PER_REQUEST_SLOT × `max_requests` connections are open at
+    once, and one past that is answered 503 and closed at once."""
 
     daemon_threads = True
+    CONNECTIONS_PER_REQUEST_SLOT = 8
 
-    def __init__(self, address, handler, max_connections: int):
+    def __init__(self, address, handler, max_requests: int):
         super().__init__(address, handler)
-        self.max_connections = max_connections
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_requests = max_requests
+        self.max_connections = max_requests * self.CONNECTIONS_PER_REQUEST_SLOT
+        self._requests = threading.BoundedSemaphore(max_requests)
+        self._connections = threading.BoundedSemaphore(self.max_connections)
+
+    @contextlib.contextmanager
+    def request_slot(self):
+        """Holds one of the `max_requests` slots while a request runs, or raises UNAVAILABLE."""
+        if not self._requests.acquire(blocking=False):
+            raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                               f"the server is processing {self.max_requests} requests "
+                               "(--max_rest_connections); retry later")
+        try:
+            yield
+        finally:
+            self._requests.release()
 
     def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
+        if not self._connections.acquire(blocking=False):
             self._refuse(request)
             return
         try:
             super().process_request(request, client_address)
         except Exception:
-            self._slots.release()
+            self._connections.release()
             raise
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._connections.release()
 
     def _refuse(self, request) -> None:
-        body = json_tensor.json_error(f"the server holds {self.max_connections} connections "
-                               "(--max_rest_connections); retry later").encode()
+        body = json_tensor.json_error(
+            f"the server holds {self.max_connections} connections (8 × "
+            "--max_rest_connections); retry later").encode()
         try:
             request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
                             b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"

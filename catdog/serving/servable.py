@@ -33,6 +33,7 @@ from catdog.serving.batching import Batcher, BatchingOptions
 from catdog.serving.status import ServingError, invalid
 
 DEFAULT_SIGNATURE = contract.SERVING_DEFAULT
+_SIGNATURE_METHODS = (contract.PREDICT_METHOD, contract.CLASSIFY_METHOD, contract.REGRESS_METHOD)
 
 
 class Servable:
@@ -40,7 +41,8 @@ class Servable:
     that it is unloaded only once they have finished."""
 
     def __init__(self, name: str, version: int, path: Path,
-                 batcher_options: BatchingOptions | None = None, timeout_ms: int = 0):
+                 batcher_options: BatchingOptions | None = None, timeout_ms: int = 0,
+                 method_name_check: bool = False):
         self.name, self.version, self.path = name, version, Path(path)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
@@ -49,6 +51,7 @@ class Servable:
         meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
         self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(
             meta_graph.signature_def)
+        self.method_name_check = method_name_check  # --enable_signature_method_name_check
         self.timeout_ms = 0  # no timeout while warming up (TF Serving's warm-up has none)
         self._request_timeout_ms = timeout_ms
         self._callables: dict[tuple, object] = {}
@@ -89,6 +92,19 @@ class Servable:
                                f"Serving signature key \"{key}\" not found.")
         return self.signature_defs[key]
 
+    def _example_signature(self, name: str, method: str, kind: str
+                           ) -> meta_graph_pb2.SignatureDef:
+        """GetClassificationSignatureDef / GetRegressionSignatureDef: the signature named for a
+        Classify or Regress request, or TF Serving's INVALID_ARGUMENT."""
+        key = name or DEFAULT_SIGNATURE
+        if key not in self.signature_defs:
+            raise invalid(f"No signature was found with the name: {key}")
+        signature = self.signature_defs[key]
+        if self.method_name_check and signature.method_name != method:
+            raise invalid(f"Expected {kind} signature method_name to be {method}. Was: "
+                          f"{signature.method_name}")
+        return signature
+
     def input_dtypes(self, signature_name: str) -> dict[str, int]:
         """Input alias → DataType, for parsing a REST body (GetInfoMap)."""
         key = signature_name or DEFAULT_SIGNATURE
@@ -123,6 +139,10 @@ class Servable:
                 output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """PreProcessPrediction + session run: TF Serving's alias, dtype and filter checks."""
         signature = self.signature(signature_name)
+        if self.method_name_check and signature.method_name not in _SIGNATURE_METHODS:
+            raise ServingError(grpc.StatusCode.INTERNAL,
+                               "Expected prediction signature method_name to be one of {"
+                               f"{', '.join(_SIGNATURE_METHODS)}}}. Was: {signature.method_name}")
         _check_inputs(signature, inputs)
         aliases = _output_aliases(signature, output_filter)
         feeds = {signature.inputs[k].name: _fed_array(v, signature.inputs[k].dtype, k)
@@ -134,9 +154,9 @@ class Servable:
             outputs = self._run(feeds, fetches)
         return dict(zip(aliases, outputs))
 
-    def _run_examples(self, signature_name: str, request_input: input_pb2.Input,
-                      outputs: Sequence[str]) -> tuple[int, list[np.ndarray]]:
-        signature = self.signature(signature_name)
+    def _run_examples(self, signature: meta_graph_pb2.SignatureDef,
+                      request_input: input_pb2.Input, outputs: Sequence[str]
+                      ) -> tuple[int, list[np.ndarray]]:
         if len(signature.inputs) != 1:
             raise invalid("Expected one input Tensor.")
         (alias, info), = signature.inputs.items()
@@ -147,7 +167,8 @@ class Servable:
     def classify(self, signature_name: str, request_input: input_pb2.Input
                  ) -> classification_pb2.ClassificationResult:
         """RunClassify: `classes` and/or `scores` [batch, classes] per example."""
-        signature = self.signature(signature_name)
+        signature = self._example_signature(signature_name, contract.CLASSIFY_METHOD,
+                                            "classification")
         if len(signature.outputs) not in (1, 2):
             raise invalid(f"Expected one or two output Tensors, found "
                                f"{len(signature.outputs)}")
@@ -155,7 +176,7 @@ class Servable:
         if not wanted:
             raise invalid("Expected classification signature outputs to contain at least "
                                f"one of \"{contract.CLASSES}\" or \"{contract.SCORES}\".")
-        count, arrays = self._run_examples(signature_name, request_input, wanted)
+        count, arrays = self._run_examples(signature, request_input, wanted)
         got = dict(zip(wanted, arrays))
         classes, scores = got.get(contract.CLASSES), got.get(contract.SCORES)
         for array, kind in ((classes, "classes"), (scores, "scores")):
@@ -176,12 +197,13 @@ class Servable:
     def regress(self, signature_name: str, request_input: input_pb2.Input
                 ) -> regression_pb2.RegressionResult:
         """RunRegress: one float per example from the `outputs` tensor ([batch] or [batch, 1])."""
-        signature = self.signature(signature_name)
+        signature = self._example_signature(signature_name, contract.REGRESS_METHOD,
+                                            "regression")
         if len(signature.outputs) != 1:
             raise invalid("Expected one output Tensor.")
         if contract.REGRESS_OUTPUTS not in signature.outputs:
             raise invalid("No regression outputs found in SignatureDef")
-        count, (values,) = self._run_examples(signature_name, request_input,
+        count, (values,) = self._run_examples(signature, request_input,
                                               [contract.REGRESS_OUTPUTS])
         if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
             raise invalid("Expected output Tensor shape to be either [batch_size] or "

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from absl import logging
+from absl import flags, logging
 
 from catdog.errors import CatdogError
 from catdog.serving import grpc_service
@@ -41,6 +41,7 @@ from catdog.serving.metrics import Metrics
 from catdog.serving.options import ServerOptions
 from catdog.serving.rest import RestHandler, RestServer
 from catdog.serving.server_core import ServerCore, single_model_config
+from catdog.serving.status import ServingError
 
 
 @dataclasses.dataclass
@@ -71,6 +72,16 @@ def _model_server_config(options: ServerOptions) -> ModelServerConfig:
     return single_model_config(options.model_name, options.model_base_path)
 
 
+def _channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """--grpc_channel_arguments as gRPC options: integers where the value parses as one, as
+    TF Serving's server.cc passes them."""
+    arguments = []
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=")
+        arguments.append((key, int(value) if value.lstrip("-").isdigit() else value))
+    return arguments
+
+
 def _servable_options(options: ServerOptions) -> dict:
     batching = None
     if options.enable_batching:
@@ -82,7 +93,8 @@ def _servable_options(options: ServerOptions) -> dict:
         except ValueError as error:
             raise CatdogError(f"--batching_parameters_file={options.batching_parameters_file}: "
                               f"{error}") from None
-    return {"batcher_options": batching, "timeout_ms": options.rest_api_timeout_in_ms}
+    return {"batcher_options": batching, "timeout_ms": options.rest_api_timeout_in_ms,
+            "method_name_check": options.enable_signature_method_name_check}
 
 
 def _monitoring_path(options: ServerOptions) -> str | None:
@@ -121,26 +133,40 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
     options = dataclasses.replace(options, **overrides)
     config = _model_server_config(options)
     monitoring_path = _monitoring_path(options)
-    core = ServerCore(config, _servable_options(options))
+    try:
+        core = ServerCore(config, _servable_options(options),
+                          options.allow_version_labels_for_unavailable_models)
+    except ServingError as error:  # TF Serving refuses to start on it too
+        where = f"--model_config_file={options.model_config_file}" \
+            if options.model_config_file else f"--model_base_path={options.model_base_path}"
+        hint = (" (start with --allow_version_labels_for_unavailable_models, as TF Serving "
+                "needs too)" if "label" in error.message else "")
+        raise CatdogError(f"{where}: {error.message}{hint}") from None
     if not any(m.loaded_versions() for m in core.models()):
         core.stop()
         where = options.model_config_file or options.model_base_path
-        raise CatdogError(f"{where} holds no loadable version (an integer-named folder with "
-                          "saved_model.pb)")
+        raise CatdogError(f"{Path(where).resolve()} holds no loadable version (an "
+                          "integer-named folder with saved_model.pb)")
     core.every(options.file_system_poll_wait_seconds, core.refresh, "version-poller")
     if options.model_config_file:
         _watch_config_file(core, options.model_config_file,
                            options.model_config_file_poll_wait_seconds)
-    server_api = Api(core, options, Metrics())
+    server_api = Api(core, options, Metrics(
+        is_served=lambda name: any(m.name == name for m in core.models())))
     grpc_server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=options.grpc_max_threads),
         options=[("grpc.max_receive_message_length", options.max_request_bytes),
-                 ("grpc.max_send_message_length", -1)])
+                 ("grpc.max_send_message_length", -1),
+                 *_channel_arguments(options.grpc_channel_arguments)])
     grpc_service.add_services(grpc_server, server_api)
     grpc_port = grpc_server.add_insecure_port(f"{options.host}:{options.port}")
     if grpc_port == 0:
         core.stop()
         raise CatdogError(f"--port={options.port}: cannot listen on {options.host}")
+    if options.grpc_socket_path and not grpc_server.add_insecure_port(
+            f"unix:{options.grpc_socket_path}"):
+        core.stop()
+        raise CatdogError(f"--grpc_socket_path={options.grpc_socket_path}: cannot listen there")
     grpc_server.start()
     rest_server, rest_port = None, 0
     if options.rest_api_port is not None:
@@ -149,6 +175,7 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
         try:
             rest_server = RestServer((options.host, options.rest_api_port), handler,
                                      options.max_rest_connections)
+            handler.request_timeout = options.rest_request_timeout_seconds
         except OSError as error:
             grpc_server.stop(None)
             core.stop()
@@ -160,10 +187,11 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
 
 
 def main(argv: Sequence[str]) -> None:
-    from absl import flags
-
     if len(argv) > 1:
         raise CatdogError(f"unexpected arguments {list(argv[1:])}")
+    if flags.FLAGS.version:
+        print(version_text())
+        return
     options = options_lib.from_flags(flags.FLAGS)
     server = start_server(options=options)
     models = ", ".join(sorted(m.name for m in server.core.models()))
@@ -182,7 +210,29 @@ def run() -> None:
     """The `catdog-serve` console script (and `python -m catdog.serve`)."""
     from catdog import cli
 
-    cli.run(main, options_lib.define_flags)
+    cli.run(main, define_flags)
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The serve flags: one per ServerOptions field, and --version."""
+    options_lib.define_flags(flag_values)
+    flags.DEFINE_bool("version", False, "Print the server's and TensorFlow's versions and exit "
+                      "(as TF Serving's --version).", flag_values=flag_values)
+    flags.register_multi_flags_validator(
+        ["version", "model_base_path", "model_config_file"],
+        lambda f: f["version"] or options_lib.models_given(f["model_base_path"],
+                                                           f["model_config_file"]),
+        message=options_lib.NO_MODELS, flag_values=flag_values)
+
+
+def version_text() -> str:
+    """What --version prints, in TF Serving's two lines."""
+    import tensorflow as tf
+
+    import catdog
+
+    return (f"TensorFlow ModelServer: catdog.serve {catdog.__version__} (a TF Serving stand-in)\n"
+            f"TensorFlow Library: {tf.__version__}")
 
 
 if __name__ == "__main__":

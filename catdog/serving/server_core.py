@@ -3,13 +3,20 @@
 - A model is a base path of integer-named version folders (`1`, `00000123`, ...). Its
   `model_version_policy` picks the versions to serve: `latest { num_versions: N }` (default 1),
   `all {}` or `specific { versions: ... }`. `version_labels` name versions for requests.
-- Versions are looked for every `poll_seconds`. A new version is loaded and warmed up before it
-  serves; a version the policy no longer wants is unloaded only after that (availability
-  preserving) and only once its running requests have finished. A version that fails to load is
-  tried again on later polls and logged once per distinct error; when the newest folder
-  disappears, the newest that remains is served.
-- A `ModelServerConfig` (--model_config_file) can hold several models and be re-read while
-  serving (--model_config_file_poll_wait_seconds).
+- Versions are looked for every `poll_seconds`, as FileSystemStoragePathSource and the
+  AvailabilityPreservingPolicy do it: a new version is loaded and warmed up before it serves; a
+  version the policy no longer wants is unloaded only once a wanted one serves, and only once its
+  running requests have finished. A base path that cannot be found changes nothing (logged once,
+  until it is back); one that holds no version folder at all unloads the model's versions, as
+  TF Serving's empty version list does. A version that fails to load is tried again on later
+  polls and logged once per distinct error.
+- `StateMonitor` keeps each version's last state (LOADING, AVAILABLE, UNLOADING, END), also after
+  it ends, as ServableStateMonitor does: GetModelStatus reads it, newest version first.
+- A `ModelServerConfig` (--model_config_file, or HandleReloadConfigRequest) can hold several
+  models and be replaced while serving. A config TF Serving would refuse (not a model list, a
+  model listed twice, a label on a version that is not AVAILABLE) is refused with TF Serving's
+  status and the previous config stays in force. New models and versions are loaded before the
+  new config is published, so a label moves only once its version serves.
 """
 
 from __future__ import annotations
@@ -28,16 +35,21 @@ from catdog.serving.servable import Servable
 from catdog.serving.status import ServingError, invalid
 
 ModelConfig = model_server_config_pb2.ModelConfig
+ModelServerConfig = model_server_config_pb2.ModelServerConfig
 _Status = get_model_status_pb2.ModelVersionStatus
+_OK = status_pb2.StatusProto(error_code=0, error_message="")
 
 
-def version_folders(base_path: Path) -> dict[int, Path]:
-    """Integer-named sub-folders (zero padding allowed, as TF Serving parses them)."""
-    if not base_path.is_dir():
-        return {}
+def version_folders(base_path: Path) -> dict[int, Path] | None:
+    """Integer-named sub-folders (zero padding allowed, as TF Serving parses them); None when
+    the base path itself cannot be found."""
+    try:
+        entries = list(base_path.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
     found = {}
-    for path in base_path.iterdir():
-        if path.name.isdigit() and path.is_dir() and not path.name.startswith("."):
+    for path in entries:
+        if path.name.isdigit() and not path.name.startswith(".") and path.is_dir():
             found.setdefault(int(path.name), path)
     return found
 
@@ -55,45 +67,104 @@ def aspired_versions(config: ModelConfig, available: Iterable[int]) -> set[int]:
     return set(available[-count:])
 
 
+class StateMonitor:
+    """ServableStateMonitor: the last state of every version of every model, kept after the
+    version (or its whole model) is unloaded."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._states: dict[str, dict[int, _Status]] = {}
+        self._owners: dict[tuple[str, int], object] = {}
+
+    def set(self, name: str, version: int, state: int, error: str = "",
+            owner: object = None) -> None:
+        """Records a version's new state. An unload by a manager that no longer owns the
+        version (its model moved to a new base path, whose manager loaded it again) is not
+        recorded over the new manager's state."""
+        status = _OK if not error else status_pb2.StatusProto(
+            error_code=grpc.StatusCode.UNKNOWN.value[0], error_message=error)
+        with self._lock:
+            if state in (_Status.UNLOADING, _Status.END) and not error and \
+                    self._owners.get((name, version), owner) is not owner:
+                return
+            self._owners[(name, version)] = owner
+            self._states.setdefault(name, {})[version] = _Status(
+                version=version, state=state, status=status)
+
+    def state(self, name: str, version: int) -> int | None:
+        with self._lock:
+            found = self._states.get(name, {}).get(version)
+        return found.state if found else None
+
+    def statuses(self, name: str, version: int | None = None) -> list[_Status]:
+        """GetModelStatusImpl: one version's status, or all of the model's, newest first."""
+        with self._lock:
+            versions = dict(self._states.get(name, {}))
+        if version is not None:
+            if version not in versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find version {version} of model {name}")
+            return [versions[version]]
+        if not versions:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"Could not find any versions of model {name}")
+        return [versions[v] for v in sorted(versions, reverse=True)]
+
+
 class ModelManager:
     """Loads, serves and unloads the versions of one model."""
 
-    def __init__(self, config: ModelConfig, servable_options: dict):
+    def __init__(self, config: ModelConfig, servable_options: dict, monitor: StateMonitor):
         self.config = config
-        self._options = servable_options
+        self.labels: dict[str, int] = {}  # published with the config, once checked
+        self._options, self._monitor = servable_options, monitor
         self._lock = threading.Lock()
         self._loaded: dict[int, Servable] = {}
         self._failed: dict[int, str] = {}
+        self._base_missing = False
         self._refreshing = threading.Lock()  # one poll at a time (poller, config reload)
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def refresh(self) -> None:
-        """One poll: load the versions the policy wants, then retire the ones it does not."""
+    def refresh(self, retire: bool = True) -> None:
+        """One poll: load the versions the policy wants, then (unless not `retire`) unload the
+        ones it does not."""
         with self._refreshing:
-            self._refresh()
+            self._refresh(retire)
 
-    def _refresh(self) -> None:
+    def _refresh(self, retire: bool) -> None:
         folders = version_folders(Path(self.config.base_path))
+        if folders is None:  # FileSystemStoragePathSource emits nothing for a missing base path
+            if not self._base_missing:
+                logging.error("Could not find base path %s for servable %s; serving what is "
+                              "loaded until it is back", self.config.base_path, self.name)
+            self._base_missing = True
+            return
+        if self._base_missing:
+            logging.info("base path %s of %s is back", self.config.base_path, self.name)
+            self._base_missing = False
         wanted = aspired_versions(self.config, folders)
         self._failed = {v: m for v, m in self._failed.items() if v in wanted}
         for version in sorted(wanted - set(self._loaded), reverse=True):
             self._load(version, folders[version])
+        if not retire:
+            return
         with self._lock:
-            serving_wanted = wanted & set(self._loaded)
-            retire = [v for v in self._loaded if v not in wanted] if serving_wanted else \
-                [v for v in self._loaded if v not in folders]
+            # AvailabilityPreservingPolicy: unload unwanted versions once a wanted one serves,
+            # or when nothing at all is wanted (an empty version list).
+            retire = [v for v in self._loaded if v not in wanted] if (
+                not wanted or wanted & set(self._loaded)) else []
             retired = [self._loaded.pop(v) for v in retire]
         for servable in retired:
-            logging.info("unloading %s version %d", self.name, servable.version)
-            threading.Thread(target=servable.close, name="unload", daemon=True).start()
-        if not self._loaded and folders:
-            logging.log_first_n(logging.WARNING, "%s: no version of %s could be loaded", 1,
-                                self.name, self.config.base_path)
+            self._unload(servable)
+        if not folders:
+            logging.log_first_n(logging.WARNING, "No versions of servable %s found under base "
+                                "path %s", 1, self.name, self.config.base_path)
 
     def _load(self, version: int, path: Path) -> None:
+        self._monitor.set(self.name, version, _Status.LOADING, owner=self)
         servable = None
         try:
             servable = Servable(self.name, version, path, **self._options)
@@ -106,12 +177,29 @@ class ModelManager:
                 logging.error("could not load %s version %d from %s: %s (will retry)",
                               self.name, version, path, message)
             self._failed[version] = message
+            self._monitor.set(self.name, version, _Status.END, message, owner=self)
             return
         self._failed.pop(version, None)
         with self._lock:
             self._loaded[version] = servable
+        self._monitor.set(self.name, version, _Status.AVAILABLE, owner=self)
         logging.info("serving %s version %d from %s (warmed up with %d requests)", self.name,
                      version, path, warmed)
+
+    def _unload(self, servable: Servable, wait: bool = False) -> None:
+        """UNLOADING until its running requests finish, then END (in the background unless
+        `wait`)."""
+        logging.info("unloading %s version %d", self.name, servable.version)
+        self._monitor.set(self.name, servable.version, _Status.UNLOADING, owner=self)
+
+        def close():
+            servable.close()
+            self._monitor.set(self.name, servable.version, _Status.END, owner=self)
+
+        if wait:
+            close()
+        else:
+            threading.Thread(target=close, name="unload", daemon=True).start()
 
     def loaded_versions(self) -> set[int]:
         with self._lock:
@@ -139,9 +227,9 @@ class ModelManager:
     def _pick(self, spec: model_pb2.ModelSpec, loaded: dict[int, Servable]) -> Servable:
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
-            if spec.version_label not in self.config.version_labels:
+            if spec.version_label not in self.labels:
                 raise invalid(f"Unrecognized servable version label: {spec.version_label}")
-            version = self.config.version_labels[spec.version_label]
+            version = self.labels[spec.version_label]
         else:
             version = spec.version.value if choice == "version" else None
         if version is None and loaded:
@@ -152,70 +240,88 @@ class ModelManager:
             f"Latest({self.name})"
         raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
 
-    def status(self, version: int | None) -> list[_Status]:
-        """GetModelStatus: AVAILABLE for served versions, END with the error for failed loads."""
-        statuses = [_Status(version=v, state=_Status.AVAILABLE,
-                            status=status_pb2.StatusProto(error_code=0, error_message=""))
-                    for v in sorted(self._loaded)]
-        statuses += [_Status(version=v, state=_Status.END, status=status_pb2.StatusProto(
-            error_code=grpc.StatusCode.UNKNOWN.value[0], error_message=message))
-            for v, message in sorted(self._failed.items())]
-        if version is not None:
-            statuses = [s for s in statuses if s.version == version]
-            if not statuses:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Could not find version {version} of model {self.name}")
-        if not statuses:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Could not find any versions of model {self.name}")
-        return statuses
-
     def stop(self) -> None:
+        """Unloads every version (their states END), waiting for their requests."""
         with self._lock:
             servables, self._loaded = list(self._loaded.values()), {}
         for servable in servables:
-            servable.close()
+            self._unload(servable, wait=True)
+
+
+def check_model_config(config: ModelServerConfig) -> None:
+    """ServerCore::ReloadConfig's first checks (ValidateModelConfigList): TF Serving's status
+    for a config that is not a model list or lists a model twice."""
+    if config.WhichOneof("config") != "model_config_list":
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "Cannot transition to requested config. It is only legal to "
+                           "transition from one ModelConfigList to another.")
+    names = set()
+    for model in config.model_config_list.config:
+        if model.name in names:
+            raise invalid(f"Illegal to list model {model.name} multiple times in config list")
+        names.add(model.name)
 
 
 class ServerCore:
     """The models a server holds, by name; kept in line with the files every poll."""
 
-    def __init__(self, config: model_server_config_pb2.ModelServerConfig,
-                 servable_options: dict | None = None):
+    def __init__(self, config: ModelServerConfig, servable_options: dict | None = None,
+                 allow_version_labels_for_unavailable_models: bool = False):
         self._options = servable_options or {}
+        self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
+        self.monitor = StateMonitor()
         self._models: dict[str, ModelManager] = {}
         self._lock = threading.Lock()
+        self._reloading = threading.Lock()  # one config change at a time
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.reload_config(config)
 
-    def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Serves the models `config` lists: new ones are loaded before they are published,
-        dropped ones unloaded once their requests finish."""
-        if config.WhichOneof("config") != "model_config_list":
-            raise ValueError("the model config must hold a model_config_list")
-        configs = {c.name: c for c in config.model_config_list.config}
-        with self._lock:
-            current = dict(self._models)
-        models = {}
-        for name, model_config in configs.items():
-            manager = current.get(name)
-            if manager is None or manager.config.base_path != model_config.base_path:
-                manager = ModelManager(model_config, self._options)
-            manager.config = model_config
-            manager.refresh()
-            models[name] = manager
-        with self._lock:
-            self._models = models
-        for manager in current.values():
-            if models.get(manager.name) is not manager:
-                threading.Thread(target=manager.stop, name="unload-model", daemon=True).start()
-        for name, model_config in configs.items():
-            loaded = models[name].loaded_versions()
-            for label, version in model_config.version_labels.items():
-                if version not in loaded:
-                    logging.warning("%s: label %r names version %d, which is not loaded",
-                                    name, label, version)
+    def reload_config(self, config: ModelServerConfig) -> None:
+        """Serves the models `config` lists, or raises ServingError (TF Serving's status) and
+        changes nothing. New models and versions load before the config is published; dropped
+        models are unloaded once their requests finish."""
+        with self._reloading:
+            check_model_config(config)
+            configs = {c.name: c for c in config.model_config_list.config}
+            with self._lock:
+                current = dict(self._models)
+            labels = {name: self._checked_labels(c, current.get(name))
+                      for name, c in configs.items()}
+            models = {}
+            for name, model_config in configs.items():
+                manager = current.get(name)
+                if manager is None or manager.config.base_path != model_config.base_path:
+                    manager = ModelManager(model_config, self._options, self.monitor)
+                manager.config = model_config
+                manager.refresh(retire=False)
+                models[name] = manager
+            with self._lock:  # labels move only now, when their new versions serve
+                for name, manager in models.items():
+                    manager.labels = labels[name]
+                self._models = models
+            for manager in models.values():
+                manager.refresh()  # now unload what the new config no longer wants
+            for manager in current.values():
+                if models.get(manager.name) is not manager:
+                    threading.Thread(target=manager.stop, name="unload-model",
+                                     daemon=True).start()
+
+    def _checked_labels(self, config: ModelConfig, current: ModelManager | None
+                        ) -> dict[str, int]:
+        """UpdateModelVersionLabelMap: each label must name an AVAILABLE version, unless
+        --allow_version_labels_for_unavailable_models (which still may not move an existing
+        label to another unavailable version)."""
+        existing = current.labels if current else {}
+        for label, version in config.version_labels.items():
+            available = self.monitor.state(config.name, version) == _Status.AVAILABLE
+            allowed = self._allow_unavailable_labels and existing.get(label, version) == version
+            if not (available or allowed):
+                raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"Request to assign label to version {version} of model "
+                                   f"{config.name}, which is not currently available for "
+                                   "inference")
+        return dict(config.version_labels)
 
     def manager(self, name: str) -> ModelManager:
         if not name:
@@ -239,16 +345,21 @@ class ServerCore:
             return list(self._models.values())
 
     def every(self, seconds: float, action, name: str) -> None:
-        """Runs `action` every `seconds` on a background thread until `stop()`; 0 means never."""
+        """Runs `action` every `seconds` on a background thread until `stop()`; 0 means never.
+        An error is logged once until the action succeeds again."""
         if seconds <= 0:
             return
 
         def loop():
+            last_error = None
             while not self._stop.wait(seconds):
                 try:
                     action()
+                    last_error = None
                 except Exception as error:  # a poll that fails must not end polling
-                    logging.error("%s failed: %s", name, error)
+                    if str(error) != last_error:
+                        logging.error("%s failed: %s", name, error)
+                    last_error = str(error)
 
         thread = threading.Thread(target=loop, name=name, daemon=True)
         thread.start()
@@ -266,10 +377,9 @@ class ServerCore:
             manager.stop()
 
 
-def single_model_config(name: str, base_path: str | Path
-                        ) -> model_server_config_pb2.ModelServerConfig:
+def single_model_config(name: str, base_path: str | Path) -> ModelServerConfig:
     """The config TF Serving builds from --model_name and --model_base_path."""
-    config = model_server_config_pb2.ModelServerConfig()
+    config = ModelServerConfig()
     config.model_config_list.config.add(name=name, base_path=str(Path(base_path).resolve()),
                                         model_platform="tensorflow")
     return config

@@ -112,8 +112,6 @@ def test_status_reports_the_served_version_available(client):
     ("unknown_signature", grpc.StatusCode.FAILED_PRECONDITION),
     ("oversized", grpc.StatusCode.RESOURCE_EXHAUSTED),
 ])
-
-
 def test_bad_request_gets_its_status_and_the_server_keeps_serving(server_url, case, code, jpegs):
     if case == "oversized" and "local" not in _where(server_url):
         pytest.skip("the size cap is the local server's --max_request_bytes")

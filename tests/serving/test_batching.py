@@ -5,6 +5,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -89,3 +90,90 @@ def test_batching_merges_concurrent_requests_and_keeps_answers(exported, tmp_pat
             np.testing.assert_allclose(prediction.probabilities, alone, atol=1e-5)
     finally:
         server.stop()
+
+
+def _hold_first_batch(batcher_run):
+    """A `run` that blocks its first call until released, so later tasks queue into one batch."""
+    release, first_running = threading.Event(), threading.Event()
+
+    def run(feeds, fetches):
+        if not first_running.is_set():
+            first_running.set()
+            release.wait(30)
+        return batcher_run(feeds, fetches)
+
+    return run, release, first_running
+
+
+def _submit_all(batcher, feeds_list):
+    """Runs each feeds dict as its own task, concurrently; (results, errors) by index."""
+    results, errors = {}, {}
+
+    def task(i, feeds):
+        try:
+            results[i] = batcher.run(feeds, ["y"])[0]
+        except ServingError as error:
+            errors[i] = error
+
+    threads = [threading.Thread(target=task, args=(i, f)) for i, f in enumerate(feeds_list)]
+    return threads, results, errors
+
+
+def test_one_bad_task_fails_alone_and_the_others_of_its_batch_get_their_answers():
+    """BatchingSession fails every task of a batch whose merged run fails (batching_session.cc,
+    ProcessBatch); catdog reruns such a batch task by task."""
+    runs = []
+
+    def run(feeds, fetches):
+        runs.append(len(feeds["x"]))
+        if (feeds["x"] < 0).any():
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "negative input")
+        return [feeds["x"] * 2]
+
+    held, release, first_running = _hold_first_batch(run)
+    batcher = Batcher(held, BatchingOptions(max_batch_size=8, batch_timeout_micros=10**6,
+                                            num_batch_threads=1))
+    feeds = [{"x": np.full((1, 2), v, np.float32)} for v in (0, 1, -1, 2, -2, 3)]
+    threads, results, errors = _submit_all(batcher, feeds)
+    threads[0].start()
+    assert first_running.wait(30)
+    for thread in threads[1:]:
+        thread.start()
+    wait_for(lambda: batcher.queued_tasks() == 5)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    batcher.stop()
+    assert sorted(errors) == [2, 4] and all("negative input" in e.message for e in errors.values())
+    assert {i: r.tolist() for i, r in results.items()} == {
+        0: [[0, 0]], 1: [[2, 2]], 3: [[4, 4]], 5: [[6, 6]]}
+    assert runs == [1, 5, 1, 1, 1, 1, 1] and batcher.batches_split == 1
+
+
+def test_tasks_of_other_shapes_or_dtypes_are_never_merged():
+    sizes = []
+
+    def run(feeds, fetches):
+        sizes.append(feeds["x"].shape)
+        return [feeds["x"]]
+
+    held, release, first_running = _hold_first_batch(run)
+    batcher = Batcher(held, BatchingOptions(max_batch_size=8, batch_timeout_micros=10**6,
+                                            num_batch_threads=1))
+    feeds = [{"x": np.zeros((1, 2), np.float32)}, {"x": np.zeros((1, 3), np.float32)},
+             {"x": np.zeros((1, 3), np.float64)}, {"x": np.zeros((2, 3), np.float32)}]
+    threads, results, errors = _submit_all(batcher, feeds)
+    threads[0].start()
+    assert first_running.wait(30)
+    for thread in threads[1:]:
+        thread.start()
+    wait_for(lambda: batcher.queued_tasks() == 3)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    batcher.stop()
+    assert not errors
+    for i, feed in enumerate(feeds):  # each got its own rows back, in its own dtype
+        assert results[i].shape == feed["x"].shape and results[i].dtype == feed["x"].dtype
+    # the float64 task and the [.., 2] task ran alone; the float32 [.., 3] ones may share a run
+    assert sorted(sizes) in ([(1, 2), (1, 3), (1, 3), (2, 3)], [(1, 2), (1, 3), (3, 3)])

@@ -78,8 +78,6 @@ def tensor(dtype, dims, **values) -> tensor_pb2.TensorProto:
                                               string_val=[TINY_PNG] * 10000),
      grpc.StatusCode.RESOURCE_EXHAUSTED),
 ])
-
-
 def test_hostile_grpc_requests_get_a_status_and_the_server_lives(serve_process, signature, alias,
                                                                   proto, code):
     assert grpc_predict(serve_process, request_with(signature, alias, proto)) == code

@@ -152,8 +152,6 @@ def test_columnar_format():
     ('{"instances": [["baz", "bar"], {"str_tensor": ["baz", "bat"]}]}', {"str_tensor": STRING},
      "Expecting value/list but got object"),
 ])
-
-
 def test_request_errors(body, dtypes, message):
     """SingleUnnamedTensorErrors, MultipleNamedTensorErrors."""
     def run():
@@ -281,8 +279,6 @@ def test_classify_regress_request_with_context_and_signature():
      "names has element with unexpected JSON type: Array"),
     ('{"examples": [ { "names": [ 20, 18446744073709551603 ] } ]}', "Only int64_t is supported"),
 ])
-
-
 def test_classify_regress_json_errors(body, message):
     """ClassifyRegressRequestTest JsonErrors."""
     assert message in error_of(json_tensor.input_from_json, json_tensor.parse_json(body))
@@ -338,3 +334,16 @@ def test_declared_shapes_are_checked_before_allocation():
         tensors.array_from_proto(huge, max_bytes=64 << 20)
     assert "cannot be sent" in error_of(tensors.array_from_proto,
                                         proto("dtype: DT_RESOURCE tensor_shape {}"))
+
+
+def test_a_half_value_is_400_in_row_format_and_501_in_columnar():
+    """AddInstanceItem's errors are wrapped as INVALID_ARGUMENT in row format
+    (FillTensorMapFromInstancesList); columnar keeps AddValueToTensor's UNIMPLEMENTED."""
+    half = {"x": types_pb2.DT_HALF}
+    with pytest.raises(ServingError) as row:
+        fill('{"instances": [1.5]}', half)
+    assert row.value.code.name == "INVALID_ARGUMENT"
+    assert "Failed to process element: 0 of 'instances' list" in row.value.message
+    with pytest.raises(ServingError) as columnar:
+        fill('{"inputs": [1.5]}', half)
+    assert columnar.value.code.name == "UNIMPLEMENTED"

@@ -10,6 +10,7 @@ from absl import flags
 from catdog import contract
 from catdog.errors import CatdogError
 from catdog.serving import options as options_lib
+from catdog.serving import server
 from catdog.serving.options import ServerOptions
 
 
@@ -34,10 +35,12 @@ def test_every_option_is_a_flag_with_its_default_and_help(flag_values, tmp_path)
         model_base_path=str(tmp_path))
 
 
-def test_defaults_are_the_contract_names():
+def test_defaults_are_tf_servings_and_the_contract_ports():
+    """main.cc: --model_name defaults to "default"; the ports are the ones the client and the
+    deployment files use."""
     options = ServerOptions()
     assert (options.model_name, options.port, options.rest_api_port) == (
-        contract.DEFAULT_MODEL_NAME, contract.DEFAULT_GRPC_PORT, contract.DEFAULT_REST_PORT)
+        "default", contract.DEFAULT_GRPC_PORT, contract.DEFAULT_REST_PORT)
 
 
 def test_rest_api_port_zero_on_the_command_line_turns_rest_off(flag_values, tmp_path):
@@ -59,7 +62,19 @@ def test_code_and_command_line_refuse_a_value_in_the_same_words(flag_values, tmp
         parse(flag_values, f"--model_base_path={tmp_path}", f"--{field}={value}")
 
 
-def test_a_missing_base_path_is_refused_on_the_command_line_only(flag_values):
+def test_a_missing_base_path_is_refused_on_the_command_line_only_and_not_with_version():
     assert ServerOptions(model_base_path="/no/such/folder").model_base_path == "/no/such/folder"
+    values = flags.FlagValues()
+    server.define_flags(values)
     with pytest.raises(flags.IllegalFlagValueError, match="must be an existing folder"):
-        parse(flag_values, "--model_base_path=/no/such/folder")
+        values(["serve", "--model_base_path=/no/such/folder"])
+    values = flags.FlagValues()
+    server.define_flags(values)
+    values(["serve", "--model_base_path=/no/such/folder", "--version"])
+    assert values.version
+
+
+def test_channel_arguments_must_be_key_value_pairs():
+    assert ServerOptions(grpc_channel_arguments="grpc.so_reuseaddr=1,a=b").grpc_channel_arguments
+    with pytest.raises(CatdogError, match="key=value"):
+        ServerOptions(grpc_channel_arguments="grpc.so_reuseaddr")

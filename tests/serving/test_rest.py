@@ -19,6 +19,8 @@ import json
 import os
 import random
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +30,7 @@ import grpc
 import pytest
 import tensorflow as tf
 
-from conftest import CLASSES, TINY_PNG, assert_still_serving, post, request_with
+from conftest import CLASSES, TINY_PNG, assert_still_serving, free_ports, post, request_with
 from tfserving_models import TWO_VERSIONS, recorded_metadata, rest
 
 
@@ -48,8 +50,6 @@ from tfserving_models import TWO_VERSIONS, recorded_metadata, rest
     ("POST", "/v1/models/foo/versions/50/labels/some_label:regress", "Malformed request"),
     ("POST", "/v1/models/foo/versions/some_label:regress", "Malformed request"),
 ])
-
-
 def test_unsupported_api_calls_are_invalid_argument(tfs_server, method, path, message):
     """H UnsupportedApiCalls: INVALID_ARGUMENT (HTTP 400) with TF Serving's message."""
     status, body = rest(tfs_server, method, path, "" if method == "POST" else None)
@@ -58,8 +58,6 @@ def test_unsupported_api_calls_are_invalid_argument(tfs_server, method, path, me
 
 @pytest.mark.parametrize("path", ["/v1/models/foo:predict", "/v1/models/foo/versions/50:predict",
                                   f"/v1/models/{TWO_VERSIONS}/versions/99:predict"])
-
-
 def test_predict_unknown_model_or_version_is_not_found(tfs_server, path):
     """H PredictModelNameVersionErrors."""
     status, _ = rest(tfs_server, "POST", path, '{ "instances": [1] }')
@@ -74,8 +72,6 @@ def test_predict_unknown_model_or_version_is_not_found(tfs_server, path):
      "Unrecognized servable version label"),
     (":predict", '{ "signature_name": 100 }', "'signature_name' key must be a string value."),
 ])
-
-
 def test_predict_request_errors(tfs_server, path, body, message):
     """H PredictRequestErrors: each is INVALID_ARGUMENT."""
     status, answer = rest(tfs_server, "POST", f"/v1/models/{TWO_VERSIONS}{path}", body)
@@ -120,8 +116,6 @@ def test_get_model_metadata_is_the_recorded_body(tfs_server):
     ("predict", {"instances": [2.0, 3.0, 4.0]}, {"predictions": [3.0, 3.5, 4.0]}),
     ("predict", {"inputs": [2.0, 3.0, 4.0]}, {"outputs": [3.0, 3.5, 4.0]}),
 ])
-
-
 def test_rest_end_to_end(tfs_server, verb, body, expected):
     """S testClassifyREST, testRegressREST, testPredictREST, testPredictColumnarREST."""
     answer = rest(tfs_server, "POST", f"/v1/models/default:{verb}", json.dumps(body))
@@ -136,8 +130,6 @@ def test_rest_end_to_end(tfs_server, verb, body, expected):
     (b'{"signature_name": "predict_pixels", "instances": [["a"]]}', 400,
      "is not of expected type: float"),
 ])
-
-
 def test_malformed_rest_bodies_are_400_with_an_error_message(local_server, body, status, message,
                                                               jpegs):
     code, document = post(local_server, "/v1/models/catdog:predict", body)
@@ -201,8 +193,6 @@ def png_instances(count: int) -> bytes:
     ("DELETE", "/v1/models/catdog", b"", None, 400),
     ("POST", "/v1/models/catdog:predict", b"\xff\xfe not utf-8", None, 400),
 ])
-
-
 def test_hostile_rest_requests_get_a_json_error_and_the_server_lives(serve_process, method, path,
                                                                       body, headers, status):
     code, document = rest_call(serve_process, method, path, body, headers)
@@ -255,18 +245,73 @@ def test_seeded_fuzz_never_kills_the_server_or_answers_unknown(serve_process):
     assert_still_serving(serve_process)
 
 
-def test_idle_connections_are_bounded_and_the_server_goes_on(serve_process):
-    """More idle connections than --max_rest_connections: the extra ones get 503 at once."""
-    idle = [socket.create_connection(("127.0.0.1", serve_process[2])) for _ in range(12)]
+def _connections(port: int, count: int) -> list[socket.socket]:
+    return [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+
+
+def test_idle_and_half_sent_connections_hold_no_request_slot_and_are_bounded(serve_process):
+    """12 idle or half-sent connections with --max_rest_connections=8: a normal request is
+    still answered (they hold no request slot); past 8 × 8 open connections one more is
+    answered 503 at once; closing them frees the server."""
+    idle = _connections(serve_process[2], 12)
     try:
         idle[0].sendall(b"POST /v1/models/catdog:predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+        assert rest_call(serve_process, "GET", "/v1/models/catdog")[0] == 200
+        idle += _connections(serve_process[2], 64 - 12)
         code, document = rest_call(serve_process, "GET", "/v1/models/catdog")
         assert code == 503 and "--max_rest_connections" in document["error"]
     finally:
         for connection in idle:
             connection.close()
     deadline = time.monotonic() + 30
-    # slots free as their threads end
-    while rest_call(serve_process, "GET", "/v1/models/catdog")[0] == 503:
+    while rest_call(serve_process, "GET", "/v1/models/catdog")[0] == 503:  # threads ending
         assert time.monotonic() < deadline
     assert_still_serving(serve_process)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("slow_sockets", [64, 256])
+def test_slow_senders_cannot_shut_rest_out(model_base, slow_sockets):
+    """Slowloris: sockets that send a request one byte at a time, against the default
+    --max_rest_connections=64. Normal REST clients meanwhile fail no request, and every slow
+    socket is disconnected once --rest_request_timeout_seconds has passed."""
+    grpc_port, rest_port = free_ports(2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "catdog.serve", "--model_name=catdog",
+         f"--model_base_path={model_base}", f"--port={grpc_port}",
+         f"--rest_api_port={rest_port}", "--rest_request_timeout_seconds=3"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    slow = []
+    try:
+        assert process.stdout.readline().startswith("serving catdog")
+        slow = _connections(rest_port, slow_sockets)
+        request = b"POST /v1/models/catdog:predict HTTP/1.1\r\nContent-Length: 10\r\n\r\n"
+        closed, failures, answered = set(), [], 0
+        started = time.monotonic()
+        for byte in range(len(request)):
+            for index, connection in enumerate(slow):
+                if index in closed:
+                    continue
+                try:
+                    connection.sendall(request[byte:byte + 1])
+                except OSError:
+                    closed.add(index)
+            code, _ = rest_call((process, grpc_port, rest_port), "GET", "/v1/models/catdog")
+            answered += code == 200
+            if code != 200:
+                failures.append(code)
+            if time.monotonic() - started > 8:
+                break
+            time.sleep(0.1)  # the slow senders' pace, not a measurement
+        assert not failures and answered > 0
+        for index, connection in enumerate(slow):  # the deadline has passed: all are closed
+            connection.settimeout(10)
+            try:
+                assert connection.recv(1) == b"", index
+            except ConnectionResetError:
+                pass
+    finally:
+        for connection in slow:
+            connection.close()
+        process.terminate()
+        process.wait(timeout=30)

@@ -18,6 +18,7 @@ from tensorflow_serving.apis import (
 )
 
 from catdog.serving.server import start_server
+from catdog.serving.status import ServingError
 
 from tfserving_models import TWO_VERSIONS, rest, verify_predict, verify_spec
 
@@ -43,8 +44,6 @@ from tfserving_models import TWO_VERSIONS, rest, verify_predict, verify_spec
      '{"signature_name": "classify_x_to_y", "examples": [ { "x": 10.0 } ] }',
      {"results": [[["", 7]]]}),
 ])
-
-
 def test_predict_regress_classify_answer_as_tf_serving(tfs_server, path, body, expected):
     """H Predict, Regress, Classify: the exact bodies."""
     assert rest(tfs_server, "POST", f"/v1/models/{TWO_VERSIONS}{path}", body) == (200, expected)
@@ -94,8 +93,6 @@ def test_multi_inference_grpc(tfs_stubs):
 
 @pytest.mark.parametrize("model_name,expected", [("half_plus_two", 3.0),
                                                  ("half_plus_three", 4.0)])
-
-
 @pytest.mark.parametrize("specify_output", [True, False])
 def test_good_model_config(tfs_stubs, model_name, expected, specify_output):
     """S testGoodModelConfig (and testPredictSavedModel): several models from one config."""
@@ -137,3 +134,49 @@ def test_tf_saved_model_save_multiple_signatures(tmp_path):
         verify_predict(stub, "default", 1.0)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("call, request_class", [
+    ("Classify", classification_pb2.ClassificationRequest),
+    ("Regress", regression_pb2.RegressionRequest)])
+def test_an_unknown_signature_is_invalid_argument_for_classify_and_regress(tfs_stubs, call,
+                                                                          request_class):
+    """InvalidSignature (classification_service_test.cc, regression_service_test.cc):
+    GetClassificationSignatureDef / GetRegressionSignatureDef's INVALID_ARGUMENT."""
+    with pytest.raises(grpc.RpcError) as error:
+        getattr(tfs_stubs[0], call)(_example_request(request_class(), "nope"), 20)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "No signature was found with the name: nope"
+
+
+def test_a_multi_inference_task_on_a_predict_signature_is_unimplemented(tfs_stubs):
+    """UsupportedSignatureTypeTest (multi_inference_test.cc)."""
+    request = inference_pb2.MultiInferenceRequest()
+    task = request.tasks.add(method_name="tensorflow/serving/predict")
+    task.model_spec.name, task.model_spec.signature_name = "default", "serving_default"
+    request.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+    with pytest.raises(grpc.RpcError) as error:
+        tfs_stubs[0].MultiInference(request, 20)
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "Unsupported signature method_name" in error.value.details()
+
+
+def test_the_method_name_check_refuses_a_signature_of_another_method(tfs_models):
+    """--enable_signature_method_name_check: Classify on a regress signature is refused in
+    PreProcessClassification's words; off (the default), it runs."""
+    from catdog.serving.servable import Servable
+    from catdog.serving.server_core import version_folders
+
+    version = version_folders(tfs_models / "half_plus_two")[123]
+    checked = Servable("default", 123, version, method_name_check=True)
+    unchecked = Servable("default", 123, version)
+    try:
+        request = _example_request(classification_pb2.ClassificationRequest(), "regress_x_to_y")
+        with pytest.raises(ServingError, match="Expected classification signature method_name "
+                                               "to be tensorflow/serving/classify. Was: "
+                                               "tensorflow/serving/regress"):
+            checked.classify("regress_x_to_y", request.input)
+        assert unchecked.signature("regress_x_to_y").method_name == "tensorflow/serving/regress"
+    finally:
+        checked.close()
+        unchecked.close()

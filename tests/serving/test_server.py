@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import grpc
 import pytest
 
 from conftest import CLASSES, free_ports, run_catdog
@@ -13,7 +14,8 @@ from conftest import CLASSES, free_ports, run_catdog
 @pytest.mark.slow  # spawns the server and the client
 def test_serve_and_client_command_lines(exported, jpegs, tmp_path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "catdog.serve", f"--model_base_path={exported[2]}", "--port=0",
+        [sys.executable, "-m", "catdog.serve", "--model_name=catdog",
+         f"--model_base_path={exported[2]}", "--port=0",
          f"--rest_api_port={free_ports(1)[0]}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         text=True)
     try:
@@ -37,3 +39,71 @@ def test_serve_refuses_a_base_path_without_versions(tmp_path):
     result = run_catdog("serve", f"--model_base_path={tmp_path}", "--port=0", "--rest_api_port=0")
     assert result.returncode == 2
     assert "holds no loadable version" in result.stderr
+
+
+def test_grpc_over_a_unix_socket_with_channel_arguments(tfs_models, tmp_path):
+    """testPredictUDS and testGoodGrpcChannelArgs (tensorflow_model_server_test.py): the same
+    Predict over --grpc_socket_path, with --grpc_channel_arguments passed to the gRPC server."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from catdog.serving.server import start_server
+
+    from tfserving_models import verify_predict
+
+    socket_path = tmp_path / "tf-serving.sock"
+    server = start_server(None, tfs_models / "half_plus_two", port=0, rest_api_port=None,
+                          grpc_socket_path=str(socket_path),
+                          grpc_channel_arguments="grpc.max_connection_age_ms=2000,"
+                                                 "grpc.so_reuseaddr=1")
+    try:
+        for target in (f"unix:{socket_path}", f"127.0.0.1:{server.grpc_port}"):
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(
+                grpc.insecure_channel(target))
+            verify_predict(stub, "default", 3.0)  # --model_name defaults to "default"
+    finally:
+        server.stop()
+
+
+def test_version_prints_tf_servings_two_lines():
+    result = run_catdog("serve", "--version")
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and len(lines) == 2, result.stderr
+    assert lines[0].startswith("TensorFlow ModelServer: ")
+    assert lines[1].startswith("TensorFlow Library: 2.")
+
+
+@pytest.mark.slow  # spawns the server
+def test_tf_serving_test_harness_command_line_starts_the_server(tfs_models, tmp_path):
+    """The exact command line tensorflow_model_server_test_base.py's RunServer builds (with
+    --model_name/--model_base_path, monitoring, batching and a config poll period) starts the
+    server, which then answers over TCP, the UNIX socket and REST."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from tfserving_models import rest_port_answers, verify_predict
+
+    grpc_port, rest_port = free_ports(2)
+    socket_path = tmp_path / "tf-serving.sock"
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/metrics" }')
+    batching = tmp_path / "batching.config"
+    batching.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 1000 }")
+    command = [sys.executable, "-m", "catdog.serve", f"--port={grpc_port}",
+               f"--rest_api_port={rest_port}", "--rest_api_timeout_in_ms=5000",
+               f"--grpc_socket_path={socket_path}", "--model_name=default",
+               f"--model_base_path={tfs_models / 'half_plus_two'}",
+               f"--monitoring_config_file={monitoring}",
+               "--model_config_file_poll_wait_seconds=1", "--enable_batching",
+               f"--batching_parameters_file={batching}",
+               "--grpc_channel_arguments=grpc.so_reuseaddr=1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith("serving default"), process.stderr.read()
+        for target in (f"127.0.0.1:{grpc_port}", f"unix:{socket_path}"):
+            verify_predict(prediction_service_pb2_grpc.PredictionServiceStub(
+                grpc.insecure_channel(target)), "default", 3.0)
+        assert rest_port_answers(rest_port, "/v1/models/default") == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from catdog import export
 from catdog import model as model_lib
+from catdog.errors import CatdogError
 from catdog.serving.client import Client
 from catdog.serving.options import ServerOptions
 from catdog.serving.server import start_server
@@ -45,8 +47,11 @@ def test_a_new_version_is_picked_up(exported, tmp_path, jpegs):
 
 
 def test_shipped_models_config_serves_its_labels(exported, tmp_path, jpegs):
-    """serving/models.config as shipped (its base path moved here): latest 2 versions,
-    labels stable → 1 and canary → 2."""
+    """serving/models.config as shipped (its base path moved here), with the flag
+    docker-compose.yml passes: latest 2 versions, labels stable → 1 and canary → 2. Status lists
+    versions newest first and a label does not narrow it (get_model_status_impl.cc); without
+    the flag the first config's labels stop the start, as in TF Serving (server_core.cc
+    UpdateModelVersionLabelMap runs before any version is AVAILABLE)."""
     model = exported[0]
     base = tmp_path / "catdog"
     for _ in range(2):
@@ -54,14 +59,21 @@ def test_shipped_models_config_serves_its_labels(exported, tmp_path, jpegs):
     shipped = (Path(__file__).resolve().parents[2] / "serving" / "models.config").read_text()
     config = tmp_path / "models.config"
     config.write_text(shipped.replace('"/models/catdog"', f'"{base}"'))
+    with pytest.raises(CatdogError, match="Request to assign label to version [12] of "
+                                          "model catdog, which is not currently available"):
+        start_server(options=ServerOptions(port=0, rest_api_port=None,
+                                           model_config_file=str(config)))
     server = start_server(options=ServerOptions(
-        port=0, rest_api_port=0, model_config_file=str(config)))
+        port=0, rest_api_port=0, model_config_file=str(config),
+        allow_version_labels_for_unavailable_models=True))
     try:
         url = f"http://127.0.0.1:{server.rest_port}"
-        assert [s["version"] for s in Client(url).status()] == [1, 2]
-        for label, version in (("stable", 1), ("canary", 2)):
+        assert [s["version"] for s in Client(url).status()] == [2, 1]
+        for label in ("stable", "canary"):
             code, body = rest(server, "GET", f"/v1/models/catdog/labels/{label}")
-            assert body["model_version_status"][0]["version"] == str(version)
+            assert [s["version"] for s in body["model_version_status"]] == ["2", "1"]
+        assert server.core.manager("catdog").labels == {"stable": 1, "canary": 2}
+        for label in ("stable", "canary"):
             code, answer = rest(server, "POST", f"/v1/models/catdog/labels/{label}:predict",
                                 json.dumps({"instances": [
                                     {"b64": base64.b64encode(jpegs[0].read_bytes()).decode()}]}))
@@ -205,5 +217,238 @@ def test_model_config_reload(tfs_models, tmp_path):
             assert time.monotonic() < deadline, "the new config was never applied"
             time.sleep(0.05)
         verify_predict(stub, "half_plus_three", 4.0, specify_output=False)
+    finally:
+        server.stop()
+
+
+# --- model status, from the state monitor (get_model_status_impl_test.cc,
+# servable_state_monitor_test.cc) ------------------------------------------------------------------
+
+def _status(server, name="catdog", **spec) -> list[tuple[int, str, str]]:
+    """(version, state, error message) of GetModelStatus over gRPC."""
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    stub = model_service_pb2_grpc.ModelServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    if "version" in spec:
+        request.model_spec.version.value = spec["version"]
+    if "label" in spec:
+        request.model_spec.version_label = spec["label"]
+    response = stub.GetModelStatus(request, 30)
+    return [(s.version, get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+             s.status.error_message) for s in response.model_version_status]
+
+
+def _status_error(server, **spec) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as error:
+        _status(server, **spec)
+    return error.value.code(), error.value.details()
+
+
+def test_status_lists_versions_newest_first_and_keeps_unloaded_ones_as_end(small_model,
+                                                                           tmp_path):
+    """VersionMapDescendingOrder and UpdatingStates (servable_state_monitor_test.cc), through
+    AllVersionsSuccess and SingleVersionSuccess (get_model_status_impl_test.cc): a version the
+    policy retired stays in the list, END with an OK status."""
+    base = tmp_path / "catdog"
+    export.export_saved_model(small_model, CLASSES, base)
+    server = start_server("catdog", base, port=0, rest_api_port=None,
+                          file_system_poll_wait_seconds=3600)
+    try:
+        export.export_saved_model(small_model, CLASSES, base)
+        server.core.refresh()
+        deadline = time.monotonic() + 30
+        while _status(server) != [(2, "AVAILABLE", ""), (1, "END", "")]:
+            assert time.monotonic() < deadline, _status(server)
+            time.sleep(0.05)
+        assert _status(server, version=1) == [(1, "END", "")]
+        assert _status(server, label="anything") == _status(server)  # a label does not narrow
+    finally:
+        server.stop()
+
+
+def test_status_of_an_unknown_model_or_version_is_not_found(tfs_server):
+    """InvalidModelNameFailure, InvalidModelVersionFailure (get_model_status_impl_test.cc)."""
+    assert _status_error(tfs_server, name="nope") == (
+        grpc.StatusCode.NOT_FOUND, "Could not find any versions of model nope")
+    assert _status_error(tfs_server, name="default", version=999) == (
+        grpc.StatusCode.NOT_FOUND, "Could not find version 999 of model default")
+
+
+def _list_config(*models: tuple[str, Path], labels: str = "", policy: str = "") -> str:
+    return "model_config_list {" + "".join(
+        f' config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" '
+        f"{policy} {labels} }}" for name, path in models) + " }"
+
+
+def _config(text: str):
+    from google.protobuf import text_format
+
+    from catdog.serving.config_files import ModelServerConfig
+
+    return text_format.Parse(text, ModelServerConfig())
+
+
+@pytest.fixture
+def two_version_base(small_model, tmp_path) -> Path:
+    base = tmp_path / "catdog"
+    for _ in range(2):
+        export.export_saved_model(small_model, CLASSES, base)
+    return base
+
+
+def test_a_model_dropped_by_a_reload_still_answers_its_status_with_end(two_version_base,
+                                                                       tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(two_version_base / "2", other / "7")
+    server = start_server(options=ServerOptions(port=0, rest_api_port=None,
+                                                model_config_file=_write(tmp_path, _list_config(
+                                                    ("catdog", two_version_base),
+                                                    ("other", other)))))
+    try:
+        server.core.reload_config(_config(_list_config(("catdog", two_version_base))))
+        deadline = time.monotonic() + 30
+        while _status(server, name="other") != [(7, "END", "")]:
+            assert time.monotonic() < deadline, _status(server, name="other")
+            time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def _write(folder: Path, text: str) -> str:
+    path = folder / "models.config"
+    path.write_text(text)
+    return str(path)
+
+
+def test_reloads_tf_serving_refuses_leave_the_config_in_force(two_version_base, tmp_path):
+    """DuplicateModelNameInConfig, AssignLabelToUnavailableVersion,
+    IllegalReconfigurationToCustomConfig (server_core_test.cc), through gRPC's
+    HandleReloadConfigRequest (model_service_impl.cc)."""
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    good = _list_config(("catdog", two_version_base), policy="model_version_policy { all {} }")
+    server = start_server(options=ServerOptions(port=0, rest_api_port=None,
+                                                model_config_file=_write(tmp_path, good)))
+    stub = model_service_pb2_grpc.ModelServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    cases = {
+        "model listed twice": (_config(_list_config(("catdog", two_version_base),
+                                                    ("catdog", two_version_base))),
+                               grpc.StatusCode.INVALID_ARGUMENT,
+                               "Illegal to list model catdog multiple times in config list"),
+        "label on a missing version": (
+            _config(_list_config(("catdog", two_version_base),
+                                 labels='version_labels { key: "nice try" value: 42 }')),
+            grpc.StatusCode.FAILED_PRECONDITION, "Request to assign label to version 42 of "
+            "model catdog, which is not currently available for inference"),
+        "no model list": (_config(""), grpc.StatusCode.INVALID_ARGUMENT,
+                          "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                          "Only ModelConfigList is currently supported"),
+    }
+    try:
+        for case, (config, code, message) in cases.items():
+            with pytest.raises(grpc.RpcError) as error:
+                stub.HandleReloadConfigRequest(
+                    model_management_pb2.ReloadConfigRequest(config=config), 30)
+            assert (error.value.code(), error.value.details()) == (code, message), case
+            assert sorted(server.core.manager("catdog").loaded_versions()) == [1, 2], case
+        labelled = _config(_list_config(("catdog", two_version_base),
+                                        policy="model_version_policy { all {} }",
+                                        labels='version_labels { key: "stable" value: 1 }'))
+        stub.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=labelled), 30)
+        assert server.core.manager("catdog").labels == {"stable": 1}
+    finally:
+        server.stop()
+
+
+def test_labels_for_unavailable_versions_follow_the_flag(two_version_base, tmp_path):
+    """AssignLabelToUnavailableVersionAllowed and
+    AssignExistingLabelToUnavailableVersionDisallowed (server_core_test.cc)."""
+    policy = "model_version_policy { all {} }"
+    server = start_server(options=ServerOptions(
+        port=0, rest_api_port=None, allow_version_labels_for_unavailable_models=True,
+        model_config_file=_write(tmp_path, _list_config(("catdog", two_version_base),
+                                                        policy=policy))))
+    try:
+        def labelled(labels):
+            return _config(_list_config(("catdog", two_version_base), policy=policy,
+                                        labels=labels))
+
+        server.core.reload_config(labelled('version_labels { key: "A" value: 1 } '
+                                           'version_labels { key: "B" value: 2 } '
+                                           'version_labels { key: "nice try" value: 42 }'))
+        with pytest.raises(ServingError, match="not currently available for inference"):
+            server.core.reload_config(labelled('version_labels { key: "A" value: 42 }'))
+        assert server.core.manager("catdog").labels == {"A": 1, "B": 2, "nice try": 42}
+    finally:
+        server.stop()
+
+
+def test_a_bad_config_file_is_logged_once_and_the_previous_config_serves(two_version_base,
+                                                                         tmp_path, caplog):
+    """An empty, a malformed and a duplicate-model rewrite of --model_config_file: each is one
+    logged error; the models of the last good config go on serving; a good rewrite applies."""
+    config = Path(_write(tmp_path, _list_config(("catdog", two_version_base))))
+    server = start_server(options=ServerOptions(
+        port=0, rest_api_port=None, model_config_file=str(config),
+        model_config_file_poll_wait_seconds=0.05))
+    try:
+        for bad in ("", "model_config_list { config { nonsense: 1 } }",
+                    _list_config(("catdog", two_version_base), ("catdog", two_version_base))):
+            caplog.clear()
+            (tmp_path / "new").write_text(bad)
+            (tmp_path / "new").replace(config)
+            deadline = time.monotonic() + 30
+            while not [r for r in caplog.records if "config-poller failed" in r.getMessage()]:
+                assert time.monotonic() < deadline, "the bad config was never read"
+                time.sleep(0.05)
+            time.sleep(0.3)  # several more polls: still one line
+            assert len([r for r in caplog.records
+                        if "config-poller failed" in r.getMessage()]) == 1, bad
+            assert _served(server, "catdog") == [2]
+        (tmp_path / "new").write_text(_list_config(("renamed", two_version_base)))
+        (tmp_path / "new").replace(config)
+        deadline = time.monotonic() + 30
+        while {m.name for m in server.core.models()} != {"renamed"}:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def _served(server, name: str) -> list[int]:
+    return sorted(server.core.manager(name).loaded_versions())
+
+
+def test_a_base_path_that_vanishes_or_holds_a_corrupt_version_keeps_serving(two_version_base,
+                                                                           caplog):
+    """FileSystemStoragePathSource emits nothing for a missing base path (logged once, until it
+    is back), and the AvailabilityPreservingPolicy keeps the served version while the only
+    wanted one fails to load; an emptied base path is an empty version list, which unloads."""
+    base = two_version_base
+    server = start_server("catdog", base, port=0, rest_api_port=None,
+                          file_system_poll_wait_seconds=3600)
+    try:
+        aside = base.with_name("aside")
+        base.rename(aside)
+        for _ in range(3):
+            server.core.refresh()
+        assert _served(server, "catdog") == [2]
+        assert len([r for r in caplog.records
+                    if "Could not find base path" in r.getMessage()]) == 1
+        aside.rename(base)
+        (base / "3").mkdir()
+        (base / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+        shutil.rmtree(base / "2")
+        server.core.refresh()
+        assert _served(server, "catdog") == [2]  # its folder is gone, version 3 cannot load
+        shutil.rmtree(base / "3")
+        shutil.rmtree(base / "1")
+        server.core.refresh()
+        assert _served(server, "catdog") == []
     finally:
         server.stop()
