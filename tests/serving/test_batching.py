@@ -177,3 +177,39 @@ def test_tasks_of_other_shapes_or_dtypes_are_never_merged():
         assert results[i].shape == feed["x"].shape and results[i].dtype == feed["x"].dtype
     # the float64 task and the [.., 2] task ran alone; the float32 [.., 3] ones may share a run
     assert sorted(sizes) in ([(1, 2), (1, 3), (1, 3), (2, 3)], [(1, 2), (1, 3), (3, 3)])
+
+
+@pytest.mark.slow
+def test_bad_images_in_batch_windows_fail_no_good_request(exported, jpegs):
+    """--enable_batching with serving/batching.config: windows of 12 concurrent requests, 3 of
+    them an undecodable or over-size image. Every good request is answered; each bad one gets
+    its own INVALID_ARGUMENT; the metrics count both."""
+    from conftest import png_bomb
+
+    batching = Path(__file__).resolve().parents[2] / "serving" / "batching.config"
+    server = start_server("catdog", exported[2], port=0, rest_api_port=None,
+                          enable_batching=True, batching_parameters_file=str(batching))
+    url = f"grpc://127.0.0.1:{server.grpc_port}"
+    bad_images = [b"not an image", png_bomb(), b"\xff\xd8\xff truncated"]
+    good_failures, bad_codes, good = [], [], 0
+    try:
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            for _ in range(15):
+                images = [jpegs[i % len(jpegs)].read_bytes() for i in range(9)] + bad_images
+                futures = [(i >= 9, pool.submit(Client(url, retries=0).predict, [image]))
+                           for i, image in enumerate(images)]
+                for is_bad, future in futures:
+                    try:
+                        future.result()
+                        good += not is_bad
+                        assert not is_bad, "a bad image was answered"
+                    except ServingError as error:
+                        (bad_codes if is_bad else good_failures).append(error)
+        page = server.metrics.page()
+    finally:
+        server.stop()
+    assert not good_failures, good_failures[:3]
+    assert good == 135 and len(bad_codes) == 45
+    assert {e.code for e in bad_codes} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert 'request_count{model_name="catdog",status="OK"} 135' in page
+    assert 'request_count{model_name="catdog",status="INVALID_ARGUMENT"} 45' in page

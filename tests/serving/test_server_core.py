@@ -452,3 +452,90 @@ def test_a_base_path_that_vanishes_or_holds_a_corrupt_version_keeps_serving(two_
         assert _served(server, "catdog") == []
     finally:
         server.stop()
+
+
+def _load(urls, stop: threading.Event, failures: list, counts: list, images=(TINY_PNG,)):
+    """Client threads' loop: predict until `stop`, recording every failure."""
+    def client_loop(url):
+        client, done = Client(url, timeout=60, retries=0), 0
+        while not stop.is_set():
+            try:
+                client.predict(list(images))
+                done += 1
+            except ServingError as error:
+                failures.append(error)
+        counts.append(done)
+
+    pool = concurrent.futures.ThreadPoolExecutor(len(urls))
+    for url in urls:
+        pool.submit(client_loop, url)
+    return pool
+
+
+@pytest.mark.slow
+def test_a_base_folder_renamed_away_for_3_s_under_load_fails_no_request(two_version_base):
+    """4 clients (gRPC and REST) while the base folder is renamed away for 3 s and back, with
+    polls every 0.2 s: zero failed requests, and version 2 still served after."""
+    server = start_server("catdog", two_version_base, port=0, rest_api_port=0,
+                          file_system_poll_wait_seconds=0.2)
+    stop, failures, counts = threading.Event(), [], []
+    urls = [f"grpc://127.0.0.1:{server.grpc_port}", f"http://127.0.0.1:{server.rest_port}"] * 2
+    pool = _load(urls, stop, failures, counts)
+    try:
+        aside = two_version_base.with_name("aside")
+        two_version_base.rename(aside)
+        time.sleep(3)  # the blink being tested, not a measurement
+        aside.rename(two_version_base)
+        time.sleep(1)
+    finally:
+        stop.set()
+        pool.shutdown()
+        served = _served(server, "catdog")
+        server.stop()
+    assert not failures, failures[:3]
+    assert sum(counts) > 0 and served == [2]
+
+
+@pytest.mark.slow
+def test_a_label_moved_by_a_reload_under_load_fails_no_request(two_version_base, tmp_path):
+    """Clients on label "stable" through TF Serving's rollout and back: load version 2 beside
+    1, move the label, drop 1; then the reverse. A label moves only onto an AVAILABLE version
+    and a version unloads only after the new config (and its labels) serve, so no request on
+    the label fails."""
+    def config(versions, label):
+        specific = " ".join(f"versions: {v}" for v in versions)
+        return _list_config(("catdog", two_version_base),
+                            policy=f"model_version_policy {{ specific {{ {specific} }} }}",
+                            labels=f'version_labels {{ key: "stable" value: {label} }}')
+
+    steps = [((1, 2), 1), ((1, 2), 2), ((2,), 2), ((1, 2), 2), ((1, 2), 1), ((1,), 1)]
+    server = start_server(options=ServerOptions(
+        port=0, rest_api_port=None, allow_version_labels_for_unavailable_models=True,
+        model_config_file=_write(tmp_path, config((1,), 1))))
+    stop, failures, done = threading.Event(), [], []
+
+    def on_label():
+        from tensorflow_serving.apis import model_pb2
+
+        while not stop.is_set():
+            try:
+                with server.core.use(model_pb2.ModelSpec(name="catdog",
+                                                         version_label="stable")):
+                    done.append(1)
+            except ServingError as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=on_label) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for versions, label in steps:
+            server.core.reload_config(_config(config(versions, label)))
+            assert _served(server, "catdog") == list(versions)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        server.stop()
+    assert not failures, failures[:3]
+    assert done
