@@ -229,6 +229,7 @@ class RestServer(http_server.ThreadingHTTPServer):
     once, and one past that is answered 503 and closed at once."""
 
     daemon_threads = True
+    request_queue_size = 128  # connections the kernel holds while the accept loop catches up
     CONNECTIONS_PER_REQUEST_SLOT = 8
 
     def __init__(self, address, handler, max_requests: int):

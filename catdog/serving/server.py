@@ -170,12 +170,12 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
     grpc_server.start()
     rest_server, rest_port = None, 0
     if options.rest_api_port is not None:
-        handler = type("Handler", (RestHandler,), {"api": server_api,
-                                                   "monitoring_path": monitoring_path})
+        handler = type("Handler", (RestHandler,), {
+            "api": server_api, "monitoring_path": monitoring_path,
+            "request_timeout": options.rest_request_timeout_seconds})
         try:
             rest_server = RestServer((options.host, options.rest_api_port), handler,
                                      options.max_rest_connections)
-            handler.request_timeout = options.rest_request_timeout_seconds
         except OSError as error:
             grpc_server.stop(None)
             core.stop()

@@ -275,7 +275,8 @@ class ServerCore:
         self._reloading = threading.Lock()  # one config change at a time
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.reload_config(config)
+        if config.WhichOneof("config"):  # TF Serving takes no action for a first empty config
+            self.reload_config(config)
 
     def reload_config(self, config: ModelServerConfig) -> None:
         """Serves the models `config` lists, or raises ServingError (TF Serving's status) and

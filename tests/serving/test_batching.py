@@ -26,32 +26,51 @@ def wait_for(condition, seconds: float = 30) -> None:
         time.sleep(0.01)
 
 
-def test_concurrent_tasks_are_merged_padded_and_split_back():
-    release, first_running, sizes = threading.Event(), threading.Event(), []
+def run_queued(run, feeds_list, **options):
+    """Runs each feeds dict as its own Batcher task: the first alone (its run is held until the
+    others have queued behind it), the rest queued together. (results, errors, batcher)."""
+    release, first_running = threading.Event(), threading.Event()
 
-    def run(feeds, fetches):
-        sizes.append(len(feeds["x"]))
-        first_running.set()
-        release.wait(30)  # hold the first batch so the other tasks queue up behind it
-        return [feeds["x"] * 2]
+    def held(feeds, fetches):
+        if not first_running.is_set():
+            first_running.set()
+            release.wait(30)
+        return run(feeds, fetches)
 
-    batcher = Batcher(run, BatchingOptions(max_batch_size=8, batch_timeout_micros=10**6,
-                                           num_batch_threads=1, allowed_batch_sizes=(4, 8)))
-    results = {}
+    batcher = Batcher(held, BatchingOptions(**{"max_batch_size": 8,
+                                               "batch_timeout_micros": 10**6,
+                                               "num_batch_threads": 1, **options}))
+    results, errors = {}, {}
 
-    def task(i):
-        results[i] = batcher.run({"x": np.full((1, 2), i, np.float32)}, ["y"])[0]
+    def task(i, feeds):
+        try:
+            results[i] = batcher.run(feeds, ["y"])[0]
+        except ServingError as error:
+            errors[i] = error
 
-    threads = [threading.Thread(target=task, args=(i,)) for i in range(6)]
+    threads = [threading.Thread(target=task, args=(i, f)) for i, f in enumerate(feeds_list)]
     threads[0].start()
-    assert first_running.wait(30)  # the first task runs alone
+    assert first_running.wait(30)
     for thread in threads[1:]:
         thread.start()
-    wait_for(lambda: batcher.queued_tasks() == 5)
+    wait_for(lambda: batcher.queued_tasks() == len(feeds_list) - 1)
     release.set()
     for thread in threads:
         thread.join(30)
     batcher.stop()
+    return results, errors, batcher
+
+
+def test_concurrent_tasks_are_merged_padded_and_split_back():
+    sizes = []
+
+    def run(feeds, fetches):
+        sizes.append(len(feeds["x"]))
+        return [feeds["x"] * 2]
+
+    feeds = [{"x": np.full((1, 2), i, np.float32)} for i in range(6)]
+    results, errors, _ = run_queued(run, feeds, allowed_batch_sizes=(4, 8))
+    assert not errors
     assert sizes == [4, 8]  # one task padded to 4, then five tasks padded to 8
     assert all(results[i].tolist() == [[2 * i, 2 * i]] for i in range(6))
 
@@ -92,33 +111,6 @@ def test_batching_merges_concurrent_requests_and_keeps_answers(exported, tmp_pat
         server.stop()
 
 
-def _hold_first_batch(batcher_run):
-    """A `run` that blocks its first call until released, so later tasks queue into one batch."""
-    release, first_running = threading.Event(), threading.Event()
-
-    def run(feeds, fetches):
-        if not first_running.is_set():
-            first_running.set()
-            release.wait(30)
-        return batcher_run(feeds, fetches)
-
-    return run, release, first_running
-
-
-def _submit_all(batcher, feeds_list):
-    """Runs each feeds dict as its own task, concurrently; (results, errors) by index."""
-    results, errors = {}, {}
-
-    def task(i, feeds):
-        try:
-            results[i] = batcher.run(feeds, ["y"])[0]
-        except ServingError as error:
-            errors[i] = error
-
-    threads = [threading.Thread(target=task, args=(i, f)) for i, f in enumerate(feeds_list)]
-    return threads, results, errors
-
-
 def test_one_bad_task_fails_alone_and_the_others_of_its_batch_get_their_answers():
     """BatchingSession fails every task of a batch whose merged run fails (batching_session.cc,
     ProcessBatch); catdog reruns such a batch task by task."""
@@ -130,20 +122,8 @@ def test_one_bad_task_fails_alone_and_the_others_of_its_batch_get_their_answers(
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "negative input")
         return [feeds["x"] * 2]
 
-    held, release, first_running = _hold_first_batch(run)
-    batcher = Batcher(held, BatchingOptions(max_batch_size=8, batch_timeout_micros=10**6,
-                                            num_batch_threads=1))
     feeds = [{"x": np.full((1, 2), v, np.float32)} for v in (0, 1, -1, 2, -2, 3)]
-    threads, results, errors = _submit_all(batcher, feeds)
-    threads[0].start()
-    assert first_running.wait(30)
-    for thread in threads[1:]:
-        thread.start()
-    wait_for(lambda: batcher.queued_tasks() == 5)
-    release.set()
-    for thread in threads:
-        thread.join(30)
-    batcher.stop()
+    results, errors, batcher = run_queued(run, feeds)
     assert sorted(errors) == [2, 4] and all("negative input" in e.message for e in errors.values())
     assert {i: r.tolist() for i, r in results.items()} == {
         0: [[0, 0]], 1: [[2, 2]], 3: [[4, 4]], 5: [[6, 6]]}
@@ -157,21 +137,9 @@ def test_tasks_of_other_shapes_or_dtypes_are_never_merged():
         sizes.append(feeds["x"].shape)
         return [feeds["x"]]
 
-    held, release, first_running = _hold_first_batch(run)
-    batcher = Batcher(held, BatchingOptions(max_batch_size=8, batch_timeout_micros=10**6,
-                                            num_batch_threads=1))
     feeds = [{"x": np.zeros((1, 2), np.float32)}, {"x": np.zeros((1, 3), np.float32)},
              {"x": np.zeros((1, 3), np.float64)}, {"x": np.zeros((2, 3), np.float32)}]
-    threads, results, errors = _submit_all(batcher, feeds)
-    threads[0].start()
-    assert first_running.wait(30)
-    for thread in threads[1:]:
-        thread.start()
-    wait_for(lambda: batcher.queued_tasks() == 3)
-    release.set()
-    for thread in threads:
-        thread.join(30)
-    batcher.stop()
+    results, errors, _ = run_queued(run, feeds)
     assert not errors
     for i, feed in enumerate(feeds):  # each got its own rows back, in its own dtype
         assert results[i].shape == feed["x"].shape and results[i].dtype == feed["x"].dtype
