@@ -88,8 +88,8 @@ def small_model():
     return model_lib.build_classifier(len(CLASSES), 32, "none")
 
 
-def _served_versions(server) -> list[int]:
-    return sorted(server.core.manager("catdog").loaded_versions())
+def _served(server, name: str = "catdog") -> list[int]:
+    return sorted(server.core.manager(name).loaded_versions())
 
 
 def test_a_half_copied_version_is_served_once_complete(small_model, tmp_path):
@@ -104,15 +104,15 @@ def test_a_half_copied_version_is_served_once_complete(small_model, tmp_path):
         partial = base / "2"
         shutil.copytree(first / "variables", partial / "variables")  # saved_model.pb not yet
         server.core.refresh()
-        assert _served_versions(server) == [1]
+        assert _served(server) == [1]
         shutil.copy(first / "saved_model.pb", partial / "saved_model.pb")
         shutil.copytree(first / "assets", partial / "assets")
         shutil.copytree(first / "assets.extra", partial / "assets.extra")
         server.core.refresh()  # TF Serving retries a failed load on later polls
-        assert _served_versions(server) == [2]
+        assert _served(server) == [2]
         shutil.rmtree(partial)  # the newest disappears: the newest that remains is served
         server.core.refresh()
-        assert _served_versions(server) == [1]
+        assert _served(server) == [1]
     finally:
         server.stop()
 
@@ -127,30 +127,18 @@ def test_version_swaps_under_load_fail_no_request(small_model, tmp_path):
     server = start_server("catdog", base, port=0, rest_api_port=0,
                           file_system_poll_wait_seconds=0.2)
     stop, failures, counts = threading.Event(), [], []
-
-    def client_loop(url):
-        client, done = Client(url, timeout=60, retries=0), 0
-        while not stop.is_set():
-            try:
-                client.predict([TINY_PNG])
-                done += 1
-            except ServingError as error:
-                failures.append(error)
-        counts.append(done)
-
     urls = [f"grpc://127.0.0.1:{server.grpc_port}", f"http://127.0.0.1:{server.rest_port}"] * 3
-    with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
-        for url in urls:
-            pool.submit(client_loop, url)
-        try:
-            for version in (2, 3):
-                export.export_saved_model(small_model, CLASSES, base, keep_versions=1)
-                deadline = time.monotonic() + 60
-                while _served_versions(server) != [version]:
-                    assert time.monotonic() < deadline, _served_versions(server)
-                    time.sleep(0.05)
-        finally:
-            stop.set()
+    pool = _load(urls, stop, failures, counts)
+    try:
+        for version in (2, 3):
+            export.export_saved_model(small_model, CLASSES, base, keep_versions=1)
+            deadline = time.monotonic() + 60
+            while _served(server) != [version]:
+                assert time.monotonic() < deadline, _served(server)
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        pool.shutdown()
     server.stop()
     assert not failures, failures[:3]
     assert sum(counts) > 0
@@ -171,7 +159,7 @@ def test_a_retired_version_runs_the_requests_that_found_it(small_model, tmp_path
         with server.core.use(model_pb2.ModelSpec(name="catdog")) as old:
             export.export_saved_model(small_model, CLASSES, base, keep_versions=1)
             server.core.refresh()
-            assert _served_versions(server) == [2] and old.version == 1
+            assert _served(server) == [2] and old.version == 1
             outputs = old.predict("serving_default",
                                   {"image_bytes": np.array([TINY_PNG], object)})
             assert outputs["probabilities"].shape == (1, 2)
@@ -420,8 +408,6 @@ def test_a_bad_config_file_is_logged_once_and_the_previous_config_serves(two_ver
         server.stop()
 
 
-def _served(server, name: str) -> list[int]:
-    return sorted(server.core.manager(name).loaded_versions())
 
 
 def test_a_base_path_that_vanishes_or_holds_a_corrupt_version_keeps_serving(two_version_base,
