@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import json
 import shutil
 import threading
@@ -126,20 +127,16 @@ def test_version_swaps_under_load_fail_no_request(small_model, tmp_path):
     export.export_saved_model(small_model, CLASSES, base)
     server = start_server("catdog", base, port=0, rest_api_port=0,
                           file_system_poll_wait_seconds=0.2)
-    stop, failures, counts = threading.Event(), [], []
-    urls = [f"grpc://127.0.0.1:{server.grpc_port}", f"http://127.0.0.1:{server.rest_port}"] * 3
-    pool = _load(urls, stop, failures, counts)
     try:
-        for version in (2, 3):
-            export.export_saved_model(small_model, CLASSES, base, keep_versions=1)
-            deadline = time.monotonic() + 60
-            while _served(server) != [version]:
-                assert time.monotonic() < deadline, _served(server)
-                time.sleep(0.05)
+        with _under_load(server, pairs=3) as (failures, counts):
+            for version in (2, 3):
+                export.export_saved_model(small_model, CLASSES, base, keep_versions=1)
+                deadline = time.monotonic() + 60
+                while _served(server) != [version]:
+                    assert time.monotonic() < deadline, _served(server)
+                    time.sleep(0.05)
     finally:
-        stop.set()
-        pool.shutdown()
-    server.stop()
+        server.stop()
     assert not failures, failures[:3]
     assert sum(counts) > 0
 
@@ -440,22 +437,31 @@ def test_a_base_path_that_vanishes_or_holds_a_corrupt_version_keeps_serving(two_
         server.stop()
 
 
-def _load(urls, stop: threading.Event, failures: list, counts: list, images=(TINY_PNG,)):
-    """Client threads' loop: predict until `stop`, recording every failure."""
+@contextlib.contextmanager
+def _under_load(server, pairs: int):
+    """`pairs` gRPC and `pairs` REST clients predicting on `server` until the block ends;
+    yields (failures, counts): every failed request, and each client's answered count."""
+    stop, failures, counts = threading.Event(), [], []
+
     def client_loop(url):
         client, done = Client(url, timeout=60, retries=0), 0
         while not stop.is_set():
             try:
-                client.predict(list(images))
+                client.predict([TINY_PNG])
                 done += 1
             except ServingError as error:
                 failures.append(error)
         counts.append(done)
 
-    pool = concurrent.futures.ThreadPoolExecutor(len(urls))
-    for url in urls:
-        pool.submit(client_loop, url)
-    return pool
+    urls = [f"grpc://127.0.0.1:{server.grpc_port}",
+            f"http://127.0.0.1:{server.rest_port}"] * pairs
+    with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
+        for url in urls:
+            pool.submit(client_loop, url)
+        try:
+            yield failures, counts
+        finally:
+            stop.set()
 
 
 @pytest.mark.slow
@@ -464,19 +470,15 @@ def test_a_base_folder_renamed_away_for_3_s_under_load_fails_no_request(two_vers
     polls every 0.2 s: zero failed requests, and version 2 still served after."""
     server = start_server("catdog", two_version_base, port=0, rest_api_port=0,
                           file_system_poll_wait_seconds=0.2)
-    stop, failures, counts = threading.Event(), [], []
-    urls = [f"grpc://127.0.0.1:{server.grpc_port}", f"http://127.0.0.1:{server.rest_port}"] * 2
-    pool = _load(urls, stop, failures, counts)
     try:
-        aside = two_version_base.with_name("aside")
-        two_version_base.rename(aside)
-        time.sleep(3)  # the blink being tested, not a measurement
-        aside.rename(two_version_base)
-        time.sleep(1)
-    finally:
-        stop.set()
-        pool.shutdown()
+        with _under_load(server, pairs=2) as (failures, counts):
+            aside = two_version_base.with_name("aside")
+            two_version_base.rename(aside)
+            time.sleep(3)  # the blink being tested, not a measurement
+            aside.rename(two_version_base)
+            time.sleep(1)
         served = _served(server, "catdog")
+    finally:
         server.stop()
     assert not failures, failures[:3]
     assert sum(counts) > 0 and served == [2]
