@@ -7,12 +7,14 @@ never half. On any failure or interrupt the temporary is removed, and an OSError
 permission, a read-only folder) becomes one CatdogError line naming the path and the cause.
 Files get 0644 and folders 0755 under the usual umask 022, not mkstemp's 0600/0700, so a TF
 Serving container running as another user can read exports. `remove_leftovers` clears the
-temporaries of a process that was killed mid-write.
+temporaries of a process that was killed mid-write; `exclusive` keeps a second writer out of a
+folder that one is writing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -134,3 +136,28 @@ def remove_leftovers(folder: str | os.PathLike, also: str = "") -> list[Path]:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
+    """Holds an OS lock (flock) on `lock_file` while the block runs, so that two processes never
+    write `what` at once; the second is refused with one line naming the holder's pid. The OS
+    drops the lock when its process ends, however it ends: a SIGKILL leaves nothing stale."""
+    lock_file = Path(lock_file)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as error:
+        raise write_error(lock_file, error) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise CatdogError(f"{what} is in use by process {holder} (it holds {lock_file}); "
+                              "wait for it to finish, then run this again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -80,8 +80,9 @@ class Checkpoints:
         self.progress.finished_epochs.assign(epoch)
         _save(self.last_manager, epoch)
 
-    def restore_best(self) -> None:
-        """The best epoch's weights, or, when that checkpoint is damaged, the last epoch's.
+    def restore_best(self) -> bool:
+        """The best epoch's weights (True), or, when that checkpoint is damaged, the last
+        epoch's (False).
         This process's own checkpoints come first: a non-chief worker's scratch copies hold the
         same weights and are not being written by another process."""
         own = [Path(self.best_manager.directory), Path(self.last_manager.directory)]
@@ -92,13 +93,13 @@ class Checkpoints:
             for prefix in _checkpoint_prefixes(folder):
                 problem = _try_restore(self.best, prefix)
                 if problem is None:
-                    return
+                    return True
                 logging.warning("best checkpoint %s cannot be restored (%s); exporting the "
                                 "last epoch's weights instead", prefix, problem)
         for folder in last_dirs:
             for prefix in _checkpoint_prefixes(folder):
                 if _try_restore(self.best, prefix) is None:
-                    return
+                    return False
         raise CatdogError(f"no checkpoint under {self.read_from.checkpoints} can be restored; "
                           "start afresh with a new --run_dir")
 

@@ -31,6 +31,7 @@ Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 AutoBool = Literal["auto", "true", "false"]
 OnBadImage = Literal["skip", "fail"]
 ExportPrecision = Literal["float32", "compute"]
+Publish = Literal["if_better", "always", "never"]
 
 # Google's cats_and_dogs_filtered subset of Kaggle's Dogs vs. Cats (68,606,236 bytes).
 CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
@@ -49,8 +50,9 @@ _WEIGHTS: Check = (
     lambda v: v in ("imagenet", "none") or os.path.isfile(v),
     "must be 'imagenet', 'none' or the path of an existing VGG16 weights .h5 file")
 _MODEL_NAME: Check = (
-    lambda v: bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v)),
-    "must be letters, digits, '_', '.' or '-', starting with a letter or digit")
+    lambda v: bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v)) and v != "candidates",
+    "must be letters, digits, '_', '.' or '-', starting with a letter or digit, and not "
+    "'candidates' (the folder of unpublished exports)")
 _SHA256: Check = (lambda v: bool(re.fullmatch(r"([0-9a-f]{64})?", v)),
                   "must be 64 lowercase hex digits, or empty")
 _SERVICE: Check = (lambda v: not v or bool(re.fullmatch(r"grpc://[^/:]+:\d+", v)),
@@ -175,8 +177,24 @@ class Config:
         "float32", "export", "Precision the exports compute in: float32 (runs well on any "
         "machine) or compute (the policy training used, e.g. mixed_bfloat16).", resumable=True)
     keep_versions: int = _setting(
-        0, "export", "After exporting, keep only this many newest SavedModel versions; 0 keeps "
-        "all.", at_least=0, resumable=True)
+        0, "export", "After publishing, keep only this many newest SavedModel versions in the "
+        "served base path; 0 keeps all.", at_least=0, resumable=True)
+    publish: Publish = _setting(
+        "if_better", "export", "After training, the new SavedModel is a candidate in "
+        "<export_dir>/candidates/<model_name>/; if_better: publish it into <export_dir>/"
+        "<model_name>/ when it loads, answers and is no worse than the newest published "
+        "version (exit status 3 when held back, 4 when it fails to load or answer); always: "
+        "when it loads and answers; never: leave it a candidate (python -m catdog.publish "
+        "gates it later).", resumable=True)
+    gate_data_dir: str = _setting(
+        "", "export", "Photos the gate judges both models on: a dataset folder (its validation "
+        "split) or class sub-folders; empty: the run's validation split.", resumable=True)
+    gate_tolerance: float = _setting(
+        0.0, "export", "The gate publishes a candidate whose accuracy is at least the "
+        "baseline's minus this.", at_least=0.0, at_most=1.0, resumable=True)
+    gate_min_accuracy: float = _setting(
+        0.0, "export", "When above 0, the gate also holds back a candidate whose accuracy is "
+        "below this, baseline or not.", at_least=0.0, at_most=1.0, resumable=True)
 
     def __post_init__(self):
         self.validate()

@@ -92,6 +92,30 @@ def define_predict_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          flag_values=fv)
 
 
+def define_publish_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `python -m catdog.publish`; the gate's settings are Config's fields, so they
+    read and check as they do for `python -m catdog.train`."""
+    fv = flag_values
+    flags.DEFINE_string("candidate", "", "A candidate SavedModel folder to gate and publish, "
+                        "e.g. export/candidates/catdog/3 (its .h5, 3.h5, beside it).",
+                        flag_values=fv)
+    flags.DEFINE_string("model_base_path", None, "TF Serving's base path of the model, "
+                        "e.g. export/catdog: versions are published into it.", flag_values=fv)
+    flags.DEFINE_string("data_dir", "", "Photos to judge both models on: a dataset folder (its "
+                        "validation split) or class sub-folders; empty: the validation split "
+                        "of the run that made the candidate.", flag_values=fv)
+    flags.DEFINE_bool("force", False, "Publish without comparing with the published version "
+                      "(infra validation still runs).", flag_values=fv)
+    flags.DEFINE_bool("rollback", False, "Move the newest published version back among the "
+                      "candidates, so that the previous one is the newest again.",
+                      flag_values=fv)
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass while evaluating.",
+                         lower_bound=1, flag_values=fv)
+    for name in ("gate_tolerance", "gate_min_accuracy", "keep_versions", "max_image_pixels"):
+        fields.define_flag(config_lib.Config, name, fv)
+    flags.mark_flag_as_required("model_base_path", flag_values=fv)
+
+
 def _define_model_flag(fv: flags.FlagValues) -> None:
     define_max_image_pixels(fv)
     fields.define_flag(config_lib.Config, "mixed_precision", fv)

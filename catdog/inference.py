@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import h5py
@@ -51,6 +51,14 @@ def resolve_precision(requested: str) -> str:
     return policy
 
 
+def keras_classifier(model: keras.Model, class_names: Sequence[str],
+                     precision: str = "float32") -> Classifier:
+    """A Keras model in memory as a Classifier (called with training=False)."""
+    forward = tf.function(lambda pixels: model(pixels, training=False))
+    return Classifier(lambda pixels: forward(tf.constant(pixels, tf.float32)).numpy(),
+                      list(class_names), model.input_shape[1], precision)
+
+
 def load_classifier(path: str | os.PathLike, precision: str = "float32") -> Classifier:
     """Loads the `.h5` file (computing under the Keras policy `precision`) or a SavedModel
     version folder (through its `predict_pixels` signature, in the precision it was exported
@@ -58,10 +66,7 @@ def load_classifier(path: str | os.PathLike, precision: str = "float32") -> Clas
     path = Path(path)
     if path.is_file() and path.suffix == ".h5":
         model, class_names = load_h5(path)
-        model = model_lib.in_policy(model, precision)
-        forward = tf.function(lambda pixels: model(pixels, training=False))
-        return Classifier(lambda pixels: forward(tf.constant(pixels, tf.float32)).numpy(),
-                          class_names, model.input_shape[1], precision)
+        return keras_classifier(model_lib.in_policy(model, precision), class_names, precision)
     if (path / "saved_model.pb").is_file():
         signature = tf.saved_model.load(str(path)).signatures[contract.PREDICT_PIXELS]
         class_names = (path / "assets" / contract.LABELS_FILE).read_text().splitlines()

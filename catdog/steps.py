@@ -9,6 +9,7 @@ sources: images through the whole model, or (`head_only`) cached features throug
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from catdog import distribute
@@ -96,6 +97,7 @@ class Trainer:
             probabilities = network(inputs, training=False)
             self.val_loss.update_state(self.loss_fn(labels, probabilities))
             self.val_accuracy.update_state(labels, probabilities)
+            return tf.cast(probabilities, tf.float32)
 
         return tf.function(lambda batch: self.strategy.run(replica_step, args=batch))
 
@@ -117,14 +119,16 @@ class Trainer:
                 self.train_loss, self.train_accuracy))
         return dict(self._results(self.train_loss, self.train_accuracy))
 
-    def evaluate(self, dataset, head_only: bool) -> dict[str, float]:
-        """Mean loss and accuracy over the validation batches."""
+    def evaluate(self, dataset, head_only: bool) -> tuple[dict[str, float], np.ndarray]:
+        """Mean loss and accuracy over the validation batches, and the probabilities [N, C] in
+        the batches' order (the publish gate reuses the best epoch's)."""
         for metric in (self.val_loss, self.val_accuracy):
             metric.reset_state()
         step_fn = self.eval_steps[head_only]
-        for batch in dataset:
-            step_fn(batch)
-        return dict(self._results(self.val_loss, self.val_accuracy))
+        probabilities = [self.strategy.gather(step_fn(batch), axis=0).numpy()
+                         for batch in dataset]
+        return dict(self._results(self.val_loss, self.val_accuracy)), np.concatenate(
+            probabilities)
 
     @staticmethod
     def _results(*metrics: keras.metrics.Metric) -> list[tuple[str, float]]:

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from catdog import data, distribute, export
+from catdog import data, distribute, export, inference, publish
 from catdog import model as model_lib
 from catdog.checkpoints import Checkpoints, Progress
 from catdog.config import Config
@@ -44,7 +45,8 @@ class TrainResult:
     model: keras.Model
     class_names: tuple[str, ...]
     summary: dict[str, Any]
-    exports: export.Exports
+    exports: export.Exports  # where the model is: published, or still a candidate
+    decision: publish.Decision
 
 
 def _log_to_file(run: RunDir) -> std_logging.Handler:
@@ -120,31 +122,77 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
                          config.fine_tune_learning_rate)
             trainer.start_fine_tuning()
         logging.info("Epoch %d/%d", epoch, config.total_epochs)
-        row = _train_epoch(trainer, inputs, epoch)
+        row, probabilities = _train_epoch(trainer, inputs, epoch)
         _record_epoch(row, run, summary_writers)
         history.append(row)
         progress.train_seconds.assign_add(row["seconds"])
         progress.train_images.assign_add(len(splits.train))
         checkpoints.save(epoch, row["val_accuracy"])
+        if int(progress.best_epoch) == epoch:
+            run.write_best_probabilities(epoch, probabilities)
 
-    checkpoints.restore_best()
-    logging.info("best epoch %d: val_accuracy %.4f", int(progress.best_epoch),
+    restored_best = checkpoints.restore_best()
+    best_epoch = int(progress.best_epoch)
+    logging.info("best epoch %d: val_accuracy %.4f", best_epoch,
                  float(progress.best_val_accuracy))
     policy = "float32" if config.export_precision == "float32" else distribution.precision
-    exports = export.export_all(
-        model_lib.in_policy(trainer.model, policy), splits.class_names, config.export_dir,
-        config.model_name, config.keep_versions, config.max_image_pixels,
-        source=f"{Path(config.run_dir).resolve()} epoch {int(progress.best_epoch)} of "
-               f"{int(progress.finished_epochs)} in {policy}")
-    logging.info("exported %s and %s", exports.h5, exports.saved_model)
+    export_model = model_lib.in_policy(trainer.model, policy)
+    layout = export.Layout(Path(config.export_dir), config.model_name)
+    candidate = export.export_candidate(
+        export_model, splits.class_names, layout, config.max_image_pixels,
+        source=_source(config, best_epoch, int(progress.finished_epochs), policy))
+    logging.info("exported %s and %s", candidate.saved_model, candidate.h5)
+    # The best epoch's own validation answers stand for the candidate's when they are the
+    # exported weights' (not a fallback to the last epoch) computed in the export's precision.
+    reusable = restored_best and policy == distribution.precision
+    decision = _gate(config, candidate, layout, export_model, splits,
+                     run.best_probabilities_of(best_epoch) if reusable else None,
+                     distribution.is_chief)
+    logging.info("%s", decision.reason)
+    exports = (export.Exports(h5=layout.h5, saved_model=decision.version)
+               if decision.version else candidate)
     summary = _summary(config, splits, distribution, progress, history, exports,
                        time.perf_counter() - wall_start, inputs.feature_seconds)
+    summary["gate"] = decision.to_dict()
     run.write_summary(summary)
-    return TrainResult(trainer.model, splits.class_names, summary, exports)
+    return TrainResult(trainer.model, splits.class_names, summary, exports, decision)
 
 
-def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int) -> dict[str, Any]:
-    """Trains one epoch with its own data order and augmentation seed, then validates."""
+def _source(config: Config, best_epoch: int, finished_epochs: int, policy: str
+            ) -> dict[str, Any]:
+    """What a version records of the run behind it: enough to find the run and the photos it
+    validated on (`catdog.publish` judges it on them), and to tell a rerun's identical export."""
+    return {"run_dir": str(Path(config.run_dir).resolve()), "epoch": best_epoch,
+            "finished_epochs": finished_epochs, "precision": policy,
+            "data_dir": str(Path(config.data_dir).resolve()),
+            "validation_split": config.validation_split, "seed": config.seed,
+            "image_size": config.image_size}
+
+
+def _gate(config: Config, candidate: export.Exports, layout: export.Layout,
+          model: keras.Model, splits: data.Splits,
+          probabilities: np.ndarray | None, is_chief: bool) -> publish.Decision:
+    """--publish: the candidate through the gate (catdog/publish.py), or kept as it is (and
+    always on a non-chief worker, whose exports are scratch copies)."""
+    if candidate.saved_model.parent == layout.base:
+        return publish.already_published(candidate)
+    if config.publish == "never" or not is_chief:
+        return publish.kept(candidate)
+    reference = inference.keras_classifier(model, splits.class_names)
+    photos = publish.Photos(splits.validation, f"{config.data_dir} (the run's validation split)")
+    if config.gate_data_dir:
+        photos, probabilities = publish.gate_photos(
+            config.gate_data_dir, splits.class_names, config.image_size,
+            config.max_image_pixels), None
+    return publish.gate(candidate, layout, photos, reference, publish.GateSettings(
+        config.gate_tolerance, config.gate_min_accuracy, config.publish == "always",
+        config.keep_versions, config.batch_size, config.max_image_pixels), probabilities)
+
+
+def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int
+                 ) -> tuple[dict[str, Any], np.ndarray]:
+    """Trains one epoch with its own data order and augmentation seed, then validates; the
+    epoch's row of metrics and its validation probabilities."""
     config = trainer.config
     seed = model_lib.epoch_seed(config.seed, epoch)
     if trainer.augmenter.layers:
@@ -158,10 +206,12 @@ def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int) -> dict[str,
     metrics = trainer.train_epoch(batches.dataset, batches.head_only, steps, progbar)
     seconds = time.perf_counter() - start
     validation = inputs.validation(trainer.base_frozen)
-    metrics.update(trainer.evaluate(validation.dataset, validation.head_only))
+    validation_metrics, probabilities = trainer.evaluate(validation.dataset,
+                                                         validation.head_only)
+    metrics.update(validation_metrics)
     progbar.update(steps, values=list(metrics.items()), finalize=True)
     return {"epoch": epoch, "phase": "fine_tune" if trainer.fine_tuning else "head", **metrics,
-            "seconds": seconds, "images_per_second": count / seconds}
+            "seconds": seconds, "images_per_second": count / seconds}, probabilities
 
 
 def _record_epoch(row: dict[str, Any], run: RunDir,
@@ -240,8 +290,8 @@ def main(argv: Sequence[str]) -> int | None:
         print(f"worker {worker} finished; the chief wrote the run folder and the exports")
         return
     print(f"best val_accuracy {summary['best_val_accuracy']:.4f} at epoch "
-          f"{summary['best_epoch']}; exported {summary['exports']['h5']} and "
-          f"{summary['exports']['saved_model']}")
+          f"{summary['best_epoch']}; {result.decision.reason}")
+    return result.decision.exit_status
 
 
 def run() -> None:

@@ -81,12 +81,15 @@ def dataset_dir_module(tmp_path_factory) -> Path:
 
 
 def fast_config(dataset_dir: Path, root: Path, **overrides):
-    """A Config whose epochs take a second: 32 px, random VGG16, cached features."""
+    """A Config whose epochs take a second: 32 px, random VGG16, cached features. Its export
+    stays a candidate (--publish=never): the gate, whose infra validation starts a process of
+    its own, is tested in test_publish.py."""
     from catdog.config import Config
 
     settings = dict(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
                     epochs=3, flip="none", rotation=0.0, zoom=0.0, cache_features=True,
-                    run_dir=str(root / "run"), export_dir=str(root / "export"), seed=3)
+                    run_dir=str(root / "run"), export_dir=str(root / "export"), seed=3,
+                    publish="never")
     return Config(**{**settings, **overrides})
 
 

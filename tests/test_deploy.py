@@ -126,7 +126,14 @@ def test_the_training_job_runs_catdog_train_with_valid_flags(monkeypatch):
         values = flags.FlagValues()
         catdog_flags.define_train_flags(values)
         values(["train", *container["args"]])
-        assert catdog_flags.config_from_flags(values).strategy == "multi_worker"
+        config = catdog_flags.config_from_flags(values)
+        assert config.strategy == "multi_worker"
+        # The gate publishes into <export_dir>/<model_name>: the base path TF Serving watches,
+        # never the candidates/ folder beside it.
+        (base_path,) = re.findall(r'base_path: "([^"]+)"',
+                                  find("ConfigMap")["data"]["models.config"])
+        assert base_path == f"/models/{config.model_name}"
+        assert "candidates" not in base_path
 
 
 def data_service_args(name: str) -> tuple[list[str], flags.FlagValues]:

@@ -39,10 +39,16 @@ def changed(before: list[np.ndarray], layer: keras.layers.Layer) -> bool:
 
 def test_validating_on_features_equals_validating_on_images(trainer):
     pixels, features, labels = sample(trainer)
-    on_images = trainer.evaluate(batches(trainer, pixels, labels), head_only=False)
-    on_features = trainer.evaluate(batches(trainer, features, labels), head_only=True)
+    on_images, image_answers = trainer.evaluate(batches(trainer, pixels, labels),
+                                                head_only=False)
+    on_features, feature_answers = trainer.evaluate(batches(trainer, features, labels),
+                                                    head_only=True)
     assert on_features == pytest.approx(on_images, abs=1e-5)
     assert set(on_images) == {"val_loss", "val_accuracy"}
+    # The answers come back in the batches' order (the publish gate reuses them).
+    expected = trainer.model(pixels, training=False).numpy()
+    np.testing.assert_allclose(image_answers, expected, atol=1e-5)
+    np.testing.assert_allclose(feature_answers, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("head_only", [False, True])

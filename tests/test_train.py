@@ -36,7 +36,8 @@ def small_config(dataset_dir: Path, tmp_path: Path, **overrides) -> Config:
     answers compare like with like even where --mixed_precision=auto picks bfloat16)."""
     settings = dict(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
                     epochs=2, rotation=0.1, mixed_precision="float32",
-                    run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"), seed=7)
+                    run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"), seed=7,
+                    publish="never")
     return Config(**{**settings, **overrides})
 
 
@@ -99,11 +100,11 @@ def test_training_exports_models_that_reload_in_a_fresh_process(dataset_dir, tmp
     assert (in_memory.argmax(axis=1) == labels).mean() == pytest.approx(
         summary["best_val_accuracy"])
 
-    # Starting a finished run again trains nothing and writes no identical second version.
+    # Starting a finished run again trains nothing and writes no identical second candidate.
     again = train.train(config)
     assert again.summary["epochs"] == summary["epochs"]
     assert again.exports.saved_model.name == "1"
-    assert [p.name for p in result.exports.saved_model.parent.iterdir()] == ["1"]
+    assert sorted(p.name for p in result.exports.saved_model.parent.iterdir()) == ["1", "1.h5"]
 
 
 def run_lines_until(args: list[str], marker: str, stdout_path: Path) -> subprocess.Popen:
@@ -178,8 +179,9 @@ def test_a_rerun_after_the_export_writes_no_identical_version(dataset_dir_module
     train.train(config)
     (tmp_path / "run" / "summary.json").unlink()  # as if killed between export and summary
     result = train.train(config)
-    assert sorted(p.name for p in (tmp_path / "export" / "catdog").iterdir()) == ["1"]
-    assert result.exports.saved_model.name == "1"
+    candidates = tmp_path / "export" / "candidates" / "catdog"
+    assert sorted(p.name for p in candidates.iterdir()) == ["1", "1.h5"]
+    assert result.exports.saved_model == candidates / "1"
 
 
 @pytest.mark.slow

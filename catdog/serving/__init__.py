@@ -8,4 +8,6 @@ client) and itself, never training code, so a server process loads no model-buil
     servable, batching, server_core   versions loaded, batched and managed
     api                            each call once; grpc_service and rest are thin transports
     server                         assembly and main;   client: gRPC + REST client
+    infra_validation               a candidate loaded and asked as the server would, for the
+                                   publish gate (catdog/publish.py runs it in its own process)
 """

@@ -1,0 +1,103 @@
+"""catdog.serving.infra_validation: the publish gate's look at a candidate as the server sees it:
+the signature contract clients rely on, a load as a servable, warm-up, one real image."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from catdog import contract
+from catdog.serving import infra_validation
+from catdog.serving.servable import Servable
+
+from conftest import CLASSES, SERVED_IMAGE_SIZE, expected_probabilities
+
+
+@pytest.fixture(scope="module")
+def version(exported):
+    return next(exported[2].iterdir())
+
+
+def signature_defs(path):
+    servable = Servable("catdog", 1, path)
+    try:
+        return servable.signature_defs
+    finally:
+        servable.close()
+
+
+def test_a_catdog_export_keeps_the_contract(version):
+    assert infra_validation.contract_problems(signature_defs(version), list(CLASSES)) == []
+    assert infra_validation.image_size_of(signature_defs(version)) == SERVED_IMAGE_SIZE
+
+
+def test_a_plain_keras_export_breaks_the_contract_in_named_ways(exported, tmp_path):
+    """keras' own model.export: serving_default takes pixels under the input's name and answers
+    `output_0`; no predict_pixels or classify signature."""
+    model = exported[0]
+    plain = tmp_path / "plain"
+    model.export(str(plain), format="tf_saved_model", verbose=False)
+    problems = infra_validation.contract_problems(signature_defs(plain), list(CLASSES))
+    assert problems == [f"signature {contract.PREDICT_PIXELS} has no input pixels of shape "
+                        "[-1, S, S, 3] (float32 RGB pixels)"]
+
+
+def test_a_changed_input_dtype_or_missing_output_is_named(version):
+    defs = {key: type(value).FromString(value.SerializeToString())
+            for key, value in signature_defs(version).items()}
+    defs[contract.SERVING_DEFAULT].inputs[contract.IMAGE_BYTES].dtype = 1  # DT_FLOAT
+    del defs[contract.CLASSIFY].outputs[contract.SCORES]
+    problems = infra_validation.contract_problems(defs, list(CLASSES))
+    assert problems == [
+        "signature serving_default input image_bytes is float32 None, expected string None",
+        "signature classify has outputs ['classes'], expected ['classes', 'scores']"]
+
+
+@pytest.mark.parametrize("labels", [["cats"], ["cats", "cats"], ["cats", ""]])
+def test_a_labels_asset_that_does_not_name_the_classes_is_refused(version, labels):
+    (problem,) = infra_validation.contract_problems(signature_defs(version), labels)
+    assert problem.startswith("the labels asset assets/labels.txt holds")
+
+
+def test_the_report_carries_each_signatures_answer_for_a_real_image(exported, version, jpegs):
+    report = infra_validation.validate(version, jpegs[0])
+    assert report["ok"] and report["labels"] == list(CLASSES)
+    assert report["warmup_requests"] == 6  # two batches for each of the three signatures
+    expected = expected_probabilities(exported[0], jpegs[:1])[0]
+    for signature in (contract.SERVING_DEFAULT, contract.PREDICT_PIXELS, contract.CLASSIFY):
+        np.testing.assert_allclose(report["answers"][signature], expected, atol=1e-5)
+    label = CLASSES[int(expected.argmax())]
+    assert report["classes"] == {"serving_default": label, "predict_pixels": label,
+                                 "classify": list(CLASSES)}
+
+
+def test_damaged_variables_fail_the_load_in_one_line(version, tmp_path, jpegs):
+    damaged = tmp_path / "1"
+    shutil.copytree(version, damaged)
+    (data,) = (damaged / "variables").glob("variables.data-*")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    report = infra_validation.validate(damaged, jpegs[0])
+    assert not report["ok"]
+    assert report["failure"].startswith("cannot load it as a servable: ")
+    assert "\n" not in report["failure"]
+
+
+def test_the_command_prints_one_json_object_and_loads_no_training_code(version, jpegs):
+    code = ("import runpy, sys, json; sys.argv = ['x', sys.argv[1], sys.argv[2]]\n"
+            "try:\n    runpy.run_module('catdog.serving.infra_validation', run_name='__main__')\n"
+            "except SystemExit as e:\n    status = e.code\n"
+            "print(json.dumps({'status': status, 'modules': sorted(m for m in sys.modules if "
+            "m.startswith('catdog'))}))")
+    result = subprocess.run([sys.executable, "-c", code, str(version), str(jpegs[0])],
+                            capture_output=True, text=True, timeout=300)
+    report, loaded = (json.loads(line) for line in result.stdout.splitlines()[-2:])
+    assert report["ok"] and loaded["status"] == 0
+    training = {"catdog.model", "catdog.data", "catdog.train", "catdog.export",
+                "catdog.signatures", "catdog.config", "catdog.publish"}
+    assert not training & set(loaded["modules"])
+

@@ -1,0 +1,352 @@
+"""catdog.publish: the gate between training and TF Serving. A worse model is held back (exit 3),
+a better one is published by one rename and served at the next poll, a model that does not load
+or keep the signature contract is refused (exit 4) before any blessing, a damaged baseline does
+not block, two publishers never interleave, and SIGKILL never leaves half a version."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catdog import atomic, export, inference, publish, train
+from catdog.errors import CatdogError
+
+from conftest import CLASSES, fast_config, leftovers, run_catdog
+
+
+def layout_at(root: Path) -> export.Layout:
+    return export.Layout(root / "export", "catdog")
+
+
+def version_names(layout: export.Layout) -> list[str]:
+    return sorted((p.name for p in layout.base.iterdir()), key=lambda n: (len(n), n)) \
+        if layout.base.is_dir() else []
+
+
+# --- the blessing rule -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("accuracy, baseline, tolerance, floor, force, passes", [
+    (0.80, 0.80, 0.0, 0.0, False, True),  # no worse
+    (0.79, 0.80, 0.0, 0.0, False, False),  # worse
+    (0.79, 0.80, 0.02, 0.0, False, True),  # worse, within the tolerance
+    (0.50, None, 0.0, 0.0, False, True),  # the first version
+    (0.50, None, 0.0, 0.6, False, False),  # the first version, below the floor
+    (0.90, 0.80, 0.0, 0.95, False, False),  # better, below the floor
+    (0.10, 0.80, 0.0, 0.95, True, True),  # --force skips the comparison
+])
+def test_the_blessing_rule(accuracy, baseline, tolerance, floor, force, passes):
+    candidate = {"accuracy": accuracy, "images": 100}
+    base = None if baseline is None else {"accuracy": baseline, "images": 100}
+    passed, why = publish._bless(candidate, base, "version 1", tolerance, floor, force)
+    assert passed is passes
+    assert f"accuracy {accuracy:.4f}" in why and "on 100 images" in why
+    if base and not force:
+        assert f"version 1's {baseline:.4f}" in why
+
+
+# --- publishing, rolling back, the lock: folders only -------------------------------------------
+
+def fake_version(folder: Path, h5: Path | None = None, record: dict | None = None) -> Path:
+    """A folder shaped like a SavedModel version (contents never loaded by these tests)."""
+    folder.mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"pb " + folder.name.encode())
+    if h5:
+        h5.write_bytes(b"h5 of " + str(folder).encode())
+    if record is not None:
+        (folder / publish.GATE_FILE).write_text(json.dumps(record))
+    return folder
+
+
+def published_pair(tmp_path: Path) -> export.Layout:
+    """Versions 1 and 2 published through the gate, each with its .h5 among the candidates."""
+    layout = layout_at(tmp_path)
+    for n in (1, 2):
+        h5 = layout.candidates / f"{n}.h5"
+        layout.candidates.mkdir(parents=True, exist_ok=True)
+        fake_version(layout.base / str(n), h5, {
+            "candidate": str(layout.candidates / str(n)), "h5": str(h5),
+            "published_version": str(layout.base / str(n))})
+    shutil.copyfile(layout.candidates / "2.h5", layout.h5)
+    return layout
+
+
+def test_rollback_moves_the_newest_aside_and_restores_the_previous_h5(tmp_path):
+    layout = published_pair(tmp_path)
+    version, moved, newest = publish.rollback(layout)
+    assert (version, moved, newest) == (layout.base / "2", layout.candidates / "2",
+                                        layout.base / "1")
+    assert version_names(layout) == ["1"]
+    assert (moved / "saved_model.pb").read_bytes() == b"pb 2"
+    assert layout.h5.read_bytes() == (layout.candidates / "1.h5").read_bytes()
+    record = json.loads((moved / publish.GATE_FILE).read_text())
+    assert record["rolled_back"]["from"] == str(layout.base / "2")
+    # Version 2 is never given to another model: TF Serving may still hold it.
+    assert publish._next_version(layout) == 3
+    assert not leftovers(tmp_path)
+
+
+def test_rolling_back_the_only_version_is_refused(tmp_path):
+    layout = layout_at(tmp_path)
+    fake_version(layout.base / "1")
+    with pytest.raises(CatdogError, match=r"holds 1 version\(s\) \['1'\]; rolling back needs "
+                                          "two"):
+        publish.rollback(layout)
+    assert version_names(layout) == ["1"]
+
+
+def test_a_second_publisher_is_refused_in_one_line_naming_the_first(tmp_path):
+    layout = published_pair(tmp_path)
+    with atomic.exclusive(layout.lock, "the export folder"):
+        with pytest.raises(CatdogError) as refused:
+            publish.rollback(layout)
+    assert f"in use by process {os.getpid()}" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert version_names(layout) == ["1", "2"]
+    publish.rollback(layout)  # the lock went with its holder
+    assert version_names(layout) == ["1"]
+
+
+def test_a_publish_killed_between_its_rename_and_its_h5_is_finished_by_the_next(tmp_path):
+    layout = published_pair(tmp_path)
+    shutil.copyfile(layout.candidates / "1.h5", layout.h5)  # version 2's rename, not its .h5
+    layout.candidates.joinpath("3").mkdir()
+    fake_version(layout.base / "3", layout.candidates / "3.h5", {
+        "h5": str(layout.candidates / "3.h5")})
+    publish.rollback(layout)  # any later publisher settles the .h5 first
+    assert layout.h5.read_bytes() == (layout.candidates / "2.h5").read_bytes()
+
+
+# --- the gate on real exports -----------------------------------------------------------------
+
+def candidate_from(exported, layout: export.Layout) -> export.Exports:
+    """The `exported` model as a candidate of `layout`, with its .h5 beside it."""
+    model = exported[0]
+    return export.export_candidate(model, CLASSES, layout)
+
+
+def photos_of(dataset_dir: Path) -> publish.Photos:
+    return publish.gate_photos(str(dataset_dir), CLASSES, 32)
+
+
+@pytest.mark.slow
+def test_a_candidate_that_does_not_load_or_keep_the_contract_is_refused_before_blessing(
+        exported, dataset_dir_module, tmp_path):
+    layout = layout_at(tmp_path)
+    candidate = candidate_from(exported, layout)
+    reference = inference.load_classifier(candidate.h5)
+    (data,) = (candidate.saved_model / "variables").glob("variables.data-*")
+    data.write_bytes(data.read_bytes()[:-100])
+    decision = publish.gate(candidate, layout, photos_of(dataset_dir_module), reference)
+    assert decision.outcome == publish.REFUSED and decision.exit_status == 4
+    assert decision.reason.startswith(f"refused {candidate.saved_model}: infra validation "
+                                      "failed: cannot load it as a servable")
+    record = json.loads((candidate.saved_model / publish.GATE_FILE).read_text())
+    assert record["decision"] == "refused" and "candidate_figures" not in record  # no blessing
+    assert not layout.base.exists() and not layout.h5.exists()
+
+    # A wrong input signature: keras' plain export, with catdog's labels asset.
+    wrong = layout.candidates / "9"
+    exported[0].export(str(wrong), format="tf_saved_model", verbose=False)
+    shutil.copytree(candidate.saved_model / "assets", wrong / "assets", dirs_exist_ok=True)
+    decision = publish.gate(export.Exports(h5=candidate.h5, saved_model=wrong), layout,
+                            photos_of(dataset_dir_module), reference)
+    assert decision.outcome == publish.REFUSED
+    assert "wrong signature contract: signature predict_pixels has no input pixels" in \
+        decision.reason
+    assert not layout.base.exists()
+
+
+@pytest.mark.slow
+def test_answers_that_differ_from_the_in_process_model_are_refused(exported, dataset_dir_module,
+                                                                   tmp_path):
+    layout = layout_at(tmp_path)
+    candidate = candidate_from(exported, layout)
+    honest = inference.load_classifier(candidate.h5)
+    off = inference.Classifier(lambda pixels: honest.predict(pixels) * 0.999, honest.class_names,
+                               honest.image_size)
+    decision = publish.gate(candidate, layout, photos_of(dataset_dir_module), off)
+    assert decision.outcome == publish.REFUSED
+    assert re.search(r"serving_default answers \[.*\] for .*, the in-process model \[.*\] "
+                     r"\(differing by .*, more than 1e-05\)", decision.reason), decision.reason
+
+
+@pytest.mark.slow
+def test_a_damaged_baseline_is_reported_and_the_newest_that_loads_is_compared(
+        exported, dataset_dir_module, tmp_path):
+    layout = layout_at(tmp_path)
+    model = exported[0]
+    export.export_saved_model(model, CLASSES, layout.base)  # 1: loads
+    damaged = export.export_saved_model(model, CLASSES, layout.base)  # 2: does not
+    (damaged / "saved_model.pb").write_bytes(b"not a SavedModel")
+    candidate = candidate_from(exported, layout)
+    decision = publish.gate(candidate, layout, photos_of(dataset_dir_module),
+                            inference.load_classifier(candidate.h5))
+    assert decision.outcome == publish.PUBLISHED, decision.reason
+    assert "version 1's" in decision.reason and "version 2 cannot be loaded" in decision.reason
+    assert decision.record["baseline"]["version"] == str(layout.base / "1")
+    assert version_names(layout) == ["1", "2", "3"]
+
+
+def kill_at(args: list[str], seconds: float) -> int:
+    """Starts `python -m catdog.publish args`, SIGKILLs it after `seconds`; its exit status."""
+    process = subprocess.Popen([sys.executable, "-m", "catdog.publish", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+    return process.wait()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_leaves_half_a_version(exported, dataset_dir_module,
+                                                               tmp_path):
+    layout = layout_at(tmp_path)
+    export.export_all(exported[0], CLASSES, layout.export_dir, "catdog")  # version 1
+    pristine = tmp_path / "pristine"
+    shutil.copytree(candidate_from(exported, layout).saved_model, pristine)
+    files = sorted(str(p.relative_to(pristine)) for p in pristine.rglob("*"))
+
+    def attempt(seconds: float) -> int:
+        candidate = layout.candidates / "1"
+        shutil.rmtree(candidate, ignore_errors=True)
+        shutil.copytree(pristine, candidate)
+        args = [f"--candidate={candidate}", f"--model_base_path={layout.base}",
+                f"--data_dir={dataset_dir_module}", "--force"]
+        return kill_at(args, seconds)
+
+    start = time.perf_counter()
+    assert attempt(300) == 0  # uncut, to learn how long a publish takes
+    duration = time.perf_counter() - start
+    rng = random.Random(11)
+    for moment in sorted(rng.uniform(0, duration) for _ in range(10)):
+        for name in version_names(layout)[1:]:  # back to version 1 alone
+            shutil.rmtree(layout.base / name)
+        attempt(moment)
+        names = version_names(layout)
+        assert names in (["1"], ["1", "2"]), (moment, names)
+        if names == ["1", "2"]:  # published: whole, every file the candidate had
+            published = sorted(str(p.relative_to(layout.base / "2"))
+                               for p in (layout.base / "2").rglob("*"))
+            assert [f for f in published if f != publish.GATE_FILE] == files, moment
+        assert not leftovers(layout.base), moment
+    shutil.rmtree(layout.base / "2", ignore_errors=True)
+    assert attempt(300) == 0  # the next publisher clears what the kills left
+    assert not leftovers(layout.export_dir)
+    assert layout.h5.read_bytes() == export.candidate_h5(layout.candidates / "1").read_bytes()
+
+
+# --- training runs through the gate ----------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_worse_run_is_held_back_and_a_better_one_is_served_at_the_next_poll(
+        dataset_dir_module, tmp_path, jpegs):
+    from catdog.serving.client import Client
+    from catdog.serving.server import start_server
+
+    export_dir = tmp_path / "export"
+    layout = export.Layout(export_dir, "catdog")
+    weak = train.train(fast_config(dataset_dir_module, tmp_path / "weak", epochs=1,
+                                   learning_rate=1.0, export_dir=str(export_dir),
+                                   publish="if_better"))
+    assert weak.decision.outcome == publish.PUBLISHED  # the first version: nothing to beat
+    server = start_server("catdog", layout.base, port=0, rest_api_port=None,
+                          file_system_poll_wait_seconds=60)
+    try:
+        client = Client(f"grpc://127.0.0.1:{server.grpc_port}", "catdog")
+        assert [s["version"] for s in client.status()] == [1]
+        good_config = fast_config(dataset_dir_module, tmp_path / "good", epochs=3,
+                                  learning_rate=0.01, export_dir=str(export_dir),
+                                  publish="if_better")
+        good = train.train(good_config)
+        assert good.decision.outcome == publish.PUBLISHED, good.decision.reason
+        assert good.decision.version == layout.base / "2"
+        gate = json.loads((tmp_path / "good" / "run" / "summary.json").read_text())["gate"]
+        assert gate["candidate_figures"]["accuracy"] > gate["baseline"]["accuracy"]
+        # The candidate's figures are the run's own validation answers of its best epoch.
+        assert gate["candidate_figures"]["accuracy"] == pytest.approx(
+            good.summary["best_val_accuracy"])
+        server.core.refresh()  # what the poller does every --file_system_poll_wait_seconds
+        assert client.status()[0]["version"] == 2
+        assert client.predict(jpegs[:1])[0].label in CLASSES
+    finally:
+        server.stop()
+    again = train.train(good_config)  # a finished run started again
+    assert again.decision.reason == f"{layout.base / '2'} already holds this run's model"
+    assert version_names(layout) == ["1", "2"]
+    published_h5 = layout.h5.read_bytes()
+    assert published_h5 == Path(good.decision.record["h5"]).read_bytes()
+
+    worse = run_catdog(
+        "train", f"--data_dir={dataset_dir_module}", "--weights=none", "--image_size=32",
+        "--batch_size=8", "--epochs=1", "--learning_rate=1.0", "--flip=none", "--zoom=0",
+        "--cache_features", "--seed=3", f"--run_dir={tmp_path / 'worse'}",
+        f"--export_dir={export_dir}")
+    assert worse.returncode == 3, worse.stderr[-2000:]
+    (line,) = [x for x in worse.stdout.splitlines() if "held back" in x]
+    match = re.search(r"accuracy (\d\.\d{4}) < version 2's (\d\.\d{4}) - tolerance 0 on 12 "
+                      "images", line)
+    assert match and float(match[1]) < float(match[2]), line
+    assert version_names(layout) == ["1", "2"]
+    assert layout.h5.read_bytes() == published_h5
+    held = Path(re.search(r"held back (\S+):", line)[1])
+    assert held.parent == layout.candidates and (held / "gate.json").is_file()
+    assert export.candidate_h5(held).is_file()  # its .h5 stays beside it
+    summary = json.loads((tmp_path / "worse" / "summary.json").read_text())
+    assert summary["gate"]["decision"] == "held_back"
+    assert summary["exports"]["saved_model"] == str(held)
+    assert np.isclose(summary["gate"]["baseline"]["accuracy"], float(match[2]), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_after_a_rollback_the_server_serves_what_serving_readme_says(exported, tmp_path):
+    """serving/README.md's rollback table, on catdog.serve: `latest` serves the previous
+    version; `latest { num_versions: 2 }` with a label on the rolled-back version serves the two
+    before it, and the label answers NOT_FOUND until the config moves it."""
+    from tensorflow_serving.apis import model_pb2
+
+    from catdog.serving.options import ServerOptions
+    from catdog.serving.server import start_server
+    from catdog.serving.status import ServingError
+
+    layout = layout_at(tmp_path)
+    for _ in range(3):
+        export.export_all(exported[0], CLASSES, layout.export_dir, "catdog")
+    config = tmp_path / "models.config"
+    config.write_text(
+        f'model_config_list {{ config {{ name: "catdog" base_path: "{layout.base}" '
+        'model_platform: "tensorflow" model_version_policy { latest { num_versions: 2 } } '
+        'version_labels { key: "stable" value: 2 } version_labels { key: "canary" value: 3 } '
+        "} }")
+    latest = start_server("catdog", layout.base, port=0, rest_api_port=None)
+    labelled = start_server(options=ServerOptions(
+        port=0, rest_api_port=None, model_config_file=str(config),
+        allow_version_labels_for_unavailable_models=True))
+    try:
+        assert latest.core.manager("catdog").loaded_versions() == {3}
+        assert labelled.core.manager("catdog").loaded_versions() == {2, 3}
+        publish.rollback(layout)
+        for server in (latest, labelled):
+            server.core.refresh()  # the next poll
+        assert latest.core.manager("catdog").loaded_versions() == {2}
+        assert labelled.core.manager("catdog").loaded_versions() == {1, 2}
+        manager = labelled.core.manager("catdog")
+        assert manager.servable(model_pb2.ModelSpec(name="catdog", version_label="stable")
+                                ).version == 2
+        with pytest.raises(ServingError, match=r"Servable not found for request: "
+                                               r"Specific\(catdog, 3\)"):
+            manager.servable(model_pb2.ModelSpec(name="catdog", version_label="canary"))
+    finally:
+        latest.stop()
+        labelled.stop()
