@@ -50,7 +50,8 @@ _WEIGHTS: Check = (
     lambda v: v in ("imagenet", "none") or os.path.isfile(v),
     "must be 'imagenet', 'none' or the path of an existing VGG16 weights .h5 file")
 _MODEL_NAME: Check = (
-    lambda v: bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v)) and v != "candidates",
+    lambda v: bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v))
+    and v != contract.CANDIDATES_DIR,
     "must be letters, digits, '_', '.' or '-', starting with a letter or digit, and not "
     "'candidates' (the folder of unpublished exports)")
 _SHA256: Check = (lambda v: bool(re.fullmatch(r"([0-9a-f]{64})?", v)),

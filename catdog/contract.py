@@ -32,12 +32,16 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 # Files inside a SavedModel version folder.
 LABELS_FILE = "labels.txt"  # under assets/
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+SOURCE_FILE = "assets.extra/catdog_source.json"  # the run, epoch and data a version came from
+# <export_dir>/candidates/<model_name>/: exports not (yet) published, never served.
+CANDIDATES_DIR = "candidates"
 
 # REST: a DT_STRING output whose alias ends with this is written as {"b64": ...}.
 BYTES_SUFFIX = "_bytes"
 
 # The .h5 file attribute holding the JSON list of class names.
 H5_CLASS_NAMES_ATTR = "catdog_class_names"
+H5_SOURCE_ATTR = "catdog_source"  # the same JSON record as SOURCE_FILE
 
 # Defaults that the exporter, the server, the client and the deployment files agree on.
 DEFAULT_MODEL_NAME = "catdog"

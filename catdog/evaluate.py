@@ -1,17 +1,22 @@
 """Where the model fails:
-`python -m catdog.evaluate --model=PATH --data_dir=DIR [--output_dir=OUT]`.
+`python -m catdog.evaluate --model=PATH --data_dir=DIR [--output_dir=OUT] [--baseline=PATH]`.
 
 PATH is the exported `.h5` or a SavedModel version folder (the same numbers from both); DIR holds
 one sub-folder per class, named as the model's classes. Writes to OUT:
 
-    report.json         accuracy, per-class precision/recall/F1, confusion matrix, ROC AUC,
-                        log loss, expected calibration error, skipped files
-    report.md           the same as tables
+    report.html         the page to look at (catdog/report.py): headline figures with bootstrap
+                        intervals, confusion matrix, ROC and precision-recall curves,
+                        calibration, the decision threshold, per-class figures, the
+                        misclassified photos with Grad-CAM heat maps; with --baseline, both
+                        models side by side (deltas, paired bootstrap, McNemar, disagreements)
+    report.json         every figure (catdog/figures.py), the misclassified and skipped files
+    report.md           the figures as tables
     misclassified.png   the wrongly classified images, captioned true → predicted (probability)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -24,14 +29,14 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image, ImageDraw
 
-from catdog import atomic, data, images, inference
+from catdog import atomic, data, figures, gradcam, images, inference, report
 from catdog.errors import CatdogError
 
-CALIBRATION_BINS = 15
 GRID_COLUMNS = 8
 THUMBNAIL = 128
 CAPTION_HEIGHT = 30
 MAX_GRID_IMAGES = 64
+MAX_EXPLAINED = 64  # Grad-CAM heat maps in report.html (--max_explained)
 
 
 def predict_files(classifier: inference.Classifier, files: data.ImageFiles, batch_size: int,
@@ -44,58 +49,6 @@ def predict_files(classifier: inference.Classifier, files: data.ImageFiles, batc
         probabilities.append(classifier.predict(pixels.numpy()))
         progbar.update(step)
     return np.concatenate(probabilities)
-
-
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray,
-                               bins: int = CALIBRATION_BINS) -> float:
-    """Σ over confidence bins of (bin share) × |accuracy − mean confidence| (Guo et al., 2017)."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    error = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
-        in_bin = (confidence > low) & (confidence <= high)
-        if in_bin.any():
-            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(error)
-
-
-def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """One-vs-rest ROC AUC per class (keras.metrics.AUC), keyed by class index."""
-    scores = {}
-    for index in range(probabilities.shape[1]):
-        metric = keras.metrics.AUC(num_thresholds=1000)
-        metric.update_state((labels == index).astype("float32"), probabilities[:, index])
-        scores[index] = float(metric.result())
-    return scores
-
-
-def compute_metrics(labels: np.ndarray, probabilities: np.ndarray,
-                    class_names: Sequence[str]) -> dict[str, Any]:
-    """Every figure of the report, from true labels and predicted probabilities."""
-    predicted = probabilities.argmax(axis=1)
-    confusion = tf.math.confusion_matrix(labels, predicted,
-                                         num_classes=len(class_names)).numpy()
-    per_class = {}
-    aucs = roc_auc(labels, probabilities)
-    for i, name in enumerate(class_names):
-        true_positives = confusion[i, i]
-        precision = true_positives / max(confusion[:, i].sum(), 1)
-        recall = true_positives / max(confusion[i, :].sum(), 1)
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": float(precision), "recall": float(recall),
-                           "f1": float(f1), "support": int(confusion[i, :].sum()),
-                           "roc_auc": aucs[i]}
-    log_loss = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
-    return {
-        "images": int(len(labels)),
-        "accuracy": float((predicted == labels).mean()),
-        "per_class": per_class,
-        "confusion_matrix": confusion.tolist(),
-        "roc_auc": float(np.mean(list(aucs.values()))),
-        "log_loss": float(log_loss),
-        "expected_calibration_error": expected_calibration_error(labels, probabilities),
-    }
 
 
 def markdown_report(report: dict[str, Any]) -> str:
@@ -146,8 +99,7 @@ def misclassified_grid(files: data.ImageFiles, probabilities: np.ndarray,
     for slot, index in enumerate(wrong):
         x, y = (slot % GRID_COLUMNS) * THUMBNAIL, (slot // GRID_COLUMNS) * (
             THUMBNAIL + CAPTION_HEIGHT)
-        pixels = images.load_image(tf.constant(files.paths[index]), THUMBNAIL).numpy()
-        grid.paste(Image.fromarray(pixels), (x, y))
+        grid.paste(Image.fromarray(_thumbnail(files.paths[index])), (x, y))
         draw.text((x + 3, y + THUMBNAIL + 2),
                   f"{class_names[labels[index]]} -> {class_names[predicted[index]]}",
                   fill="black")
@@ -173,38 +125,164 @@ def misclassified_files(files: data.ImageFiles, probabilities: np.ndarray,
             for i in most_confidently_wrong(np.array(files.labels), probabilities)]
 
 
-def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 32,
-             max_pixels: int = images.MAX_IMAGE_PIXELS,
-             precision: str = "float32") -> dict[str, Any]:
-    """Evaluates an exported model on a class-folder dataset and writes the three reports;
-    a `.h5` model computes under the Keras policy `precision`."""
-    classifier = inference.load_classifier(model_path, precision)
+def checked_files(data_dir: str, class_names: Sequence[str],
+                  max_pixels: int = images.MAX_IMAGE_PIXELS
+                  ) -> tuple[data.ImageFiles, list[data.BadImage]]:
+    """The decodable image files of a class-folder dataset whose classes are `class_names`, and
+    the files left out, each logged with the reason."""
     folder_classes = data.class_names_in(data_dir)
-    if list(folder_classes) != list(classifier.class_names):
+    if list(folder_classes) != list(class_names):
         raise CatdogError(f"--data_dir={data_dir} has classes {list(folder_classes)} but the "
-                          f"model knows {classifier.class_names}")
-    files = data.list_images(data_dir, classifier.class_names)
+                          f"model knows {list(class_names)}")
+    files = data.list_images(data_dir, class_names)
     bad = list(files.skipped) + data.check_images(files.paths, max_pixels)
     for item in bad:
         logging.warning("skipping %s: %s", item.path, item.reason)
-    files = files.without({item.path for item in bad})
-    probabilities = predict_files(classifier, files, batch_size, max_pixels)
-    report = {"model": str(model_path), "data_dir": str(data_dir),
-              "precision": classifier.precision,
-              "class_names": list(classifier.class_names),
-              **compute_metrics(np.array(files.labels), probabilities, classifier.class_names),
-              "misclassified": misclassified_files(files, probabilities, classifier.class_names),
-              "skipped": [{"path": item.path, "reason": item.reason} for item in bad]}
-    _write_reports(Path(output_dir), report,
-                   misclassified_grid(files, probabilities, classifier.class_names))
-    return report
+    return files.without({item.path for item in bad}), bad
 
 
-def _write_reports(output_dir: Path, report: dict[str, Any], grid: Image.Image) -> None:
-    """Writes the three files, each under a temporary name first, then renamed into place."""
-    writers = {"report.json": lambda tmp: tmp.write_text(json.dumps(report, indent=2)),
-               "report.md": lambda tmp: tmp.write_text(markdown_report(report)),
-               "misclassified.png": lambda tmp: grid.save(tmp, format="PNG")}
+@dataclasses.dataclass(frozen=True)
+class Answers:
+    """One exported model and its probabilities for the evaluation photos."""
+
+    path: str
+    classifier: inference.Classifier
+    probabilities: np.ndarray
+
+
+def model_result(label: str, answers: Answers, labels: np.ndarray,
+                 bootstrap_samples: int) -> report.ModelResult:
+    """One model's figures, their bootstrap intervals and its identity, for the report."""
+    classifier, probabilities = answers.classifier, answers.probabilities
+    return report.ModelResult(
+        label, {**inference.identity_of(answers.path), "image_size": classifier.image_size,
+                "class_names": ", ".join(classifier.class_names)},
+        probabilities, figures.compute_metrics(labels, probabilities, classifier.class_names),
+        figures.bootstrap_intervals(labels, probabilities, bootstrap_samples))
+
+
+def _thumbnail(path: str) -> np.ndarray:
+    return images.load_image(tf.constant(path), THUMBNAIL).numpy()
+
+
+def explained_errors(model_path: str, files: data.ImageFiles, probabilities: np.ndarray,
+                     class_names: Sequence[str], max_explained: int,
+                     max_pixels: int = images.MAX_IMAGE_PIXELS) -> list[report.Photo]:
+    """The misclassified photos, most confidently wrong first (at most MAX_GRID_IMAGES), the
+    first `max_explained` with the Grad-CAM overlay of the class the model predicted."""
+    labels = np.array(files.labels)
+    predicted = probabilities.argmax(axis=1)
+    wrong = most_confidently_wrong(labels, probabilities)[:MAX_GRID_IMAGES]
+    explained = wrong[:max_explained]
+    maps = np.zeros((0,))
+    if len(explained):
+        model, _ = inference.load_keras_model(model_path)
+        size = model.input_shape[1]
+        pixels = np.stack([tf.cast(images.load_image(tf.constant(files.paths[i]), size,
+                                                     max_pixels), tf.float32).numpy()
+                           for i in explained])
+        maps = gradcam.heatmaps(model, pixels, predicted[explained])
+    photos = []
+    for slot, index in enumerate(wrong):
+        thumbnail = _thumbnail(files.paths[index])
+        photos.append(report.Photo(
+            thumbnail, f"{Path(files.paths[index]).name}: {class_names[labels[index]]} → "
+                       f"{class_names[predicted[index]]} "
+                       f"(p={probabilities[index, predicted[index]]:.3f})",
+            gradcam.overlay(thumbnail, maps[slot]) if slot < len(explained) else None))
+    return photos
+
+
+def comparison(model: report.ModelResult, baseline: report.ModelResult, files: data.ImageFiles,
+               class_names: Sequence[str], bootstrap_samples: int) -> dict[str, Any]:
+    """Both models on the same photos: figure deltas, a paired bootstrap interval on the
+    accuracy difference, McNemar's test, and the photos on which their answers differ."""
+    labels = np.array(files.labels)
+    correct = [r.probabilities.argmax(axis=1) == labels for r in (model, baseline)]
+    predicted = [r.probabilities.argmax(axis=1) for r in (model, baseline)]
+    disagree = np.flatnonzero(predicted[0] != predicted[1])[:MAX_GRID_IMAGES]
+    return {
+        "figures": {name: {"model": model.metrics[name], "baseline": baseline.metrics[name]}
+                    for name in ("accuracy", "roc_auc", "log_loss",
+                                 "expected_calibration_error")},
+        "accuracy_difference": figures.paired_accuracy_difference(
+            correct[0], correct[1], bootstrap_samples),
+        "mcnemar": figures.mcnemar(correct[0], correct[1]),
+        "disagreements": [report.Photo(_thumbnail(files.paths[i]), (
+            f"{Path(files.paths[i]).name}: {class_names[labels[i]]}; model "
+            f"{class_names[predicted[0][i]]} ({model.probabilities[i].max():.3f}), baseline "
+            f"{class_names[predicted[1][i]]} ({baseline.probabilities[i].max():.3f})"))
+            for i in disagree],
+    }
+
+
+def write_reports(output_dir: str | Path, model: Answers, files: data.ImageFiles, folder: str,
+                  skipped: Sequence[data.BadImage] = (), baseline: Answers | None = None,
+                  max_explained: int = MAX_EXPLAINED,
+                  bootstrap_samples: int = figures.BOOTSTRAP_SAMPLES,
+                  max_pixels: int = images.MAX_IMAGE_PIXELS) -> dict[str, Any]:
+    """The four report files for answers already computed (by `evaluate`, or by the publish
+    gate, which has both models' answers on its photos); returns report.json's content."""
+    labels = np.array(files.labels)
+    names = model.classifier.class_names
+    results = [model_result("model", model, labels, bootstrap_samples)]
+    compared = None
+    if baseline is not None:
+        results.append(model_result("baseline", baseline, labels, bootstrap_samples))
+        compared = comparison(results[0], results[1], files, names, bootstrap_samples)
+    errors = explained_errors(model.path, files, model.probabilities, names, max_explained,
+                              max_pixels)
+    content = {"model": str(model.path), "data_dir": str(folder),
+               "precision": model.classifier.precision, "class_names": list(names),
+               **results[0].metrics, "intervals": results[0].intervals,
+               "misclassified": misclassified_files(files, model.probabilities, names),
+               "skipped": [{"path": item.path, "reason": item.reason} for item in skipped]}
+    if compared:
+        content["baseline"] = {"model": str(baseline.path), **results[1].metrics,
+                               "intervals": results[1].intervals}
+        content["comparison"] = {k: v for k, v in compared.items() if k != "disagreements"}
+    page = report.render(results, labels, names, {
+        "folder": folder, "images": len(files), "counts": files.class_counts(),
+        "skipped": content["skipped"], "bootstrap": bootstrap_samples}, errors,
+        min(max_explained, len(errors)), compared)
+    _write_reports(Path(output_dir), content,
+                   misclassified_grid(files, model.probabilities, names), page)
+    return content
+
+
+def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 32,
+             max_pixels: int = images.MAX_IMAGE_PIXELS, precision: str = "float32",
+             baseline: str = "", max_explained: int = MAX_EXPLAINED,
+             bootstrap_samples: int = figures.BOOTSTRAP_SAMPLES) -> dict[str, Any]:
+    """Evaluates an exported model (and `baseline`, on the same photos) on a class-folder
+    dataset and writes the four reports; a `.h5` model computes under the Keras policy
+    `precision`."""
+    classifier = inference.load_classifier(model_path, precision)
+    files, bad = checked_files(data_dir, classifier.class_names, max_pixels)
+    model = Answers(model_path, classifier,
+                    predict_files(classifier, files, batch_size, max_pixels))
+    other = None
+    if baseline:
+        other_classifier = inference.load_classifier(baseline, precision)
+        if list(other_classifier.class_names) != list(classifier.class_names):
+            raise CatdogError(f"--baseline={baseline} knows classes "
+                              f"{other_classifier.class_names}, --model={model_path} "
+                              f"{classifier.class_names}")
+        other = Answers(baseline, other_classifier,
+                        predict_files(other_classifier, files, batch_size, max_pixels))
+    return write_reports(output_dir, model, files, data_dir, bad, other, max_explained,
+                         bootstrap_samples, max_pixels)
+
+
+def _write_reports(output_dir: Path, content: dict[str, Any], grid: Image.Image,
+                   page: str) -> None:
+    """Writes the four files, each under a temporary name first, then renamed into place
+    (after clearing what an earlier, killed writer left there)."""
+    atomic.remove_leftovers(output_dir)
+    writers = {"report.json": lambda tmp: tmp.write_text(json.dumps(content, indent=2)),
+               "report.md": lambda tmp: tmp.write_text(markdown_report(content)),
+               "misclassified.png": lambda tmp: grid.save(tmp, format="PNG"),
+               "report.html": lambda tmp: tmp.write_text(page)}
     for name, write in writers.items():
         with atomic.atomic_file(output_dir / name) as tmp:
             write(tmp)
@@ -216,11 +294,18 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise CatdogError(f"unexpected arguments {list(argv[1:])}")
     f = flags.FLAGS
-    report = evaluate(f.model, f.data_dir, f.output_dir, f.batch_size, f.max_image_pixels,
-                      inference.resolve_precision(f.mixed_precision))
-    print(f"accuracy {report['accuracy']:.4f}, ROC AUC {report['roc_auc']:.4f}, log loss "
-          f"{report['log_loss']:.4f}, ECE {report['expected_calibration_error']:.4f} on "
-          f"{report['images']} images; reports in {f.output_dir}")
+    content = evaluate(f.model, f.data_dir, f.output_dir, f.batch_size, f.max_image_pixels,
+                       inference.resolve_precision(f.mixed_precision), f.baseline,
+                       f.max_explained, f.bootstrap_samples)
+    print(f"accuracy {content['accuracy']:.4f}, ROC AUC {content['roc_auc']:.4f}, log loss "
+          f"{content['log_loss']:.4f}, ECE {content['expected_calibration_error']:.4f} on "
+          f"{content['images']} images; reports in {f.output_dir} (report.html)")
+    if f.baseline:
+        difference = content["comparison"]["accuracy_difference"]
+        print(f"baseline {f.baseline}: accuracy {content['baseline']['accuracy']:.4f}; "
+              f"difference {difference['difference']:+.4f} [{difference['low']:+.4f}, "
+              f"{difference['high']:+.4f}], McNemar p = "
+              f"{content['comparison']['mcnemar']['p_value']:.4g}")
 
 
 def run() -> None:

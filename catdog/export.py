@@ -32,9 +32,6 @@ from absl import logging
 from catdog import atomic, contract, images, signatures
 from catdog.errors import CatdogError
 
-SOURCE_FILE = "assets.extra/catdog_source.json"  # the run, epoch and data a version came from
-CANDIDATES = "candidates"
-
 
 @dataclasses.dataclass(frozen=True)
 class Exports:
@@ -67,7 +64,7 @@ class Layout:
 
     @property
     def candidates(self) -> Path:
-        return Path(self.export_dir) / CANDIDATES / self.model_name
+        return Path(self.export_dir) / contract.CANDIDATES_DIR / self.model_name
 
     @property
     def lock(self) -> Path:
@@ -80,12 +77,16 @@ def candidate_h5(saved_model: Path) -> Path:
     return saved_model.parent / f"{saved_model.name}.h5"
 
 
-def export_h5(model: keras.Model, class_names: Sequence[str], path: Path) -> Path:
-    """Saves `model` as `.h5` with the class names stored as an HDF5 attribute of the file."""
+def export_h5(model: keras.Model, class_names: Sequence[str], path: Path,
+              source: dict | None = None) -> Path:
+    """Saves `model` as `.h5` with the class names (and the run it came from) stored as HDF5
+    attributes of the file."""
     with atomic.atomic_file(path) as tmp:
         model.save(tmp)
         with h5py.File(tmp, "a") as f:
             f.attrs[contract.H5_CLASS_NAMES_ATTR] = json.dumps(list(class_names))
+            if source:
+                f.attrs[contract.H5_SOURCE_ATTR] = json.dumps(source)
     return path
 
 
@@ -126,7 +127,7 @@ def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Pat
         signatures.mark_classify_method(tmp)
         signatures.write_warmup_requests(tmp, model_name or base.name, model.input_shape[1])
         if source:
-            (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
+            (tmp / contract.SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
     if keep_versions:
         prune_versions(base, keep_versions)
     return final
@@ -146,7 +147,7 @@ def _newest_version(base: Path) -> Path | None:
 def source_of(version: Path) -> dict:
     """What `export_saved_model` recorded of the run behind a version ({} when nothing)."""
     try:
-        return json.loads((version / SOURCE_FILE).read_text())
+        return json.loads((version / contract.SOURCE_FILE).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -189,5 +190,5 @@ def export_candidate(model: keras.Model, class_names: Sequence[str], layout: Lay
                                      model_name=layout.model_name)
     h5 = candidate_h5(saved_model)
     if not h5.exists():  # a candidate written by a run killed before its .h5
-        export_h5(model, class_names, h5)
+        export_h5(model, class_names, h5, source)
     return Exports(h5=h5, saved_model=saved_model)

@@ -70,10 +70,20 @@ def define_evaluate_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("data_dir", None, "Folder with one sub-folder of images per class.",
                         flag_values=fv)
     flags.DEFINE_string("output_dir", "evaluation",
-                        "Where report.json, report.md and misclassified.png are written.",
+                        "Where report.html, report.json, report.md and misclassified.png are "
+                        "written.",
                         flag_values=fv)
     flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1,
                          flag_values=fv)
+    flags.DEFINE_string("baseline", "", "Another exported model (.h5 or SavedModel version) to "
+                        "compare with on the same photos: both curves on one chart, deltas, a "
+                        "paired bootstrap interval, McNemar's test, the photos they disagree "
+                        "on.", flag_values=fv)
+    flags.DEFINE_integer("max_explained", 64, "Misclassified photos shown with a Grad-CAM heat "
+                         "map in report.html (one extra forward and backward pass each).",
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer("bootstrap_samples", 1000, "Resamples behind the 95% intervals.",
+                         lower_bound=100, flag_values=fv)
     flags.mark_flag_as_required("data_dir", flag_values=fv)
     flags.register_validator("data_dir", lambda v: v is None or os.path.isdir(v),
                              message="must be an existing folder with one sub-folder per class",
@@ -90,6 +100,9 @@ def define_predict_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
     flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1,
                          flag_values=fv)
+    flags.DEFINE_string("explain", "", "A folder to write, for each image, the Grad-CAM heat "
+                        "map of the predicted class over the photo (<name>.gradcam.png).",
+                        flag_values=fv)
 
 
 def define_publish_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

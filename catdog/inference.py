@@ -32,6 +32,66 @@ def load_h5(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
     return model, class_names
 
 
+def load_keras_model(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
+    """The Keras classifier of either export, with its class names: the `.h5` as it loads; a
+    SavedModel version rebuilt from catdog's architecture (`model.build_classifier`) with the
+    version's own variables, matched by layer and weight name from its `predict_pixels`
+    signature (a SavedModel answers probabilities only; Grad-CAM needs the layers)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".h5":
+        return load_h5(path)
+    loaded = _load_saved_model(path)
+    signature = loaded.signatures[contract.PREDICT_PIXELS]
+    class_names = _labels_of(path)
+    image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
+    stored = {variable.name.removesuffix(":0"): variable for variable in signature.variables}
+    model = model_lib.build_classifier(len(class_names), image_size, "none")
+    for weight in _all_weights(model):
+        if weight.path not in stored:
+            raise CatdogError(f"{path} has no variable {weight.path}: it is not a catdog export "
+                              "that can be rebuilt as a Keras model")
+        weight.assign(stored[weight.path].numpy())
+    return model, class_names
+
+
+def _all_weights(model: keras.Model) -> list[keras.Variable]:
+    """Every weight, frozen or not, with its layer-qualified path ('block1_conv1/kernel')."""
+    return [w for layer in model.layers for w in (
+        _all_weights(layer) if isinstance(layer, keras.Model) else layer.weights)]
+
+
+def _load_saved_model(path: Path):
+    if not (path / "saved_model.pb").is_file():
+        raise CatdogError(f"--model={path} is neither a .h5 file nor a SavedModel version folder "
+                          "(one holding saved_model.pb, e.g. export/catdog/1)")
+    return tf.saved_model.load(str(path))
+
+
+def _labels_of(path: Path) -> list[str]:
+    return (path / "assets" / contract.LABELS_FILE).read_text().splitlines()
+
+
+def identity_of(path: str | os.PathLike) -> dict[str, str]:
+    """What an export says about itself: its path, its version (a SavedModel version folder's
+    number) and the run and epoch it came from (the record export.py writes into both)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".h5":
+            with h5py.File(path, "r") as f:
+                source = json.loads(f.attrs.get(contract.H5_SOURCE_ATTR, "{}"))
+        else:
+            source = json.loads((path / contract.SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        source = {}
+    run = (f"{source['run_dir']}, epoch {source['epoch']} of {source['finished_epochs']}"
+           if {"run_dir", "epoch", "finished_epochs"} <= set(source) else "not recorded")
+    if path.parent.parent.name == contract.CANDIDATES_DIR:
+        version = f"candidate {path.name}"
+    else:
+        version = path.name if path.name.isdigit() else "-"
+    return {"path": str(path), "version": version, "source": run}
+
+
 @dataclasses.dataclass(frozen=True)
 class Classifier:
     """An exported model ready for inference, whichever format it was loaded from."""
@@ -67,12 +127,8 @@ def load_classifier(path: str | os.PathLike, precision: str = "float32") -> Clas
     if path.is_file() and path.suffix == ".h5":
         model, class_names = load_h5(path)
         return keras_classifier(model_lib.in_policy(model, precision), class_names, precision)
-    if (path / "saved_model.pb").is_file():
-        signature = tf.saved_model.load(str(path)).signatures[contract.PREDICT_PIXELS]
-        class_names = (path / "assets" / contract.LABELS_FILE).read_text().splitlines()
-        image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
-        return Classifier(
-            lambda pixels: signature(pixels=tf.constant(pixels, tf.float32))[
-                contract.PROBABILITIES].numpy(), class_names, image_size, "exported")
-    raise CatdogError(f"--model={path} is neither a .h5 file nor a SavedModel version folder "
-                      "(one holding saved_model.pb, e.g. export/catdog/1)")
+    signature = _load_saved_model(path).signatures[contract.PREDICT_PIXELS]
+    image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
+    return Classifier(
+        lambda pixels: signature(pixels=tf.constant(pixels, tf.float32))[
+            contract.PROBABILITIES].numpy(), _labels_of(path), image_size, "exported")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from catdog import images, inference
+from catdog import atomic, gradcam, images, inference
 from catdog.errors import CatdogError
 
 
@@ -60,6 +60,36 @@ def predict_paths(classifier: inference.Classifier, paths: Sequence[str], batch_
                    "probabilities": dict(zip(classifier.class_names, map(float, row)))}
 
 
+EXPLAINED_SIDE = 512  # the longest side of a written heat-map overlay
+
+
+def write_explanations(model_path: str, paths: Sequence[str], folder: str | Path,
+                       max_pixels: int = images.MAX_IMAGE_PIXELS) -> list[Path]:
+    """For each image, `<folder>/<name>.gradcam.png`: the Grad-CAM heat map of the class the
+    model predicts (catdog/gradcam.py) over the photo, its longest side at most 512 px."""
+    model, _ = inference.load_keras_model(model_path)
+    size = model.input_shape[1]
+    written, taken = [], set()
+    for path in paths:
+        encoded = tf.io.read_file(path)
+        photo = images.decode_image(encoded, max_pixels)
+        pixels = tf.cast(images.resize_image(photo, size), tf.float32).numpy()[None]
+        shown = tf.cast(tf.image.resize(photo, (EXPLAINED_SIDE, EXPLAINED_SIDE),
+                                        preserve_aspect_ratio=True), tf.uint8).numpy()
+        name = f"{Path(path).stem}.gradcam.png"
+        for n in range(2, len(paths) + 2):
+            if name not in taken:
+                break
+            name = f"{Path(path).stem}-{n}.gradcam.png"
+        taken.add(name)
+        target = Path(folder) / name
+        with atomic.atomic_file(target) as tmp:
+            tf.io.write_file(str(tmp), tf.io.encode_png(
+                gradcam.overlay(shown, gradcam.heatmaps(model, pixels)[0])))
+        written.append(target)
+    return written
+
+
 def _read(path: str, image_size: int, max_pixels: int):
     """(image, None) or (None, why not); only regular files are opened."""
     if not Path(path).exists():
@@ -84,8 +114,9 @@ def main(argv: Sequence[str]) -> int:
                           "(no images given or found)")
     classifier = inference.load_classifier(
         f.model, inference.resolve_precision(f.mixed_precision))
-    failures = 0
+    failures, results = 0, []
     for result in predict_paths(classifier, paths, f.batch_size, f.max_image_pixels):
+        results.append(result)
         failures += "error" in result
         if f.format == "jsonl":
             print(json.dumps(result), flush=True)
@@ -93,6 +124,10 @@ def main(argv: Sequence[str]) -> int:
             print(f"{result['path']}\terror: {result['error']}", file=sys.stderr, flush=True)
         else:
             print(f"{result['path']}\t{result['label']}\t{result['probability']:.6f}", flush=True)
+    if f.explain:
+        readable = [r["path"] for r in results if "error" not in r]
+        written = write_explanations(f.model, readable, f.explain, f.max_image_pixels)
+        print(f"wrote {len(written)} Grad-CAM heat map(s) to {f.explain}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -10,7 +10,7 @@ goes through, in order:
    and `classify`, whose answers must equal the in-process model's to within 1e-5. Any failure
    refuses the candidate (exit status 4);
 2. blessing: the candidate and the baseline (the newest published version that loads) are
-   evaluated on the same photos with catdog's evaluator (`evaluate.compute_metrics`, the figures
+   evaluated on the same photos with catdog's evaluator (`figures.compute_metrics`, the figures
    `catdog.evaluate` prints). The candidate passes when its accuracy is at least the baseline's
    minus --gate_tolerance and at least --gate_min_accuracy when that is set; otherwise it is held
    back (exit status 3). With no baseline, infra validation (and --gate_min_accuracy) decides;
@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from catdog import atomic, data, evaluate, export, images, inference
+from catdog import atomic, data, evaluate, export, figures, images, inference
 from catdog.errors import CatdogError
 
 PUBLISHED, KEPT, HELD_BACK, REFUSED = "published", "kept", "held_back", "refused"
@@ -115,11 +115,14 @@ def infra_validate(saved_model: Path, image_file: str,
 
 
 def _last_json_line(text: str) -> dict[str, Any]:
+    """The validator's report: the last line of its output that is a JSON object."""
     for line in reversed(text.splitlines()):
         try:
-            return json.loads(line)
+            value = json.loads(line)
         except ValueError:
             continue
+        if isinstance(value, dict):
+            return value
     return {}
 
 
@@ -188,10 +191,10 @@ def _checked(files: data.ImageFiles, source: str, max_pixels: int) -> Photos:
     return Photos(files.without({item.path for item in bad}), source, tuple(bad))
 
 
-def figures(probabilities: np.ndarray, photos: Photos,
-            class_names: Sequence[str]) -> dict[str, Any]:
+def figures_on(photos: Photos, probabilities: np.ndarray,
+               class_names: Sequence[str]) -> dict[str, Any]:
     """The evaluator's figures (what `catdog.evaluate` reports) for these probabilities."""
-    return evaluate.compute_metrics(np.array(photos.files.labels), probabilities, class_names)
+    return figures.compute_metrics(np.array(photos.files.labels), probabilities, class_names)
 
 
 def baseline(layout: export.Layout) -> tuple[Path | None, inference.Classifier | None,
@@ -394,9 +397,9 @@ def _blessed(candidate: export.Exports, layout: export.Layout, photos: Photos,
         logging.info("evaluating the candidate on %d photos", len(photos.files))
         candidate_probabilities = evaluate.predict_files(
             reference, photos.files, settings.batch_size, settings.max_image_pixels)
-    record["candidate_figures"] = figures(candidate_probabilities, photos, names)
+    record["candidate_figures"] = figures_on(photos, candidate_probabilities, names)
     record["baseline"] = None
-    base_figures = None
+    base_figures = base_probabilities = None
     if base_model is not None and list(base_model.class_names) != list(names):
         return Decision(HELD_BACK, (
             f"held back {candidate.saved_model}: the published version {base_version} knows "
@@ -406,10 +409,13 @@ def _blessed(candidate: export.Exports, layout: export.Layout, photos: Photos,
             record=record)
     if base_model is not None:
         logging.info("evaluating the baseline %s on %d photos", base_version, len(photos.files))
-        base_figures = figures(evaluate.predict_files(
-            base_model, photos.files, settings.batch_size, settings.max_image_pixels),
-            photos, names)
+        base_probabilities = evaluate.predict_files(
+            base_model, photos.files, settings.batch_size, settings.max_image_pixels)
+        base_figures = figures_on(photos, base_probabilities, names)
         record["baseline"] = {"version": str(base_version), **base_figures}
+    record["evaluation"] = str(_write_evaluation(
+        candidate, reference, photos, candidate_probabilities, base_version, base_model,
+        base_probabilities, settings))
     passed, why = _bless(record["candidate_figures"], base_figures,
                          f"version {base_version.name}" if base_version else "",
                          settings.tolerance, settings.min_accuracy, settings.force)
@@ -421,6 +427,22 @@ def _blessed(candidate: export.Exports, layout: export.Layout, photos: Photos,
         f"held back {candidate.saved_model}: {why}{damaged}; it stays a candidate (to publish "
         f"it anyway: python -m catdog.publish --candidate={candidate.saved_model} "
         f"--model_base_path={layout.base} --force)"), str(candidate.saved_model), record=record)
+
+
+def _write_evaluation(candidate: export.Exports, reference: inference.Classifier,
+                      photos: Photos, probabilities: np.ndarray, base_version: Path | None,
+                      base_model: inference.Classifier | None,
+                      base_probabilities: np.ndarray | None, settings: GateSettings) -> Path:
+    """`catdog.evaluate --model=<candidate> --baseline=<published>`'s reports, from the answers
+    the gate already has, in `<K>.evaluation/` beside the candidate."""
+    folder = candidate.saved_model.parent / f"{candidate.saved_model.name}.evaluation"
+    baseline = (evaluate.Answers(str(base_version), base_model, base_probabilities)
+                if base_model is not None else None)
+    evaluate.write_reports(
+        folder, evaluate.Answers(str(candidate.saved_model), reference, probabilities),
+        photos.files, photos.source, photos.skipped, baseline,
+        max_pixels=settings.max_image_pixels)
+    return folder
 
 
 def _publish(candidate: export.Exports, layout: export.Layout, decision: Decision,

@@ -1,4 +1,6 @@
-"""Evaluate: the metrics, the three report files, and equal numbers from .h5 and SavedModel."""
+"""Evaluate: the four report files, equal numbers from .h5 and SavedModel, a comparison with a
+baseline from another run, and what report.html holds (tests/test_report.py opens it in a
+browser)."""
 
 import json
 import math
@@ -23,22 +25,6 @@ def exported(tmp_path_factory):
     return exports
 
 
-def test_metrics_on_a_case_worked_by_hand():
-    labels = np.array([0, 0, 1, 1])
-    probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.7, 0.3]])
-    metrics = evaluate.compute_metrics(labels, probabilities, ("cats", "dogs"))
-    assert metrics["accuracy"] == 0.5
-    assert metrics["confusion_matrix"] == [[1, 1], [1, 1]]
-    assert metrics["per_class"]["cats"]["precision"] == 0.5
-    assert metrics["per_class"]["dogs"]["recall"] == 0.5
-    assert metrics["per_class"]["dogs"]["f1"] == 0.5
-    # Of the 4 (dog, cat) pairs, 3 rank the dog's "dogs" score higher.
-    assert metrics["per_class"]["dogs"]["roc_auc"] == pytest.approx(0.75, abs=1e-3)
-    assert metrics["log_loss"] == pytest.approx(-np.log([0.9, 0.4, 0.8, 0.3]).mean(), rel=1e-5)
-    # One image per confidence bin: (|1-.9| + |0-.6| + |1-.8| + |0-.7|) / 4.
-    assert metrics["expected_calibration_error"] == pytest.approx(0.4)
-
-
 def test_h5_and_saved_model_give_the_same_report(exported, dataset_dir, tmp_path):
     folder = dataset_dir / "validation"
     (folder / "dogs" / "broken.jpg").write_bytes(b"")
@@ -52,8 +38,10 @@ def test_h5_and_saved_model_give_the_same_report(exported, dataset_dir, tmp_path
     assert [s["path"].endswith("broken.jpg") for s in by_h5["skipped"]] == [True]
 
     out = tmp_path / "h5"
-    assert sorted(p.name for p in out.iterdir()) == ["misclassified.png", "report.json",
-                                                     "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["misclassified.png", "report.html",
+                                                     "report.json", "report.md"]
+    low, high = by_h5["intervals"]["accuracy"]
+    assert low <= by_h5["accuracy"] <= high
     assert json.loads((out / "report.json").read_text())["accuracy"] == by_h5["accuracy"]
     markdown = (out / "report.md").read_text()
     assert "| accuracy |" in markdown and "| cats |" in markdown and "broken.jpg" in markdown
@@ -75,3 +63,48 @@ def test_class_folders_must_match_the_models_classes(exported, dataset_dir, tmp_
     assert result.returncode == 2
     assert "has classes ['birds', 'cats'] but the model knows ['cats', 'dogs']" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory):
+    """A second, differently seeded model's SavedModel version (another run)."""
+    keras.utils.set_random_seed(8)
+    model = model_lib.build_classifier(2, 32, "none")
+    return export.export_all(model, ("cats", "dogs"), tmp_path_factory.mktemp("o"), "catdog")
+
+
+def test_a_baseline_from_another_run_is_compared_on_the_same_photos(exported, other_run,
+                                                                    dataset_dir, tmp_path):
+    folder = dataset_dir / "validation"
+    content = evaluate.evaluate(str(exported.h5), str(folder), str(tmp_path / "out"),
+                                baseline=str(other_run.saved_model), max_explained=2)
+    alone = evaluate.evaluate(str(other_run.saved_model), str(folder), str(tmp_path / "b"))
+    assert content["baseline"]["accuracy"] == alone["accuracy"]
+    compared = content["comparison"]
+    assert compared["accuracy_difference"]["difference"] == pytest.approx(
+        content["accuracy"] - alone["accuracy"])
+    assert compared["figures"]["accuracy"] == {"model": content["accuracy"],
+                                               "baseline": alone["accuracy"]}
+    mcnemar = compared["mcnemar"]
+    model_right = 12 - len(content["misclassified"])
+    baseline_right = 12 - len(alone["misclassified"])
+    assert mcnemar["a_only"] - mcnemar["b_only"] == model_right - baseline_right
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="comparison"' in page and "McNemar" in page
+    assert str(other_run.saved_model) in page and str(exported.h5) in page
+
+
+def test_the_page_holds_every_section_and_the_heat_maps_it_says(exported, dataset_dir,
+                                                                 tmp_path):
+    content = evaluate.evaluate(str(exported.saved_model), str(dataset_dir / "validation"),
+                                str(tmp_path), max_explained=1)
+    page = (tmp_path / "report.html").read_text()
+    from catdog import report
+
+    for section in report.SECTIONS:
+        assert f'<section id="{section}">' in page, section
+    assert 'id="comparison"' not in page
+    wrong = min(len(content["misclassified"]), evaluate.MAX_GRID_IMAGES)
+    assert page.count('alt="photo"') == wrong
+    assert page.count('alt="Grad-CAM heat map"') == min(wrong, 1)
+    assert "http://" not in page and "https://" not in page and "<script" not in page

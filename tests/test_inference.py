@@ -43,3 +43,15 @@ def test_a_h5_model_can_compute_in_bfloat16_with_nearly_the_same_answers(classif
     assert approximate.dtype == np.float32
     assert not np.array_equal(approximate, reference)  # it really computed in bfloat16
     np.testing.assert_allclose(approximate, reference, atol=0.02)
+
+
+def test_a_saved_model_version_rebuilds_as_the_keras_model_it_was(classifier, pixels, tmp_path):
+    """Grad-CAM needs layers: the SavedModel's own variables go back into catdog's
+    architecture, and the rebuilt model answers as predict_pixels does."""
+    exports = export.export_all(classifier, CLASSES, tmp_path, "catdog")
+    rebuilt, class_names = inference.load_keras_model(exports.saved_model)
+    assert class_names == list(CLASSES)
+    served = inference.load_classifier(exports.saved_model).predict(pixels)
+    np.testing.assert_allclose(rebuilt(pixels, training=False).numpy(), served, atol=1e-6)
+    h5_model, _ = inference.load_keras_model(exports.h5)
+    np.testing.assert_allclose(h5_model(pixels, training=False).numpy(), served, atol=1e-5)

@@ -2,9 +2,12 @@
 
 import json
 import os
+from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
+from PIL import Image
 
 from catdog import export, inference, predict
 from catdog import model as model_lib
@@ -64,3 +67,15 @@ def test_predict_refuses_a_bomb_and_never_reads_a_fifo(exported, tmp_path):
                                                       str(tmp_path / "pipe.jpg")], 4))
     assert "--max_image_pixels" in results[0]["error"]
     assert "not a regular file" in results[1]["error"]
+
+
+def test_explain_writes_a_heat_map_overlay_for_each_image(exported, dataset_dir, tmp_path):
+    paths = list(predict.image_paths([str(dataset_dir / "validation" / "cats")]))[:2]
+    paths.append(str(dataset_dir / "validation" / "dogs" / Path(paths[0]).name))  # same name
+    Path(paths[2]).write_bytes(Path(paths[0]).read_bytes())
+    written = predict.write_explanations(str(exported.saved_model), paths, tmp_path / "x")
+    assert [p.name for p in written] == [f"{Path(paths[0]).stem}.gradcam.png",
+                                         f"{Path(paths[1]).stem}.gradcam.png",
+                                         f"{Path(paths[0]).stem}-2.gradcam.png"]
+    overlay = np.asarray(Image.open(written[0]))
+    assert overlay.shape == (round(40 * 512 / 48), 512, 3)  # the 40×48 photo, longest side 512
