@@ -17,8 +17,10 @@ one sub-folder per class, named as the model's classes. Writes to OUT:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,7 @@ def model_result(label: str, answers: Answers, labels: np.ndarray,
         figures.bootstrap_intervals(labels, probabilities, bootstrap_samples))
 
 
+@functools.lru_cache(maxsize=2 * MAX_GRID_IMAGES)  # the grid and the page show the same photos
 def _thumbnail(path: str) -> np.ndarray:
     return images.load_image(tf.constant(path), THUMBNAIL).numpy()
 
@@ -259,8 +262,11 @@ def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 
     `precision`."""
     classifier = inference.load_classifier(model_path, precision)
     files, bad = checked_files(data_dir, classifier.class_names, max_pixels)
+    start = time.perf_counter()
     model = Answers(model_path, classifier,
                     predict_files(classifier, files, batch_size, max_pixels))
+    logging.info("%s answered %d photos in %.1f s", model_path, len(files),
+                 time.perf_counter() - start)
     other = None
     if baseline:
         other_classifier = inference.load_classifier(baseline, precision)
@@ -270,8 +276,12 @@ def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 
                               f"{classifier.class_names}")
         other = Answers(baseline, other_classifier,
                         predict_files(other_classifier, files, batch_size, max_pixels))
-    return write_reports(output_dir, model, files, data_dir, bad, other, max_explained,
-                         bootstrap_samples, max_pixels)
+    start = time.perf_counter()
+    content = write_reports(output_dir, model, files, data_dir, bad, other, max_explained,
+                            bootstrap_samples, max_pixels)
+    logging.info("the reports took %.1f s (bootstrap, plots, %d Grad-CAM heat maps)",
+                 time.perf_counter() - start, min(max_explained, len(content["misclassified"])))
+    return content
 
 
 def _write_reports(output_dir: Path, content: dict[str, Any], grid: Image.Image,

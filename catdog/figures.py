@@ -173,8 +173,9 @@ def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray,
     counts = resample_counts(len(labels), samples, seed)
     totals = counts.sum(axis=1)
     correct = probabilities.argmax(axis=1) == labels
-    aucs = [_bootstrapped_auc(counts, probabilities[:, i], labels == i)
-            for i in range(probabilities.shape[1])]
+    # With two classes both one-vs-rest AUCs are the same number: one is computed.
+    classes = [1] if probabilities.shape[1] == 2 else range(probabilities.shape[1])
+    aucs = [_bootstrapped_auc(counts, probabilities[:, i], labels == i) for i in classes]
     values = {
         "accuracy": counts @ correct / totals,
         "roc_auc": np.mean(aucs, axis=0),  # NaN where a resample lacks a class: left out

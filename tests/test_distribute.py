@@ -41,7 +41,7 @@ print(json.dumps(out))
 def cli_flags(dataset_dir, run: Path, *extra):
     return [f"--data_dir={dataset_dir}", "--weights=none", "--image_size=32", "--batch_size=8",
             "--epochs=2", "--flip=none", "--zoom=0", "--seed=11", f"--run_dir={run}",
-            f"--export_dir={run / 'export'}", *extra]
+            f"--export_dir={run / 'export'}", "--publish=never", *extra]
 
 
 def summary_of(run: Path) -> dict:
@@ -67,9 +67,9 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(dataset_dir, tmp_path):
         for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
     w1 = [np.asarray(w) for w in keras.models.load_model(
-        tmp_path / "one" / "export" / "catdog.h5", compile=False).weights]
+        tmp_path / "one" / "export" / "candidates" / "catdog" / "1.h5", compile=False).weights]
     w2 = [np.asarray(w) for w in keras.models.load_model(
-        tmp_path / "two" / "export" / "catdog.h5", compile=False).weights]
+        tmp_path / "two" / "export" / "candidates" / "catdog" / "1.h5", compile=False).weights]
     for a, b in zip(w1, w2):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
@@ -80,7 +80,8 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(dataset_dir, tmp_path):
 def test_mixed_precision_on_cpu(dataset_dir, tmp_path, policy, compute, loss_scaled):
     config = Config(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
                     epochs=1, mixed_precision=policy, run_dir=str(tmp_path / "run"),
-                    export_dir=str(tmp_path / "export"), strategy="default")
+                    export_dir=str(tmp_path / "export"), strategy="default",
+                    publish="never")
     result = train.train(config)
     assert result.summary["distribution"]["precision"] == policy
     model = result.model
@@ -108,7 +109,7 @@ def test_export_precision_compute_exports_the_training_policy(dataset_dir, tmp_p
     config = Config(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
                     epochs=1, mixed_precision="mixed_bfloat16", export_precision="compute",
                     run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"),
-                    strategy="default")
+                    strategy="default", publish="never")
     result = train.train(config)
     out = json.loads(run_python(RELOAD_IN_FLOAT32, str(result.exports.h5),
                                 str(result.exports.saved_model),
@@ -121,7 +122,8 @@ def test_export_precision_compute_exports_the_training_policy(dataset_dir, tmp_p
 def test_xla_compiled_model_step_trains_on_cpu(dataset_dir, tmp_path):
     config = Config(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
                     epochs=1, rotation=0.1, jit_compile="true", strategy="default",
-                    run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+                    run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"),
+                    publish="never")
     result = train.train(config)
     assert result.summary["distribution"]["jit_compile"] is True
     assert np.isfinite(result.summary["epochs"][0]["loss"])
@@ -162,7 +164,8 @@ def test_two_local_workers_train_and_only_the_chief_writes(dataset_dir, tmp_path
         "m, names = inference.load_h5(sys.argv[1]);"
         "s = tf.saved_model.load(sys.argv[2]).signatures['predict_pixels'];"
         "print(names, m.output_shape, sorted(s.structured_outputs))",
-        str(run / "export" / "catdog.h5"), str(run / "export" / "catdog" / "1"))
+        str(run / "export" / "candidates" / "catdog" / "1.h5"),
+        str(run / "export" / "candidates" / "catdog" / "1"))
     assert "['cats', 'dogs'] (None, 2) ['class_ids', 'classes', 'probabilities']" in (
         reloaded.stdout)
 

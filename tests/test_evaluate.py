@@ -73,6 +73,7 @@ def other_run(tmp_path_factory):
     return export.export_all(model, ("cats", "dogs"), tmp_path_factory.mktemp("o"), "catdog")
 
 
+@pytest.mark.slow  # three evaluations
 def test_a_baseline_from_another_run_is_compared_on_the_same_photos(exported, other_run,
                                                                     dataset_dir, tmp_path):
     folder = dataset_dir / "validation"

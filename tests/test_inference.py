@@ -45,6 +45,7 @@ def test_a_h5_model_can_compute_in_bfloat16_with_nearly_the_same_answers(classif
     np.testing.assert_allclose(approximate, reference, atol=0.02)
 
 
+@pytest.mark.slow  # two exports and three loads; predict --explain uses it in the default tier
 def test_a_saved_model_version_rebuilds_as_the_keras_model_it_was(classifier, pixels, tmp_path):
     """Grad-CAM needs layers: the SavedModel's own variables go back into catdog's
     architecture, and the rebuilt model answers as predict_pixels does."""

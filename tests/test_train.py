@@ -124,7 +124,7 @@ def kill_and_resume(tmp_path: Path, flags: list[str], kill_at_epoch: int, epochs
     flagfile = tmp_path / "run.flags"
     # float32 stated: `auto` measures bfloat16's speed at start-up, and both runs must compute
     # alike whatever the machine's load made of that measurement.
-    flagfile.write_text("\n".join([*flags, "--mixed_precision=float32"]))
+    flagfile.write_text("\n".join([*flags, "--mixed_precision=float32", "--publish=never"]))
 
     def flags_for(name):
         return [f"--flagfile={flagfile}", f"--run_dir={tmp_path / name}",
@@ -214,7 +214,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly_in_one_line_and_the_rerun_resumes(
     # lands while epoch 2 trains rather than racing it to the end of the run.
     args = [sys.executable, "-m", "catdog.train", f"--data_dir={dataset_dir_module}",
             "--weights=none", "--image_size=32", "--batch_size=4", "--epochs=3", "--flip=none",
-            "--rotation=0.1", "--zoom=0", "--mixed_precision=float32",
+            "--rotation=0.1", "--zoom=0", "--mixed_precision=float32", "--publish=never",
             f"--run_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)

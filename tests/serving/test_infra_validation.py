@@ -36,6 +36,7 @@ def test_a_catdog_export_keeps_the_contract(version):
     assert infra_validation.image_size_of(signature_defs(version)) == SERVED_IMAGE_SIZE
 
 
+@pytest.mark.slow  # a second SavedModel export
 def test_a_plain_keras_export_breaks_the_contract_in_named_ways(exported, tmp_path):
     """keras' own model.export: serving_default takes pixels under the input's name and answers
     `output_0`; no predict_pixels or classify signature."""
@@ -87,6 +88,7 @@ def test_damaged_variables_fail_the_load_in_one_line(version, tmp_path, jpegs):
     assert "\n" not in report["failure"]
 
 
+@pytest.mark.slow  # a fresh process
 def test_the_command_prints_one_json_object_and_loads_no_training_code(version, jpegs):
     code = ("import runpy, sys, json; sys.argv = ['x', sys.argv[1], sys.argv[2]]\n"
             "try:\n    runpy.run_module('catdog.serving.infra_validation', run_name='__main__')\n"
