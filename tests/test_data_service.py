@@ -38,7 +38,7 @@ def test_a_run_trains_on_the_service_as_on_local_input(service, dataset_dir, tmp
     batching: equal on both inputs only if the workers fed each image exactly once."""
     settings = dict(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
                     epochs=1, flip="none", zoom=0.0, seed=5, strategy="default",
-                    mixed_precision="float32", learning_rate=1e-9)
+                    mixed_precision="float32", learning_rate=1e-9, publish="never")
     local = train.train(Config(**settings, run_dir=str(tmp_path / "local"),
                                export_dir=str(tmp_path / "local-export")))
     served = train.train(Config(**settings, data_service=service,

@@ -85,7 +85,7 @@ def test_training_on_prepared_shards_equals_training_on_the_jpegs(source, tmp_pa
     assert "broken.jpg: " in result.stderr
     assert "prepared 32 training and 12 validation images at 32 px" in result.stdout
     settings = dict(weights="none", image_size=32, batch_size=8, epochs=2, rotation=0.1,
-                    seed=3, strategy="default", mixed_precision="float32")
+                    seed=3, strategy="default", mixed_precision="float32", publish="never")
 
     def run(data_dir, name, **more):
         return train.train(Config(data_dir=str(data_dir), run_dir=str(tmp_path / name),
