@@ -16,7 +16,8 @@ from catdog.config import Config
 def config_for(dataset_dir, tmp_path, **overrides):
     settings = dict(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
                     epochs=2, flip="none", zoom=0.0, seed=9, strategy="default",
-                    run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+                    run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"),
+                    publish="never")
     return Config(**{**settings, **overrides})
 
 
