@@ -302,8 +302,9 @@ def rollback(layout: export.Layout) -> tuple[Path, Path, Path]:
                 "have nothing left to serve)")
         newest, previous = versions[:2]
         record = _read_record(newest)
-        target = Path(record.get("candidate") or layout.candidates / "_")
-        if target.parent != layout.candidates or target.exists():
+        target = Path(record["candidate"]) if record.get("candidate") else None
+        if target is None or target.parent != layout.candidates or target.exists():
+            # not published through the gate, or its candidate number was taken since
             target = layout.candidates / str(export.next_version(layout.candidates))
         _move(newest, target)
         _write_record(target, {**record, "candidate": str(target), "rolled_back": {
