@@ -136,7 +136,13 @@ def checked_files(data_dir: str, class_names: Sequence[str],
     if list(folder_classes) != list(class_names):
         raise CatdogError(f"--data_dir={data_dir} has classes {list(folder_classes)} but the "
                           f"model knows {list(class_names)}")
-    files = data.list_images(data_dir, class_names)
+    return without_bad_images(data.list_images(data_dir, class_names), max_pixels)
+
+
+def without_bad_images(files: data.ImageFiles, max_pixels: int = images.MAX_IMAGE_PIXELS
+                       ) -> tuple[data.ImageFiles, list[data.BadImage]]:
+    """`files` less those that cannot be decoded (or were never readable), which are returned
+    and logged with the reason."""
     bad = list(files.skipped) + data.check_images(files.paths, max_pixels)
     for item in bad:
         logging.warning("skipping %s: %s", item.path, item.reason)
@@ -226,6 +232,7 @@ def write_reports(output_dir: str | Path, model: Answers, files: data.ImageFiles
                   max_pixels: int = images.MAX_IMAGE_PIXELS) -> dict[str, Any]:
     """The four report files for answers already computed (by `evaluate`, or by the publish
     gate, which has both models' answers on its photos); returns report.json's content."""
+    _thumbnail.cache_clear()  # photos may have changed since an earlier report
     labels = np.array(files.labels)
     names = model.classifier.class_names
     results = [model_result("model", model, labels, bootstrap_samples)]

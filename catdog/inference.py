@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from catdog import contract, distribute
+from catdog import contract, distribute, export
 from catdog import model as model_lib
 from catdog.errors import CatdogError
 
@@ -75,14 +75,14 @@ def identity_of(path: str | os.PathLike) -> dict[str, str]:
     """What an export says about itself: its path, its version (a SavedModel version folder's
     number) and the run and epoch it came from (the record export.py writes into both)."""
     path = Path(path)
-    try:
-        if path.suffix == ".h5":
+    if path.suffix == ".h5":
+        try:
             with h5py.File(path, "r") as f:
                 source = json.loads(f.attrs.get(contract.H5_SOURCE_ATTR, "{}"))
-        else:
-            source = json.loads((path / contract.SOURCE_FILE).read_text())
-    except (OSError, ValueError):
-        source = {}
+        except (OSError, ValueError):
+            source = {}
+    else:
+        source = export.source_of(path)
     run = (f"{source['run_dir']}, epoch {source['epoch']} of {source['finished_epochs']}"
            if {"run_dir", "epoch", "finished_epochs"} <= set(source) else "not recorded")
     if path.parent.parent.name == contract.CANDIDATES_DIR:

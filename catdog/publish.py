@@ -165,11 +165,8 @@ def gate_photos(data_dir: str, class_names: Sequence[str], image_size: int,
         return Photos(data.prepared_splits(folder, image_size)[1], f"{folder} (validation)")
     if (folder / "train").is_dir() and (folder / "validation").is_dir():
         folder = folder / "validation"
-    found = data.class_names_in(folder)
-    if list(found) != list(class_names):
-        raise CatdogError(f"--data_dir={folder} has classes {list(found)} but the model knows "
-                          f"{list(class_names)}")
-    return _checked(data.list_images(folder, class_names), str(folder), max_pixels)
+    files, bad = evaluate.checked_files(str(folder), class_names, max_pixels)
+    return Photos(files, str(folder), tuple(bad))
 
 
 def run_photos(source: dict[str, Any], max_pixels: int = images.MAX_IMAGE_PIXELS) -> Photos:
@@ -180,15 +177,8 @@ def run_photos(source: dict[str, Any], max_pixels: int = images.MAX_IMAGE_PIXELS
     except KeyError:
         raise CatdogError("the candidate does not record the photos its run validated on; "
                           "pass --data_dir") from None
-    return _checked(validation, f"{source['data_dir']} (the run's validation split)",
-                    max_pixels)
-
-
-def _checked(files: data.ImageFiles, source: str, max_pixels: int) -> Photos:
-    bad = list(files.skipped) + data.check_images(files.paths, max_pixels)
-    for item in bad:
-        logging.warning("skipping %s: %s", item.path, item.reason)
-    return Photos(files.without({item.path for item in bad}), source, tuple(bad))
+    files, bad = evaluate.without_bad_images(validation, max_pixels)
+    return Photos(files, f"{source['data_dir']} (the run's validation split)", tuple(bad))
 
 
 def figures_on(photos: Photos, probabilities: np.ndarray,
