@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,18 @@ def quiet_unless_verbose() -> None:
     if not any(isinstance(f, _OnlyCatdog) for f in handler.filters):
         handler.addFilter(_OnlyCatdog())
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+
+
+def exit_at_once(status: int) -> None:
+    """Ends the process with `status` without tearing the interpreter down. After an interrupt
+    lands mid-step, tf.data's threads and in-flight ops are still running, and finalising Python
+    under them can crash the process (seen as SIGSEGV after the interrupted line). Callers have
+    already put everything on disk (every write is atomic), so only streams and log files need
+    flushing, and they are flushed here."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    std_logging.shutdown()
+    os._exit(status)
 
 
 _CHECKOUT = Path(__file__).resolve().parents[1]  # where configs/ lives in a clone

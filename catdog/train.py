@@ -272,6 +272,7 @@ def interrupted_message(config: Config) -> str:
 
 
 def main(argv: Sequence[str]) -> int | None:
+    from catdog import cli
     from catdog import flags as catdog_flags
 
     if len(argv) > 1:
@@ -283,7 +284,7 @@ def main(argv: Sequence[str]) -> int | None:
         result = train(config)
     except KeyboardInterrupt:
         print(interrupted_message(config), file=sys.stderr, flush=True)
-        return 130
+        cli.exit_at_once(130)
     summary = result.summary
     worker = summary["distribution"]["worker_index"]
     if worker:
