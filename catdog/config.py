@@ -108,6 +108,12 @@ class Config:
         "image to compute features of once (view 0 unaugmented, the others seeded augmented "
         "ones); each epoch draws one view per image. 0: DEFAULT_FEATURE_VIEWS when augmenting, "
         "else 1; 1 with augmentation on is refused.", at_least=0, at_most=32)
+    cache_frozen_blocks: bool = _setting(
+        True, "data", "With --cache_features and --fine_tune_from: the feature pass also keeps "
+        "the output of the last frozen VGG16 layer (block3_pool for block4_conv1) of each "
+        "training view and validation image, and fine-tuning runs only the trainable blocks and "
+        "the head on it. In memory up to 4 GiB, else on disk in --feature_cache_dir (or the run "
+        "folder's feature_cache/).")
     feature_cache_dir: str = _setting(
         "", "data", "Keep --cache_features features on disk here, reused by later runs while "
         "weights, image size and files are unchanged; empty: in memory for this run only.",
@@ -215,6 +221,13 @@ class Config:
         if self.feature_views:
             return self.feature_views
         return DEFAULT_FEATURE_VIEWS if self.cache_features and self.augments else 1
+
+    @property
+    def frozen_blocks_cached(self) -> bool:
+        """Whether fine-tuning trains on cached frozen-block activations (something is frozen
+        only when fine-tuning starts above block1_conv1)."""
+        return (self.cache_features and self.cache_frozen_blocks
+                and self.fine_tune_from not in ("", VGG16_LAYERS[0]))
 
     @property
     def augments(self) -> bool:

@@ -33,6 +33,7 @@ SPLITS = ("train", "validation")
 AUTOTUNE = tf.data.AUTOTUNE
 PREPARED_MANIFEST = "manifest.json"  # marks a folder written by `python -m catdog.data prepare`
 PREPARED_FORMAT = "catdog-prepared-v1"
+CHECKED_RECORD = "checked_images.json"  # in a run folder or --feature_cache_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,12 +236,51 @@ def find_splits(data_dir: str | os.PathLike, validation_split: float,
 # Decoding and checking images
 
 
-def check_images(paths: Sequence[str], max_pixels: int = MAX_IMAGE_PIXELS) -> list[BadImage]:
-    """Decodes every file once, in parallel, and returns those that fail, in `paths` order."""
+def check_images(paths: Sequence[str], max_pixels: int = MAX_IMAGE_PIXELS,
+                 record: Path | None = None) -> list[BadImage]:
+    """Decodes every file once, in parallel, and returns those that fail, in `paths` order.
+    With `record` (a JSON file), a file checked before with the same size, mtime and pixel limit
+    is not decoded again; the record is updated with what was decoded."""
+    known = _read_record(record)
+    stamps = {path: _stamp(path, max_pixels) for path in paths}
+    todo = [p for p in paths if stamps[p] is None or known.get(_key(p), {}).get("stamp")
+            != stamps[p]]
     workers = os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = pool.map(lambda path: image_problem(path, max_pixels), paths)
-        return [BadImage(p, problem) for p, problem in zip(paths, problems) if problem]
+        found = dict(zip(todo, pool.map(lambda path: image_problem(path, max_pixels), todo)))
+    problems = {p: found[p] if p in found else known[_key(p)]["problem"] for p in paths}
+    if record and todo:
+        known.update({_key(p): {"stamp": stamps[p], "problem": problems[p]} for p in todo
+                      if stamps[p] is not None})
+        try:
+            atomic.write_text(record, json.dumps(known))
+        except CatdogError as error:  # the record saves time; losing it costs nothing else
+            logging.warning("checked-images record not written (%s)", error)
+    if record and len(todo) < len(paths):
+        logging.info("images: %d checked before and unchanged (%s), %d decoded now",
+                     len(paths) - len(todo), record, len(todo))
+    return [BadImage(p, problems[p]) for p in paths if problems[p]]
+
+
+def _key(path: str) -> str:
+    return os.path.abspath(path)
+
+
+def _stamp(path: str, max_pixels: int) -> list[int] | None:
+    """What a file's check depends on: its size and mtime, and the pixel limit."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # checked again, and reported by that check
+    return [info.st_size, info.st_mtime_ns, max_pixels]
+
+
+def _read_record(record: Path | None) -> dict[str, dict]:
+    try:
+        known = json.loads(record.read_text()) if record else {}
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def is_prepared(folder: str | os.PathLike) -> bool:
@@ -274,9 +314,10 @@ def prepared_splits(folder: str | os.PathLike, image_size: int) -> tuple[ImageFi
     return split("train"), split("validation")
 
 
-def prepare_splits(config: Config) -> Splits:
-    """Finds, downloads if asked, and checks a run's images, applying --on_bad_image. A prepared
-    folder (`python -m catdog.data prepare`) was checked when it was written."""
+def prepare_splits(config: Config, checked_record: Path | None = None) -> Splits:
+    """Finds, downloads if asked, and checks a run's images, applying --on_bad_image; files that
+    `checked_record` says were checked unchanged are not decoded again. A prepared folder
+    (`python -m catdog.data prepare`) was checked when it was written."""
     if config.download and not Path(config.data_dir).exists():
         download_dataset(config.download_url, config.data_dir, config.download_sha256)
     if is_prepared(config.data_dir):
@@ -287,7 +328,7 @@ def prepare_splits(config: Config) -> Splits:
         return _counted(Splits(train, validation, ()), config.data_dir)
     train, validation = find_splits(config.data_dir, config.validation_split, config.seed)
     bad = list(dict.fromkeys(train.skipped + validation.skipped)) + check_images(
-        train.paths + validation.paths, config.max_image_pixels)
+        train.paths + validation.paths, config.max_image_pixels, checked_record)
     if bad:
         for item in bad:
             logging.warning("bad image %s: %s", item.path, item.reason)

@@ -1,10 +1,11 @@
-"""Where each epoch's batches come from: decoded images, or pooled features computed once.
+"""Where each epoch's batches come from: decoded images, or what VGG16 computed of them once.
 
 While the VGG16 base is frozen, an image that is not augmented always yields the same pooled
 features, so the head can learn from those instead of from pixels: the validation split (never
 augmented) always, and the training split too with --cache_features (with augmentation on, from
 --feature_views views of each image, one drawn per image and epoch). Once fine-tuning unfreezes
-the base, both splits are images again.
+the base from blockN_conv1, the blocks below stay frozen: with --cache_frozen_blocks both splits
+come as those blocks' activations, kept by the same feature pass; otherwise as images again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Source(enum.Enum):
 
     IMAGES = "images"  # pixels, through the whole model (augmented in training)
     FEATURES = "features"  # pooled VGG16 features, through the head alone
+    ACTIVATIONS = "activations"  # the frozen blocks' output, through the blocks above and head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +36,6 @@ class Batches:
 
     source: Source
     dataset: Any  # a tf.distribute DistributedDataset
-
-    @property
-    def head_only(self) -> bool:
-        """Whether these batches go through the head alone (what the trainer's steps ask)."""
-        return self.source is Source.FEATURES
 
 
 class EpochInputs:
@@ -59,18 +56,23 @@ class EpochInputs:
         self.feature_seconds = 0.0  # spent computing (or reading) features in this process
 
     def train_source(self, base_frozen: bool) -> Source:
-        return Source.FEATURES if base_frozen and self.config.cache_features else Source.IMAGES
+        if not base_frozen:
+            return self._fine_tuning_source()
+        return Source.FEATURES if self.config.cache_features else Source.IMAGES
 
-    @staticmethod
-    def validation_source(base_frozen: bool) -> Source:
-        return Source.FEATURES if base_frozen else Source.IMAGES
+    def validation_source(self, base_frozen: bool) -> Source:
+        return Source.FEATURES if base_frozen else self._fine_tuning_source()
+
+    def _fine_tuning_source(self) -> Source:
+        return Source.ACTIVATIONS if self.config.frozen_blocks_cached else Source.IMAGES
 
     def compute_features(self, base_frozen: bool) -> None:
         """Runs the feature pass now, before `Epoch 1/N`, with its own progress bar, when the
-        run will use features (so the first epoch's bar measures the epoch alone)."""
+        run will use features or activations (so the first epoch's bar measures the epoch
+        alone)."""
         for split, source in (("train", self.train_source(base_frozen)),
                               ("validation", self.validation_source(base_frozen))):
-            if source is Source.FEATURES:
+            if source is not Source.IMAGES:
                 self._features_of(split)
 
     def train(self, seed: int, base_frozen: bool) -> Batches:
@@ -82,7 +84,7 @@ class EpochInputs:
                 data.service_batches(self.splits.train, self.config.image_size,
                                      self.config.batch_size, seed, self.config.data_service,
                                      self.config.max_image_pixels)))
-        return Batches(source, self._distribute(self._dataset("train", source, seed), seed))
+        return Batches(source, self._distribute(self._dataset("train", source, seed)))
 
     def validation(self, base_frozen: bool) -> Batches:
         """The validation batches (the same every epoch, so distributed once)."""
@@ -93,13 +95,15 @@ class EpochInputs:
         return self._validation[source]
 
     def _dataset(self, split: str, source: Source, seed: int | None = None) -> tf.data.Dataset:
-        if source is Source.FEATURES:
-            return self._features_of(split).dataset(seed)
-        return self.images[split]
+        """The split's batches, shuffled by `seed` unless it is None."""
+        if source is Source.ACTIVATIONS:
+            return self._features_of(split).activation_batches(self.config.batch_size, seed)
+        unbatched = (self._features_of(split).dataset(seed) if source is Source.FEATURES
+                     else self.images[split])
+        return data.batches(unbatched, self.config.batch_size, shuffle_seed=seed)
 
-    def _distribute(self, dataset: tf.data.Dataset, seed: int | None = None):
-        return self.strategy.experimental_distribute_dataset(
-            data.batches(dataset, self.config.batch_size, shuffle_seed=seed))
+    def _distribute(self, batches: tf.data.Dataset):
+        return self.strategy.experimental_distribute_dataset(batches)
 
     def _features_of(self, split: str) -> feature_cache.Features:
         if split not in self._features:

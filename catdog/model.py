@@ -62,12 +62,13 @@ def build_base(image_size: int, weights: str) -> keras.Model:
     return base
 
 
-def build_classifier(num_classes: int, image_size: int, weights: str) -> keras.Model:
+def build_classifier(num_classes: int, image_size: int, weights: str,
+                     base: keras.Model | None = None) -> keras.Model:
     """Pixels → VGG16 preprocessing → frozen VGG16 → GlobalAveragePooling2D → Dense(512) →
-    softmax."""
+    softmax; around `base` when one is given (built with `build_base`), else a new one."""
     pixels = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
     x = vgg16_preprocess()(pixels)
-    x = build_base(image_size, weights)(x, training=False)
+    x = (base or build_base(image_size, weights))(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
     x = keras.layers.Dense(HEAD_UNITS, activation="relu", name="dense")(x)
     probabilities = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
@@ -155,6 +156,35 @@ def head(model: keras.Model) -> keras.Model:
     features = keras.Input((HEAD_INPUT_UNITS,), name="features")
     x = model.get_layer("dense")(features)
     return keras.Model(features, model.get_layer(OUTPUT_NAME)(x), name="head")
+
+
+def layer_below(layer_name: str) -> str:
+    """The VGG16 layer just below `layer_name`: the last one frozen when fine-tuning starts
+    there."""
+    return VGG16_LAYERS[VGG16_LAYERS.index(layer_name) - 1]
+
+
+def split_at(model: keras.Model, first_trainable: str) -> tuple[keras.Model, keras.Model]:
+    """The classifier cut below VGG16 layer `first_trainable`, sharing its layers and weights:
+    (lower, upper). `lower` maps pixels to [the last frozen layer's output, pooled features] in
+    one pass; `upper` maps that output (input `activations`) through the trainable blocks and
+    the head to probabilities. Fine-tuning trains `upper` on activations `lower` computed once."""
+    base_layers = frozen_base(model).layers[1:]  # [0] is the base's InputLayer
+    cut = [layer.name for layer in base_layers].index(first_trainable)
+    pool, dense, output = (model.get_layer(n) for n in (POOL_NAME, "dense", OUTPUT_NAME))
+
+    def through(x, layers):
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    activations = through(model.get_layer("vgg16_preprocess")(model.input), base_layers[:cut])
+    pooled = pool(through(activations, base_layers[cut:]))
+    lower = keras.Model(model.input, [activations, pooled], name="frozen_blocks")
+    cached = keras.Input(activations.shape[1:], name="activations")
+    upper = keras.Model(cached, output(dense(pool(through(cached, base_layers[cut:])))),
+                        name="trainable_blocks")
+    return lower, upper
 
 
 def unfreeze_from(model: keras.Model, layer_name: str) -> None:

@@ -130,3 +130,16 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomically(self.summary_json, summary)
+
+    def finished_summary(self, config: Config) -> dict[str, Any] | None:
+        """The summary of a run that already did all of what `config` asks: every epoch, with
+        exactly these flags, and its exported SavedModel still in place; else None."""
+        try:
+            summary = json.loads(self.summary_json.read_text())
+            done = (summary["flags"] == config.to_dict()
+                    and len(summary["epochs"]) == config.total_epochs
+                    and Path(summary["exports"]["saved_model"]).is_dir()
+                    and Path(summary["exports"]["h5"]).is_file())
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return summary if done else None

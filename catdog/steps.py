@@ -2,11 +2,14 @@
 
 One step function serves every `tf.distribute` strategy: a `tf.function` that calls
 `strategy.run`, with the loss averaged over the global batch. (Not `model.fit`: Keras 3.15's fit
-fails under MultiWorkerMirroredStrategy, keras-team/keras#20585.) Each step exists for both input
-sources: images through the whole model, or (`head_only`) cached features through the head alone.
+fails under MultiWorkerMirroredStrategy, keras-team/keras#20585.) Each step exists for every
+input source (inputs.Source): images through the whole model, cached pooled features through the
+head alone, or cached frozen-block activations through the blocks above them and the head.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import keras
 import numpy as np
@@ -15,22 +18,29 @@ import tensorflow as tf
 from catdog import distribute
 from catdog import model as model_lib
 from catdog.config import Config
+from catdog.inputs import Source
 
 
 class Trainer:
     """Builds the model under the strategy's scope and runs epochs of distributed steps."""
 
     def __init__(self, config: Config, num_classes: int,
-                 distribution: distribute.Distribution):
+                 distribution: distribute.Distribution, base: keras.Model | None = None):
+        """`base`: the VGG16 base built under the strategy's scope already (`build_base`), so
+        that a run checks --weights before any data work; None builds it here."""
         self.config = config
         self.strategy = distribution.strategy
         self.jit_compile = distribution.jit_compile
         self.fine_tuning = False
         with self.strategy.scope():
             self.model = model_lib.build_classifier(num_classes, config.image_size,
-                                                    config.weights)
+                                                    config.weights, base)
             self.head = model_lib.head(self.model)
             self.feature_extractor = model_lib.feature_extractor(self.model)
+            self.upper = None  # the blocks above the frozen ones, and the head
+            if config.frozen_blocks_cached:
+                self.feature_extractor, self.upper = model_lib.split_at(
+                    self.model, config.fine_tune_from)
             self.augmenter = model_lib.build_augmenter(config)
             self.optimizer = self._adam(config.learning_rate, distribution)
             self.optimizer.build(self.model.trainable_variables)
@@ -46,10 +56,8 @@ class Trainer:
             self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
             self.val_loss = keras.metrics.Mean(name="val_loss")
             self.val_accuracy = keras.metrics.SparseCategoricalAccuracy(name="val_accuracy")
-        self.train_steps = {  # keyed by head_only
-            False: self._train_step(self.model, self.optimizer, augment=True),
-            True: self._train_step(self.head, self.optimizer, augment=False)}
-        self.eval_steps = {False: self._eval_step(self.model), True: self._eval_step(self.head)}
+        self._train_steps: dict[Source, Any] = {}  # traced on first use, per phase
+        self._eval_steps: dict[Source, Any] = {}
 
     def _adam(self, learning_rate: float, distribution: distribute.Distribution):
         optimizer = keras.optimizers.Adam(distribute.learning_rate_for(
@@ -66,8 +74,27 @@ class Trainer:
         """Unfreezes the base from --fine_tune_from; later steps use the fine-tuning optimizer."""
         model_lib.unfreeze_from(self.model, self.config.fine_tune_from)
         self.fine_tuning = True
-        self.train_steps[False] = self._train_step(
-            self.model, self.fine_tune_optimizer, augment=True)
+        self._train_steps.clear()
+
+    def network(self, source: Source) -> keras.Model:
+        """What batches from `source` go through (all three share the classifier's weights)."""
+        networks = {Source.IMAGES: self.model, Source.FEATURES: self.head,
+                    Source.ACTIVATIONS: self.upper}
+        return networks[source]
+
+    def _train_step_for(self, source: Source):
+        if source not in self._train_steps:
+            optimizer = self.fine_tune_optimizer if self.fine_tuning else self.optimizer
+            # Only images are augmented here; features and activations come from views
+            # augmented once, in the feature pass.
+            self._train_steps[source] = self._train_step(
+                self.network(source), optimizer, augment=source is Source.IMAGES)
+        return self._train_steps[source]
+
+    def _eval_step_for(self, source: Source):
+        if source not in self._eval_steps:
+            self._eval_steps[source] = self._eval_step(self.network(source))
+        return self._eval_steps[source]
 
     def _train_step(self, network: keras.Model, optimizer, augment: bool):
         def gradients(inputs, labels):
@@ -106,25 +133,25 @@ class Trainer:
         found = {"optimizer": self.optimizer, "fine_tune_optimizer": self.fine_tune_optimizer}
         return {key: optimizer for key, optimizer in found.items() if optimizer}
 
-    def train_epoch(self, dataset, head_only: bool, steps: int,
+    def train_epoch(self, dataset, source: Source, steps: int,
                     progbar: keras.utils.Progbar) -> dict[str, float]:
-        """One training pass over distributed (inputs, labels) batches, images through the whole
-        model or, `head_only`, features through the head; the epoch's mean loss and accuracy."""
+        """One training pass over distributed (inputs, labels) batches from `source`, each
+        through its network; the epoch's mean loss and accuracy."""
         for metric in (self.train_loss, self.train_accuracy):
             metric.reset_state()
-        step_fn = self.train_steps[head_only]
+        step_fn = self._train_step_for(source)
         for step, batch in enumerate(dataset, 1):
             step_fn(batch)
             progbar.update(min(step, steps), values=self._results(
                 self.train_loss, self.train_accuracy))
         return dict(self._results(self.train_loss, self.train_accuracy))
 
-    def evaluate(self, dataset, head_only: bool) -> tuple[dict[str, float], np.ndarray]:
+    def evaluate(self, dataset, source: Source) -> tuple[dict[str, float], np.ndarray]:
         """Mean loss and accuracy over the validation batches, and the probabilities [N, C] in
         the batches' order (the publish gate reuses the best epoch's)."""
         for metric in (self.val_loss, self.val_accuracy):
             metric.reset_state()
-        step_fn = self.eval_steps[head_only]
+        step_fn = self._eval_step_for(source)
         probabilities = [self.strategy.gather(step_fn(batch), axis=0).numpy()
                          for batch in dataset]
         return dict(self._results(self.val_loss, self.val_accuracy)), np.concatenate(

@@ -40,13 +40,15 @@ from catdog.steps import Trainer
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a finished run leaves: the model holding its best weights, and where things went."""
+    """What a finished run leaves: the model holding its best weights (None when the run had
+    finished before this start, which loaded nothing), and where things went."""
 
-    model: keras.Model
+    model: keras.Model | None
     class_names: tuple[str, ...]
     summary: dict[str, Any]
     exports: export.Exports  # where the model is: published, or still a candidate
     decision: publish.Decision
+    finished_before: bool = False  # the run had finished with these flags: nothing was done
 
 
 def _log_to_file(run: RunDir) -> std_logging.Handler:
@@ -83,6 +85,9 @@ def _train_writing_to(config: Config, distribution: distribute.Distribution, wal
                       chief_run: RunDir) -> TrainResult:
     run = RunDir(config.run_dir)
     run.open(config)
+    finished = run.finished_summary(config) if distribution.num_workers == 1 else None
+    if finished:
+        return _finished_before(config, finished)
     handler = _log_to_file(run)
     logging.info("distribution: %s", distribution.describe())  # on screen and in train.log
     try:
@@ -94,9 +99,12 @@ def _train_writing_to(config: Config, distribution: distribute.Distribution, wal
 
 def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
            chief_run: RunDir, wall_start: float) -> TrainResult:
-    splits = data.prepare_splits(config)
     keras.utils.set_random_seed(config.seed)
-    trainer = Trainer(config, len(splits.class_names), distribution)
+    with distribution.strategy.scope():  # --weights is checked before any data work
+        base = model_lib.build_base(config.image_size, config.weights)
+    splits = data.prepare_splits(config, Path(config.feature_cache_dir or run.root)
+                                 / data.CHECKED_RECORD)
+    trainer = Trainer(config, len(splits.class_names), distribution, base)
     progress = Progress()
     checkpoints = Checkpoints(run, trainer.model, trainer.optimizers(), progress,
                               read_from=chief_run)
@@ -158,6 +166,19 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
     return TrainResult(trainer.model, splits.class_names, summary, exports, decision)
 
 
+def _finished_before(config: Config, summary: dict[str, Any]) -> TrainResult:
+    """A run started again after it finished with the same flags: nothing to decode, compute,
+    train or export, said in one line; its summary and the gate's decision as they were."""
+    gate = summary["gate"]
+    version = gate.get("published_version")
+    decision = publish.Decision(gate["decision"], gate["reason"], gate["candidate"],
+                                Path(version) if version else None)
+    exports = export.Exports(h5=Path(summary["exports"]["h5"]),
+                             saved_model=Path(summary["exports"]["saved_model"]))
+    return TrainResult(None, tuple(summary["class_names"]), summary, exports, decision,
+                       finished_before=True)
+
+
 def _source(config: Config, best_epoch: int, finished_epochs: int, policy: str
             ) -> dict[str, Any]:
     """What a version records of the run behind it: enough to find the run and the photos it
@@ -203,11 +224,11 @@ def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int
         "loss", "accuracy", "val_loss", "val_accuracy"])
     batches = inputs.train(seed, trainer.base_frozen)
     start = time.perf_counter()
-    metrics = trainer.train_epoch(batches.dataset, batches.head_only, steps, progbar)
+    metrics = trainer.train_epoch(batches.dataset, batches.source, steps, progbar)
     seconds = time.perf_counter() - start
     validation = inputs.validation(trainer.base_frozen)
     validation_metrics, probabilities = trainer.evaluate(validation.dataset,
-                                                         validation.head_only)
+                                                         validation.source)
     metrics.update(validation_metrics)
     progbar.update(steps, values=list(metrics.items()), finalize=True)
     return {"epoch": epoch, "phase": "fine_tune" if trainer.fine_tuning else "head", **metrics,
@@ -290,7 +311,10 @@ def main(argv: Sequence[str]) -> int | None:
     if worker:
         print(f"worker {worker} finished; the chief wrote the run folder and the exports")
         return
-    print(f"best val_accuracy {summary['best_val_accuracy']:.4f} at epoch "
+    done_before = (f"{config.run_dir} had finished all {config.total_epochs} epochs with these "
+                   "flags, so nothing was decoded, computed or trained; "
+                   if result.finished_before else "")
+    print(f"{done_before}best val_accuracy {summary['best_val_accuracy']:.4f} at epoch "
           f"{summary['best_epoch']}; {result.decision.reason}")
     return result.decision.exit_status
 

@@ -103,6 +103,32 @@ def test_each_kind_of_bad_file_is_found_and_reported_by_path(tmp_path):
         assert fragment in bad[name]
 
 
+def test_a_check_record_skips_files_checked_before_and_unchanged(tmp_path, monkeypatch):
+    write_split(tmp_path / "photos", 3, seed=1)
+    paths = sorted(str(p) for p in (tmp_path / "photos").rglob("*.jpg"))
+    broken = tmp_path / "photos" / "cats" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    paths.append(str(broken))
+    record = tmp_path / "cache" / data.CHECKED_RECORD
+    decoded = []
+    real = data.image_problem
+    monkeypatch.setattr(data, "image_problem",
+                        lambda path, limit: decoded.append(path) or real(path, limit))
+
+    first = data.check_images(paths, record=record)
+    assert sorted(decoded) == sorted(paths) and [b.path for b in first] == [str(broken)]
+    decoded.clear()
+    again = data.check_images(paths, record=record)
+    assert decoded == [] and again == first  # the bad file stays reported, undecoded
+    touched = paths[0]
+    os.utime(touched, ns=(0, os.stat(touched).st_mtime_ns + 10**9))
+    data.check_images(paths, record=record)
+    assert decoded == [touched]
+    decoded.clear()
+    data.check_images(paths, max_pixels=100, record=record)  # another limit: all again
+    assert sorted(decoded) == sorted(paths)
+
+
 def test_skip_drops_bad_files_and_fail_stops_naming_one(dataset_dir):
     expected = write_bad_files(dataset_dir / "train" / "dogs")
     splits = data.prepare_splits(config_for(dataset_dir, on_bad_image="skip"))

@@ -12,6 +12,8 @@ from catdog import data, feature_cache, train
 from catdog import model as model_lib
 from catdog.config import Config
 
+from conftest import leftovers
+
 
 def config_for(dataset_dir, tmp_path, **overrides):
     settings = dict(data_dir=str(dataset_dir), weights="none", image_size=32, batch_size=8,
@@ -128,3 +130,79 @@ def test_a_run_on_feature_views_resumes_as_if_never_stopped(dataset_dir, tmp_pat
         for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[metric] == pytest.approx(b[metric], abs=1e-5), (a["epoch"], metric)
     assert len(resumed.summary["epochs"]) == 3
+
+
+def fine_tuning(dataset_dir, root, **overrides):
+    """One head epoch, then two from block4_conv1, on cached features."""
+    return config_for(dataset_dir, root, **{**dict(
+        cache_features=True, epochs=1, fine_tune_from="block4_conv1", fine_tune_epochs=2),
+        **overrides})
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_cached_frozen_blocks_equals_fine_tuning_on_images(dataset_dir, tmp_path):
+    on_images = train.train(fine_tuning(dataset_dir, tmp_path / "a", cache_frozen_blocks=False))
+    cached = train.train(fine_tuning(dataset_dir, tmp_path / "b"))
+    assert [row["phase"] for row in cached.summary["epochs"]] == ["head", "fine_tune",
+                                                                  "fine_tune"]
+    for a, b in zip(on_images.summary["epochs"], cached.summary["epochs"]):
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(cached.model(pixels), on_images.model(pixels), atol=1e-4)
+
+
+def test_the_frozen_blocks_pass_keeps_block3_pool_of_every_view(dataset_dir):
+    config = fine_tuning(dataset_dir, dataset_dir, feature_views=2, flip="horizontal")
+    keras.utils.set_random_seed(0)
+    model = model_lib.build_classifier(2, 32, "none")
+    lower, upper = model_lib.split_at(model, "block4_conv1")
+    files, _ = data.find_splits(dataset_dir, 0.0, seed=0)
+    features = feature_cache.cached_features(lower, files, data.decoded_images(files, 32),
+                                             config, "float32", "train",
+                                             model_lib.build_augmenter(config), views=2)
+    assert features.activations.shape == (2, len(files), 4, 4, 256)  # block3_pool at 32 px
+    # The blocks above, on the kept activations, answer as the whole model on the images.
+    np.testing.assert_allclose(upper(features.activations[0]), model.get_layer("probabilities")(
+        model.get_layer("dense")(features.views[0])), atol=1e-5)
+    # An epoch's batches hold each image once, shuffled, as the view its pooled features draw.
+    batch, _ = next(iter(features.activation_batches(len(files), seed=5)))
+    found = [np.argwhere((features.activations == row).all(axis=(2, 3, 4)))[0]
+             for row in batch.numpy()]
+    images = [int(i) for _, i in found]
+    assert sorted(images) == list(range(len(files))) and images != sorted(images)
+    pooled = drawn(features, 5)
+    np.testing.assert_array_equal([pooled[i] for i in images],
+                                  [features.views[k, i] for k, i in found])
+
+
+def test_activations_beyond_the_memory_bound_are_mapped_from_disk(dataset_dir, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setattr(feature_cache, "ACTIVATIONS_IN_MEMORY_BYTES", 1000)
+    config = fine_tuning(dataset_dir, tmp_path)
+    model = model_lib.build_classifier(2, 32, "none")
+    lower, _ = model_lib.split_at(model, "block4_conv1")
+    files, _ = data.find_splits(dataset_dir, 0.0, seed=0)
+    features = feature_cache.cached_features(lower, files, data.decoded_images(files, 32),
+                                             config, "float32", "train")
+    assert isinstance(features.activations, np.memmap)
+    assert list((tmp_path / "run" / "feature_cache").glob("train-*/activations.npy"))
+    assert not leftovers(tmp_path)
+    in_memory = feature_cache.compute_views(lower, data.decoded_images(files, 32), 8,
+                                            len(files), "train", None, 1, 0,
+                                            np.empty(features.activations.shape, np.float32))
+    np.testing.assert_allclose(features.activations, in_memory.activations, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_frozen_blocks_resumes_mid_phase_as_if_never_stopped(dataset_dir,
+                                                                            tmp_path):
+    settings = dict(feature_views=2, flip="horizontal", fine_tune_epochs=3)
+    whole = train.train(fine_tuning(dataset_dir, tmp_path / "whole", **settings))
+    stopped = fine_tuning(dataset_dir, tmp_path / "parts", **settings)
+    train.train(dataclasses.replace(stopped, fine_tune_epochs=1))
+    resumed = train.train(stopped)
+    for a, b in zip(whole.summary["epochs"], resumed.summary["epochs"]):
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-5), (a["epoch"], metric)
+    assert len(resumed.summary["epochs"]) == 4

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from catdog import distribute
 from catdog.config import Config
+from catdog.inputs import Source
 from catdog.steps import Trainer
 
 
@@ -40,9 +41,9 @@ def changed(before: list[np.ndarray], layer: keras.layers.Layer) -> bool:
 def test_validating_on_features_equals_validating_on_images(trainer):
     pixels, features, labels = sample(trainer)
     on_images, image_answers = trainer.evaluate(batches(trainer, pixels, labels),
-                                                head_only=False)
+                                                Source.IMAGES)
     on_features, feature_answers = trainer.evaluate(batches(trainer, features, labels),
-                                                    head_only=True)
+                                                    Source.FEATURES)
     assert on_features == pytest.approx(on_images, abs=1e-5)
     assert set(on_images) == {"val_loss", "val_accuracy"}
     # The answers come back in the batches' order (the publish gate reuses them).
@@ -51,13 +52,13 @@ def test_validating_on_features_equals_validating_on_images(trainer):
     np.testing.assert_allclose(feature_answers, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("head_only", [False, True])
-def test_a_frozen_base_epoch_trains_the_head_only(trainer, head_only):
+@pytest.mark.parametrize("source", [Source.IMAGES, Source.FEATURES])
+def test_a_frozen_base_epoch_trains_the_head_only(trainer, source):
     pixels, features, labels = sample(trainer)
     base, head = trainer.model.get_layer("vgg16"), trainer.model.get_layer("dense")
     base_before, head_before = weights_of(base), weights_of(head)
-    inputs = features if head_only else pixels
-    metrics = trainer.train_epoch(batches(trainer, inputs, labels), head_only, 2,
+    inputs = features if source is Source.FEATURES else pixels
+    metrics = trainer.train_epoch(batches(trainer, inputs, labels), source, 2,
                                   keras.utils.Progbar(2, verbose=0))
     assert set(metrics) == {"loss", "accuracy"} and np.isfinite(metrics["loss"])
     assert changed(head_before, head)
@@ -70,7 +71,7 @@ def test_fine_tuning_trains_the_base_from_its_layer_up(trainer):
     below, above = base.get_layer("block4_conv3"), base.get_layer("block5_conv1")
     below_before, above_before = weights_of(below), weights_of(above)
     trainer.start_fine_tuning()
-    trainer.train_epoch(batches(trainer, pixels, labels), False, 2,
+    trainer.train_epoch(batches(trainer, pixels, labels), Source.IMAGES, 2,
                         keras.utils.Progbar(2, verbose=0))
     assert changed(above_before, above)
     assert not changed(below_before, below)

@@ -174,6 +174,50 @@ def test_fine_tuning_resumes_mid_phase_and_matches_an_uninterrupted_run(dataset_
 
 # --- interrupted and repeated runs --------------------------------------------------------------
 
+def test_a_finished_run_started_again_does_nothing_and_says_so_in_one_line(
+        dataset_dir_module, tmp_path, monkeypatch):
+    args = [f"--data_dir={dataset_dir_module}", "--weights=none", "--image_size=32",
+            "--batch_size=8", "--epochs=1", "--flip=none", "--zoom=0", "--cache_features",
+            "--publish=never", f"--run_dir={tmp_path / 'run'}",
+            f"--export_dir={tmp_path / 'export'}"]
+    first = run_catdog("train", *args)
+    assert first.returncode == 0, first.stderr
+    again = run_catdog("train", *args)
+    assert again.returncode == 0 and again.stdout.count("\n") == 1
+    assert "features" not in again.stderr and "Epoch" not in again.stderr
+    assert "had finished all 1 epochs with these flags, so nothing was decoded" in again.stdout
+    assert "kept candidate" in again.stdout
+    # In-process: no image is checked or decoded, VGG16 is neither built nor run.
+    from catdog import data, feature_cache
+    from catdog import model as model_lib
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished run did work again")
+
+    for module, name in ((data, "check_images"), (data, "decoded_images"),
+                         (feature_cache, "compute_features"), (model_lib, "build_base")):
+        monkeypatch.setattr(module, name, forbidden)
+    config = fast_config(dataset_dir_module, tmp_path, epochs=1, flip="none", zoom=0.0,
+                         seed=42, batch_size=8)
+    result = train.train(config)
+    assert result.finished_before and result.summary["best_epoch"] == 1
+    # Other flags (one more epoch) are not "finished": that start trains again.
+    monkeypatch.undo()
+    more = run_catdog("train", *args[:4], "--epochs=2", *args[5:])
+    assert more.returncode == 0 and "resuming" in more.stderr and "had finished" not in more.stdout
+
+
+def test_weights_are_checked_before_the_data(tmp_path):
+    not_weights = tmp_path / "weights.h5"
+    not_weights.write_text("not an HDF5 file")
+    result = run_catdog("train", f"--data_dir={tmp_path / 'missing'}",
+                        f"--weights={not_weights}", "--image_size=32",
+                        f"--run_dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --weights={not_weights} is not a VGG16"), result.stderr
+
+
 def test_a_rerun_after_the_export_writes_no_identical_version(dataset_dir_module, tmp_path):
     config = fast_config(dataset_dir_module, tmp_path, epochs=1)
     train.train(config)
