@@ -19,7 +19,8 @@ import os
 import tempfile
 import time
 
-import seed_job  # benchmarks/ is on sys.path when this file runs as a script
+import flops  # benchmarks/ is on sys.path when this file runs as a script
+import seed_job
 import tensorflow as tf
 from absl import app, flags
 
@@ -29,6 +30,13 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/datasets/cats_vs_dogs",
                                 "Dataset with train/ and validation/ class folders.")
 _WEIGHTS = flags.DEFINE_string("weights", "none", "VGG16 weights: none or a weights file.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these recipes (names from RECIPES); empty: all.")
+_CACHE = flags.DEFINE_string(
+    "feature_cache_dir", "", "Shared by the recipes: one whose feature pass (views, depth) an "
+    "earlier recipe computed reuses it, and its wall time leaves that pass out (the table's "
+    "feature-pass column shows it); empty: each recipe computes its own.")
+_TEST_TIME_FLIP = flags.DEFINE_bool(
+    "test_time_flip", False, "Also evaluate each export with evaluate --test_time_flip: its "
+    "accuracy and the seconds both evaluations took.")
 
 RECIPES = {  # name: (what it is, the flags it adds to configs/seed.flags)
     "head": ("head, no augmentation", ["--cache_features", "--flip=none", "--zoom=0"]),
@@ -37,9 +45,28 @@ RECIPES = {  # name: (what it is, the flags it adds to configs/seed.flags)
                      ["--cache_features", "--learning_rate=0.0001"]),
     "ft-block5": ("head + fine-tune from block5_conv1 (2 epochs at 1e-5)",
                   ["--cache_features", "--fine_tune_from=block5_conv1", "--fine_tune_epochs=2"]),
-    "ft-block4": ("head + fine-tune from block4_conv1 (2 epochs at 1e-5)",
+    "ft-block4-images": ("best.flags before: fine-tune from block4_conv1 (2 epochs at 1e-5) on "
+                         "images", ["--cache_features", "--fine_tune_from=block4_conv1",
+                                    "--fine_tune_epochs=2", "--nocache_frozen_blocks"]),
+    "ft-block4": ("best.flags after: the same on cached block3_pool activations",
                   ["--cache_features", "--fine_tune_from=block4_conv1", "--fine_tune_epochs=2"]),
     "224px": ("head at 224 px, augmented", ["--cache_features", "--image_size=224"]),
+    # The fine-tuning recipe searched again once frozen blocks are cached (2026-12-02).
+    "ft-block4-3ep": ("fine-tune from block4_conv1, 3 epochs at 1e-5",
+                      ["--cache_features", "--fine_tune_from=block4_conv1",
+                       "--fine_tune_epochs=3"]),
+    "ft-block4-cosine": ("fine-tune from block4_conv1, 2 epochs, cosine from 3e-5",
+                         ["--cache_features", "--fine_tune_from=block4_conv1",
+                          "--fine_tune_epochs=2", "--fine_tune_learning_rate=0.00003",
+                          "--fine_tune_schedule=cosine"]),
+    "ft-block4-smooth": ("fine-tune from block4_conv1, 2 epochs, label smoothing 0.1",
+                         ["--cache_features", "--fine_tune_from=block4_conv1",
+                          "--fine_tune_epochs=2", "--label_smoothing=0.1"]),
+    "ft-block3": ("fine-tune from block3_conv1, 2 epochs at 1e-5",
+                  ["--cache_features", "--fine_tune_from=block3_conv1", "--fine_tune_epochs=2"]),
+    "ft-block4-k4": ("fine-tune from block4_conv1, 2 epochs, 4 feature views",
+                     ["--cache_features", "--fine_tune_from=block4_conv1", "--fine_tune_epochs=2",
+                      "--feature_views=4"]),
 }
 
 
@@ -48,17 +75,33 @@ def run_recipe(root: str, index: int, extra: list[str]) -> dict:
     config = seed_job.seed_config(
         f"--data_dir={_DATA_DIR.value}", f"--weights={_WEIGHTS.value}",
         f"--run_dir={root}/run{index}", f"--export_dir={root}/export{index}",
-        "--strategy=default", *extra)
+        "--strategy=default", *([f"--feature_cache_dir={_CACHE.value}"] if _CACHE.value else []),
+        *extra)
     start = time.perf_counter()
     result = train.train(config)
     seconds = time.perf_counter() - start
-    report = evaluate.evaluate(str(result.exports.h5), os.path.join(config.data_dir, "validation"),
-                               f"{root}/evaluation{index}")
+    validation = os.path.join(config.data_dir, "validation")
+    report = evaluate.evaluate(str(result.exports.h5), validation, f"{root}/evaluation{index}")
+    flipped = {}
+    if _TEST_TIME_FLIP.value:
+        flipped = evaluate.evaluate(str(result.exports.h5), validation,
+                                    f"{root}/evaluation{index}-flip", test_time_flip=True)
     return {"seconds": seconds, "accuracy": report["accuracy"], "log_loss": report["log_loss"],
+            "feature_seconds": result.summary["feature_seconds"],
+            "flip_accuracy": flipped.get("accuracy"),
+            "answer_seconds": (report["answer_seconds"], flipped.get("answer_seconds")),
             "ece": report["expected_calibration_error"],
             "precision": result.summary["distribution"]["precision"],
             "best_epoch": result.summary["best_epoch"], "epochs": config.total_epochs,
-            "views": config.views}
+            "views": config.views, "tflop": job_flops(config, result.summary) / 1e12}
+
+
+def job_flops(config, summary: dict) -> float:
+    """The VGG16 FLOPs the recipe's job must compute (benchmarks/flops.py)."""
+    return flops.Job(summary["train_images"], summary["validation_images"], config.image_size,
+                     config.epochs, config.views if config.cache_features else 0,
+                     config.fine_tune_from, config.fine_tune_epochs if config.fine_tune_from
+                     else 0, config.frozen_blocks_cached).flops()
 
 
 def main(argv):
@@ -78,14 +121,24 @@ def main(argv):
           f"{', '.join(f for f in distribute.BFLOAT16_CPU_FLAGS if f in distribute.cpu_flags())}"
           "\n")
     print("| recipe | flags added to configs/seed.flags | views | precision | best epoch | "
-          "val accuracy | log loss | ECE | wall time |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+          "val accuracy | log loss | ECE | wall time | of it, feature pass | VGG16 TFLOP | "
+          "with --test_time_flip (evaluation s) |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in rows.items():
         what, extra = RECIPES[name]
         print(f"| {name}: {what} | `{' '.join(extra)}` | {row['views']} | {row['precision']} | "
               f"{row['best_epoch']} of "
               f"{row['epochs']} | {row['accuracy']:.4f} | {row['log_loss']:.4f} | "
-              f"{row['ece']:.4f} | {row['seconds'] / 60:.1f} min |")
+              f"{row['ece']:.4f} | {row['seconds'] / 60:.1f} min | "
+              f"{row['feature_seconds'] / 60:.1f} min | {row['tflop']:.0f} | "
+              f"{_flip_cell(row)} |")
+
+
+def _flip_cell(row: dict) -> str:
+    plain, flipped = row["answer_seconds"]
+    if row["flip_accuracy"] is None:
+        return f"not run ({plain:.0f} s)"
+    return f"{row['flip_accuracy']:.4f} ({plain:.0f} s → {flipped:.0f} s)"
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ AutoBool = Literal["auto", "true", "false"]
 OnBadImage = Literal["skip", "fail"]
 ExportPrecision = Literal["float32", "compute"]
 Publish = Literal["if_better", "always", "never"]
+Schedule = Literal["constant", "cosine"]
 
 # Google's cats_and_dogs_filtered subset of Kaggle's Dogs vs. Cats (68,606,236 bytes).
 CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
@@ -112,8 +113,8 @@ class Config:
         True, "data", "With --cache_features and --fine_tune_from: the feature pass also keeps "
         "the output of the last frozen VGG16 layer (block3_pool for block4_conv1) of each "
         "training view and validation image, and fine-tuning runs only the trainable blocks and "
-        "the head on it. In memory up to 4 GiB, else on disk in --feature_cache_dir (or the run "
-        "folder's feature_cache/).")
+        "the head on it. In memory while a split's take up to 4 GiB, else on disk in "
+        "--feature_cache_dir (or the run folder's feature_cache/).")
     feature_cache_dir: str = _setting(
         "", "data", "Keep --cache_features features on disk here, reused by later runs while "
         "weights, image size and files are unchanged; empty: in memory for this run only.",
@@ -144,6 +145,14 @@ class Config:
     fine_tune_learning_rate: float = _setting(
         1e-5, "training", "Adam learning rate of the fine-tuning phase.", at_least=1e-12,
         at_most=1.0)
+    fine_tune_schedule: Schedule = _setting(
+        "constant", "training", "Learning rate over the fine-tuning phase: constant, or cosine "
+        "(decays from --fine_tune_learning_rate to 0 over its --fine_tune_epochs, step by "
+        "step).")
+    label_smoothing: float = _setting(
+        0.0, "training", "Train against smoothed targets, (1 - s) × one-hot + s / classes "
+        "(Keras' label_smoothing); the validation loss stays the plain log loss. 0 disables.",
+        at_least=0.0, at_most=0.5)
     run_dir: str = _setting(
         "runs/catdog", "training", "Run folder: checkpoints/, logs/, tensorboard/, metrics.csv, "
         "summary.json. Starting again with the same run_dir resumes from its last finished "

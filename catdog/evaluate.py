@@ -42,13 +42,19 @@ MAX_EXPLAINED = 64  # Grad-CAM heat maps in report.html (--max_explained)
 
 
 def predict_files(classifier: inference.Classifier, files: data.ImageFiles, batch_size: int,
-                  max_pixels: int = images.MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Probabilities [N, C] for every file, in order, with a progress bar."""
+                  max_pixels: int = images.MAX_IMAGE_PIXELS,
+                  test_time_flip: bool = False) -> np.ndarray:
+    """Probabilities [N, C] for every file, in order, with a progress bar; with
+    `test_time_flip`, the mean of the answers for each photo and its left-right mirror (a
+    second forward pass per photo)."""
     decoded = data.decoded_images(files, classifier.image_size, max_pixels)
     progbar = keras.utils.Progbar(math.ceil(len(files) / batch_size), unit_name="batch")
     probabilities = []
     for step, (pixels, _) in enumerate(data.batches(decoded, batch_size), 1):
-        probabilities.append(classifier.predict(pixels.numpy()))
+        answers = classifier.predict(pixels.numpy())
+        if test_time_flip:
+            answers = (answers + classifier.predict(pixels.numpy()[:, :, ::-1])) / 2
+        probabilities.append(answers)
         progbar.update(step)
     return np.concatenate(probabilities)
 
@@ -229,9 +235,11 @@ def write_reports(output_dir: str | Path, model: Answers, files: data.ImageFiles
                   skipped: Sequence[data.BadImage] = (), baseline: Answers | None = None,
                   max_explained: int = MAX_EXPLAINED,
                   bootstrap_samples: int = figures.BOOTSTRAP_SAMPLES,
-                  max_pixels: int = images.MAX_IMAGE_PIXELS) -> dict[str, Any]:
+                  max_pixels: int = images.MAX_IMAGE_PIXELS,
+                  how: dict[str, Any] | None = None) -> dict[str, Any]:
     """The four report files for answers already computed (by `evaluate`, or by the publish
-    gate, which has both models' answers on its photos); returns report.json's content."""
+    gate, which has both models' answers on its photos); returns report.json's content, with
+    `how` (how the answers were computed) in it."""
     _thumbnail.cache_clear()  # photos may have changed since an earlier report
     labels = np.array(files.labels)
     names = model.classifier.class_names
@@ -243,8 +251,8 @@ def write_reports(output_dir: str | Path, model: Answers, files: data.ImageFiles
     errors = explained_errors(model.path, files, model.probabilities, names, max_explained,
                               max_pixels)
     content = {"model": str(model.path), "data_dir": str(folder),
-               "precision": model.classifier.precision, "class_names": list(names),
-               **results[0].metrics, "intervals": results[0].intervals,
+               "precision": model.classifier.precision, **(how or {}),
+               "class_names": list(names), **results[0].metrics, "intervals": results[0].intervals,
                "misclassified": misclassified_files(files, model.probabilities, names),
                "skipped": [{"path": item.path, "reason": item.reason} for item in skipped]}
     if compared:
@@ -263,17 +271,20 @@ def write_reports(output_dir: str | Path, model: Answers, files: data.ImageFiles
 def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 32,
              max_pixels: int = images.MAX_IMAGE_PIXELS, precision: str = "float32",
              baseline: str = "", max_explained: int = MAX_EXPLAINED,
-             bootstrap_samples: int = figures.BOOTSTRAP_SAMPLES) -> dict[str, Any]:
+             bootstrap_samples: int = figures.BOOTSTRAP_SAMPLES,
+             test_time_flip: bool = False) -> dict[str, Any]:
     """Evaluates an exported model (and `baseline`, on the same photos) on a class-folder
     dataset and writes the four reports; a `.h5` model computes under the Keras policy
-    `precision`."""
+    `precision`. `test_time_flip` averages each photo's answers with its mirror's, for both
+    models; report.json records it and the seconds the answers took."""
     classifier = inference.load_classifier(model_path, precision)
     files, bad = checked_files(data_dir, classifier.class_names, max_pixels)
     start = time.perf_counter()
     model = Answers(model_path, classifier,
-                    predict_files(classifier, files, batch_size, max_pixels))
-    logging.info("%s answered %d photos in %.1f s", model_path, len(files),
-                 time.perf_counter() - start)
+                    predict_files(classifier, files, batch_size, max_pixels, test_time_flip))
+    answer_seconds = time.perf_counter() - start
+    logging.info("%s answered %d photos in %.1f s%s", model_path, len(files), answer_seconds,
+                 " (each also mirrored)" if test_time_flip else "")
     other = None
     if baseline:
         other_classifier = inference.load_classifier(baseline, precision)
@@ -281,11 +292,13 @@ def evaluate(model_path: str, data_dir: str, output_dir: str, batch_size: int = 
             raise CatdogError(f"--baseline={baseline} knows classes "
                               f"{other_classifier.class_names}, --model={model_path} "
                               f"{classifier.class_names}")
-        other = Answers(baseline, other_classifier,
-                        predict_files(other_classifier, files, batch_size, max_pixels))
+        other = Answers(baseline, other_classifier, predict_files(
+            other_classifier, files, batch_size, max_pixels, test_time_flip))
     start = time.perf_counter()
     content = write_reports(output_dir, model, files, data_dir, bad, other, max_explained,
-                            bootstrap_samples, max_pixels)
+                            bootstrap_samples, max_pixels,
+                            {"test_time_flip": test_time_flip,
+                             "answer_seconds": round(answer_seconds, 3)})
     logging.info("the reports took %.1f s (bootstrap, plots, %d Grad-CAM heat maps)",
                  time.perf_counter() - start, min(max_explained, len(content["misclassified"])))
     return content
@@ -313,10 +326,11 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     content = evaluate(f.model, f.data_dir, f.output_dir, f.batch_size, f.max_image_pixels,
                        inference.resolve_precision(f.mixed_precision), f.baseline,
-                       f.max_explained, f.bootstrap_samples)
+                       f.max_explained, f.bootstrap_samples, f.test_time_flip)
     print(f"accuracy {content['accuracy']:.4f}, ROC AUC {content['roc_auc']:.4f}, log loss "
           f"{content['log_loss']:.4f}, ECE {content['expected_calibration_error']:.4f} on "
-          f"{content['images']} images; reports in {f.output_dir} (report.html)")
+          f"{content['images']} images{' (each also mirrored)' if f.test_time_flip else ''}; "
+          f"reports in {f.output_dir} (report.html)")
     if f.baseline:
         difference = content["comparison"]["accuracy_difference"]
         print(f"baseline {f.baseline}: accuracy {content['baseline']['accuracy']:.4f}; "

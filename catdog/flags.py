@@ -84,6 +84,10 @@ def define_evaluate_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          lower_bound=0, flag_values=fv)
     flags.DEFINE_integer("bootstrap_samples", 1000, "Resamples behind the 95% intervals.",
                          lower_bound=100, flag_values=fv)
+    flags.DEFINE_bool("test_time_flip", False, "Also answer each photo mirrored left-right and "
+                      "average the two answers (test-time augmentation): twice the model "
+                      "time; report.json records it and the seconds the answers took.",
+                      flag_values=fv)
     flags.mark_flag_as_required("data_dir", flag_values=fv)
     flags.register_validator("data_dir", lambda v: v is None or os.path.isdir(v),
                              message="must be an existing folder with one sub-folder per class",

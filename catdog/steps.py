@@ -25,9 +25,11 @@ class Trainer:
     """Builds the model under the strategy's scope and runs epochs of distributed steps."""
 
     def __init__(self, config: Config, num_classes: int,
-                 distribution: distribute.Distribution, base: keras.Model | None = None):
+                 distribution: distribute.Distribution, base: keras.Model | None = None,
+                 steps_per_epoch: int = 1):
         """`base`: the VGG16 base built under the strategy's scope already (`build_base`), so
-        that a run checks --weights before any data work; None builds it here."""
+        that a run checks --weights before any data work; None builds it here.
+        `steps_per_epoch` sets the length of a --fine_tune_schedule=cosine decay."""
         self.config = config
         self.strategy = distribution.strategy
         self.jit_compile = distribution.jit_compile
@@ -42,16 +44,18 @@ class Trainer:
                 self.feature_extractor, self.upper = model_lib.split_at(
                     self.model, config.fine_tune_from)
             self.augmenter = model_lib.build_augmenter(config)
-            self.optimizer = self._adam(config.learning_rate, distribution)
+            self.optimizer = self._adam(distribute.learning_rate_for(
+                config.learning_rate, distribution, config.scale_learning_rate), distribution)
             self.optimizer.build(self.model.trainable_variables)
             self.fine_tune_optimizer = None
             if config.fine_tune_from:
-                self.fine_tune_optimizer = self._adam(config.fine_tune_learning_rate,
-                                                      distribution)
+                self.fine_tune_optimizer = self._adam(
+                    self._fine_tune_learning_rate(distribution, steps_per_epoch), distribution)
                 model_lib.unfreeze_from(self.model, config.fine_tune_from)
                 self.fine_tune_optimizer.build(self.model.trainable_variables)
                 model_lib.frozen_base(self.model).trainable = False
             self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+            self.train_loss_fn = self._training_loss(num_classes)
             self.train_loss = keras.metrics.Mean(name="loss")
             self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
             self.val_loss = keras.metrics.Mean(name="val_loss")
@@ -59,9 +63,29 @@ class Trainer:
         self._train_steps: dict[Source, Any] = {}  # traced on first use, per phase
         self._eval_steps: dict[Source, Any] = {}
 
-    def _adam(self, learning_rate: float, distribution: distribute.Distribution):
-        optimizer = keras.optimizers.Adam(distribute.learning_rate_for(
-            learning_rate, distribution, self.config.scale_learning_rate))
+    def _fine_tune_learning_rate(self, distribution: distribute.Distribution,
+                                 steps_per_epoch: int):
+        """--fine_tune_learning_rate, scaled as --scale_learning_rate says, and decayed to 0
+        over the phase's steps by --fine_tune_schedule=cosine (the optimizer's own step count
+        drives it, so a resumed run continues the curve where it stopped)."""
+        rate = distribute.learning_rate_for(self.config.fine_tune_learning_rate, distribution,
+                                            self.config.scale_learning_rate)
+        if self.config.fine_tune_schedule == "cosine":
+            return keras.optimizers.schedules.CosineDecay(
+                rate, decay_steps=self.config.fine_tune_epochs * steps_per_epoch)
+        return rate
+
+    def _training_loss(self, num_classes: int):
+        """Per-example training loss: the log loss, against --label_smoothing targets."""
+        if not self.config.label_smoothing:
+            return self.loss_fn
+        smoothed = keras.losses.CategoricalCrossentropy(
+            label_smoothing=self.config.label_smoothing, reduction=None)
+        return lambda labels, probabilities: smoothed(
+            tf.one_hot(labels, num_classes), probabilities)
+
+    def _adam(self, learning_rate, distribution: distribute.Distribution):
+        optimizer = keras.optimizers.Adam(learning_rate)
         if distribution.precision == "mixed_float16":
             return keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
@@ -100,7 +124,7 @@ class Trainer:
         def gradients(inputs, labels):
             with tf.GradientTape() as tape:
                 probabilities = network(inputs, training=True)
-                per_example_loss = self.loss_fn(labels, probabilities)
+                per_example_loss = self.train_loss_fn(labels, probabilities)
                 loss = optimizer.scale_loss(tf.nn.compute_average_loss(per_example_loss))
             return per_example_loss, probabilities, tape.gradient(
                 loss, network.trainable_variables)

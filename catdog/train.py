@@ -104,7 +104,8 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
         base = model_lib.build_base(config.image_size, config.weights)
     splits = data.prepare_splits(config, Path(config.feature_cache_dir or run.root)
                                  / data.CHECKED_RECORD)
-    trainer = Trainer(config, len(splits.class_names), distribution, base)
+    trainer = Trainer(config, len(splits.class_names), distribution, base,
+                      steps_per_epoch=math.ceil(len(splits.train) / config.batch_size))
     progress = Progress()
     checkpoints = Checkpoints(run, trainer.model, trainer.optimizers(), progress,
                               read_from=chief_run)

@@ -109,3 +109,22 @@ def test_the_page_holds_every_section_and_the_heat_maps_it_says(exported, datase
     assert page.count('alt="photo"') == wrong
     assert page.count('alt="Grad-CAM heat map"') == min(wrong, 1)
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_test_time_flip_averages_each_photo_with_its_mirror(exported, dataset_dir, tmp_path):
+    from catdog import data, inference
+
+    classifier = inference.load_classifier(str(exported.h5), "float32")
+    files, _ = evaluate.checked_files(str(dataset_dir / "validation"), classifier.class_names)
+    plain = evaluate.predict_files(classifier, files, 4)
+    pixels = np.concatenate([p.numpy() for p, _ in data.batches(
+        data.decoded_images(files, 32), 4)])
+    by_hand = (classifier.predict(pixels) + classifier.predict(pixels[:, :, ::-1])) / 2
+    averaged = evaluate.evaluate(str(exported.h5), str(dataset_dir / "validation"),
+                                 str(tmp_path / "flip"), batch_size=4, test_time_flip=True)
+    flipped = evaluate.predict_files(classifier, files, 4, test_time_flip=True)
+    np.testing.assert_allclose(flipped, by_hand, atol=1e-6)
+    assert not np.allclose(flipped, plain, atol=1e-6)
+    assert averaged["test_time_flip"] is True and averaged["answer_seconds"] > 0
+    assert averaged["log_loss"] == pytest.approx(
+        -np.mean(np.log(flipped[np.arange(len(files)), files.labels])), rel=1e-5)

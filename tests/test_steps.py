@@ -75,3 +75,30 @@ def test_fine_tuning_trains_the_base_from_its_layer_up(trainer):
                         keras.utils.Progbar(2, verbose=0))
     assert changed(above_before, above)
     assert not changed(below_before, below)
+
+
+def test_label_smoothing_trains_against_smoothed_targets_and_validates_plainly():
+    config = Config(data_dir="unused", weights="none", image_size=32, flip="none", zoom=0.0,
+                    strategy="default", label_smoothing=0.2)
+    trainer = Trainer(config, 2, distribute.setup_distribution(config))
+    labels, probabilities = tf.constant([0]), tf.constant([[0.9, 0.1]])
+    # Targets (1 - 0.2) × [1, 0] + 0.2 / 2 = [0.9, 0.1].
+    smoothed = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+    assert float(trainer.train_loss_fn(labels, probabilities)[0]) == pytest.approx(smoothed,
+                                                                                  rel=1e-5)
+    assert float(trainer.loss_fn(labels, probabilities)[0]) == pytest.approx(-np.log(0.9),
+                                                                            rel=1e-5)
+
+
+def test_a_cosine_schedule_decays_the_fine_tuning_rate_to_zero_over_the_phase():
+    config = Config(data_dir="unused", weights="none", image_size=32, flip="none", zoom=0.0,
+                    strategy="default", fine_tune_from="block5_conv1", fine_tune_epochs=2,
+                    fine_tune_learning_rate=1e-4, fine_tune_schedule="cosine")
+    trainer = Trainer(config, 2, distribute.setup_distribution(config), steps_per_epoch=3)
+    optimizer = trainer.fine_tune_optimizer
+    rates = []
+    for step in (0, 3, 6):  # start, half-way (one epoch of two), end
+        optimizer.iterations.assign(step)
+        rates.append(float(optimizer.learning_rate))
+    assert rates == pytest.approx([1e-4, 0.5e-4, 0.0], abs=1e-9)
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(1e-3)  # the head's: constant
