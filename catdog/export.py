@@ -68,7 +68,7 @@ class Layout:
 
     @property
     def lock(self) -> Path:
-        """Held by whoever publishes into `base` (catdog/publish.py)."""
+        """Held by whoever writes a candidate or publishes into `base` (catdog/publish.py)."""
         return Path(self.export_dir) / f".{self.model_name}.publish.lock"
 
 
@@ -181,7 +181,14 @@ def export_candidate(model: keras.Model, class_names: Sequence[str], layout: Lay
     """Writes a candidate: `<candidates>/<K>/` (a SavedModel for `layout.model_name`) and
     `<K>.h5` beside it, outside TF Serving's base path; the gate publishes it. A candidate
     already holding `source` (a run killed after its export, started again) is returned as it
-    is, whether it is still a candidate or already published."""
+    is, whether it is still a candidate or already published. The export folder's lock is held
+    meanwhile, so two runs never take the same candidate number."""
+    with atomic.exclusive(layout.lock, f"the export folder {layout.export_dir}"):
+        return _export_candidate(model, class_names, layout, max_image_pixels, source)
+
+
+def _export_candidate(model: keras.Model, class_names: Sequence[str], layout: Layout,
+                      max_image_pixels: int, source: dict | None) -> Exports:
     if source and source_of(_newest_version(layout.base) or layout.base) == source:
         logging.info("%s already holds this model", _newest_version(layout.base))
         return Exports(h5=layout.h5, saved_model=_newest_version(layout.base))

@@ -46,6 +46,7 @@ class RunDir:
         self.metrics_csv = self.root / "metrics.csv"
         self.summary_json = self.root / "summary.json"
         self.config_json = self.root / "config.json"
+        self.lock = self.root / ".lock"  # held by the process training into this folder
 
     def open(self, config: Config) -> None:
         """Creates the folders, or checks that an existing run was started with compatible flags.

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from catdog import data, distribute, export, inference, publish
+from catdog import atomic, data, distribute, export, inference, publish
 from catdog import model as model_lib
 from catdog.checkpoints import Checkpoints, Progress
 from catdog.config import Config
@@ -84,6 +84,13 @@ def train(config: Config) -> TrainResult:
 def _train_writing_to(config: Config, distribution: distribute.Distribution, wall_start: float,
                       chief_run: RunDir) -> TrainResult:
     run = RunDir(config.run_dir)
+    with atomic.exclusive(run.lock, f"the run folder {run.root}"):
+        return _train_holding(config, distribution, run, chief_run, wall_start)
+
+
+def _train_holding(config: Config, distribution: distribute.Distribution, run: RunDir,
+                   chief_run: RunDir, wall_start: float) -> TrainResult:
+    """The run, while this process holds the run folder's lock."""
     run.open(config)
     finished = run.finished_summary(config) if distribution.num_workers == 1 else None
     if finished:

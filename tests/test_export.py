@@ -89,3 +89,32 @@ def test_the_saved_model_stores_each_weight_once(classifier, tmp_path):
     weights = sum(int(np.prod(v.shape)) * 4 for v in classifier.weights)
     stored = sum(p.stat().st_size for p in (exports.saved_model / "variables").iterdir())
     assert weights <= stored < 1.05 * weights
+
+
+HOLD_LOCK = """
+import sys
+from catdog import atomic
+with atomic.exclusive(sys.argv[1], "the export folder"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_no_candidate_is_written_while_another_process_holds_the_export_folder(classifier,
+                                                                              tmp_path):
+    import subprocess
+    import sys
+
+    layout = export.Layout(tmp_path / "export", "catdog")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(layout.lock)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(CatdogError, match=f"export folder .* in use by process "
+                                              f"{holder.pid}"):
+            export.export_candidate(classifier, CLASSES, layout)
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert not layout.candidates.exists() or not any(layout.candidates.iterdir())
+    assert export.export_candidate(classifier, CLASSES, layout).saved_model.name == "1"

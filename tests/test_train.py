@@ -207,6 +207,33 @@ def test_a_finished_run_started_again_does_nothing_and_says_so_in_one_line(
     assert more.returncode == 0 and "resuming" in more.stderr and "had finished" not in more.stdout
 
 
+@pytest.mark.slow
+def test_a_second_run_on_a_live_run_folder_is_refused_in_one_line(dataset_dir_module, tmp_path):
+    args = [sys.executable, "-m", "catdog.train", f"--data_dir={dataset_dir_module}",
+            "--weights=none", "--image_size=32", "--batch_size=4", "--epochs=50", "--zoom=0",
+            "--mixed_precision=float32", "--publish=never", f"--run_dir={tmp_path / 'run'}",
+            f"--export_dir={tmp_path / 'export'}"]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stderr:
+            if "Epoch 1/50" in line:
+                break
+        second = run_catdog("train", *args[3:])
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"error: the run folder {tmp_path / 'run'} is in use by process {first.pid} (it holds "
+        f"{tmp_path / 'run' / '.lock'}); wait for it to finish, then run this again")
+    rows = (tmp_path / "run" / "metrics.csv")
+    assert not rows.exists() or len(set(rows.read_text().splitlines())) == len(
+        rows.read_text().splitlines())  # nothing written twice
+    from catdog import atomic
+    with atomic.exclusive(tmp_path / "run" / ".lock", "the run folder"):
+        pass  # SIGKILL left no stale lock
+
+
 def test_weights_are_checked_before_the_data(tmp_path):
     not_weights = tmp_path / "weights.h5"
     not_weights.write_text("not an HDF5 file")
