@@ -245,8 +245,10 @@ def test_download_with_wrong_sha256_leaves_nothing_behind(tmp_path, served_zip):
 
 def test_a_failed_download_is_a_clear_error(tmp_path, served_zip):
     url, sha256 = served_zip
-    with pytest.raises(CatdogError, match="could not download http://127.0.0.1:.*/missing.zip .*"
-                                          "without internet.*--data_dir=.*--weights="):
+    with pytest.raises(CatdogError, match=f"--data_dir={tmp_path / 'd'} does not exist, and "
+                       "--download could not fetch it: could not download "
+                       "http://127.0.0.1:.*/missing.zip .*without internet.*--data_dir=.*"
+                       "--weights="):
         data.download_dataset(url.rsplit("/", 1)[0] + "/missing.zip", tmp_path / "d", sha256)
 
 
