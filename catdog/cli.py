@@ -94,6 +94,14 @@ def _flags_in(name: str, cwd: Path, depth: int) -> list[str]:
 HELP_ARGS = ("--help", "-h", "--helpshort", "-?")
 
 
+def version_line() -> str:
+    """What `--version` prints: catdog's version and the Python it runs on (TensorFlow's is
+    not imported for it, so the answer is instant)."""
+    import catdog
+
+    return f"catdog {catdog.__version__} (Python {sys.version.split()[0]})"
+
+
 def short_help(program: str, flag_values: flags.FlagValues,
                groups: dict[str, Sequence[str]]) -> str:
     """catdog's own flags (those its modules define), grouped, with their defaults (absl's
@@ -124,6 +132,9 @@ def run(main: Callable[[Sequence[str]], int | None],
     """Defines the entry point's flags, parses them, and runs `main`; a `CatdogError` ends it
     with its one-line message (printed once) and exit status 2."""
     define_flags(flags.FLAGS)
+    if "--version" in sys.argv[1:]:
+        print(version_line())
+        sys.exit(0)
     if any(arg in HELP_ARGS for arg in sys.argv[1:]):
         from catdog.flags import HELP_GROUPS
 

@@ -78,3 +78,17 @@ def test_help_lists_catdogs_flags_grouped_with_defaults():
     assert headers == ["data:", "model:", "training:", "scale:", "export:"]
     assert "  --batch_size: " in out and "(default: '16')" in out
     assert "--helpfull" in out and "--tf_" not in out  # catdog's flags only
+
+
+@pytest.mark.slow  # eight fresh interpreters, most importing TensorFlow
+@pytest.mark.parametrize("tool", ["train", "evaluate", "predict", "publish", "serve", "client",
+                                  "data", "data_service"])
+def test_every_tool_and_the_package_print_the_installed_version(tool):
+    from importlib.metadata import version
+
+    result = run_catdog(tool, "--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"catdog {version('catdog')} (Python ")
+    package = subprocess.run([sys.executable, "-m", "catdog", "--version"], capture_output=True,
+                             text=True, timeout=60)
+    assert package.stdout == result.stdout
