@@ -48,6 +48,17 @@ class Distribution:
     def is_chief(self) -> bool:
         return self.worker_index == 0
 
+    def line(self) -> str:
+        """The start line: e.g. `strategy default, 1 replica, float32 (auto: ...), CPU`."""
+        replicas = f"{self.replicas} replica{'s' if self.replicas != 1 else ''}"
+        workers = f", worker {self.worker_index} of {self.num_workers}" if (
+            self.num_workers > 1) else ""
+        kinds = sorted({tf.DeviceSpec.from_string(device).device_type or "CPU"
+                        for device in self.devices}) or ["CPU"]
+        xla = ", XLA" if self.jit_compile else ""
+        return (f"strategy {self.kind}, {replicas}{workers}, {self.precision} "
+                f"({self.precision_reason}), {'+'.join(kinds)}{xla}")
+
     def describe(self) -> dict[str, Any]:
         return {"strategy": self.kind, "strategy_class": type(self.strategy).__name__,
                 "replicas": self.replicas, "devices": list(self.devices),

@@ -96,7 +96,7 @@ def _train_holding(config: Config, distribution: distribute.Distribution, run: R
     if finished:
         return _finished_before(config, finished)
     handler = _log_to_file(run)
-    logging.info("distribution: %s", distribution.describe())  # on screen and in train.log
+    logging.info("%s", distribution.line())  # summary.json keeps describe()'s every field
     try:
         return _train(config, distribution, run, chief_run, wall_start)
     finally:

@@ -235,3 +235,19 @@ def test_linear_learning_rate_scaling_is_opt_in():
         per_replica_batch=4, precision="float32", jit_compile=False)
     assert distribute.learning_rate_for(0.001, distribution, scale=False) == 0.001
     assert distribute.learning_rate_for(0.001, distribution, scale=True) == pytest.approx(0.004)
+
+
+def test_the_start_line_is_one_readable_sentence():
+    two_gpus = distribute.Distribution(
+        strategy=types.SimpleNamespace(num_replicas_in_sync=2), kind="mirrored",
+        devices=("/gpu:0", "/gpu:1"), per_replica_batch=8, precision="mixed_float16",
+        jit_compile=True, precision_reason="auto: GPUs of compute capability 7.0+")
+    assert two_gpus.line() == ("strategy mirrored, 2 replicas, mixed_float16 (auto: GPUs of "
+                               "compute capability 7.0+), GPU, XLA")
+    chief = distribute.Distribution(
+        strategy=types.SimpleNamespace(num_replicas_in_sync=1), kind="default",
+        devices=("/device:CPU:0",), per_replica_batch=16, precision="float32",
+        jit_compile=False, precision_reason="auto: the CPU has no native bfloat16",
+        worker_index=0, num_workers=2)
+    assert chief.line() == ("strategy default, 1 replica, worker 0 of 2, float32 (auto: the "
+                            "CPU has no native bfloat16), CPU")
