@@ -38,11 +38,12 @@ class Trainer:
             self.model = model_lib.build_classifier(num_classes, config.image_size,
                                                     config.weights, base)
             self.head = model_lib.head(self.model)
-            self.feature_extractor = model_lib.feature_extractor(self.model)
-            self.upper = None  # the blocks above the frozen ones, and the head
+            # What the feature pass runs; `upper`: the blocks above the frozen ones, and the head
             if config.frozen_blocks_cached:
                 self.feature_extractor, self.upper = model_lib.split_at(
                     self.model, config.fine_tune_from)
+            else:
+                self.feature_extractor, self.upper = model_lib.feature_extractor(self.model), None
             self.augmenter = model_lib.build_augmenter(config)
             self.optimizer = self._adam(distribute.learning_rate_for(
                 config.learning_rate, distribution, config.scale_learning_rate), distribution)

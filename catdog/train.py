@@ -312,6 +312,8 @@ def main(argv: Sequence[str]) -> int | None:
     try:
         result = train(config)
     except KeyboardInterrupt:
+        if sys.stdout.isatty():  # a progress bar left the cursor mid-line
+            print(flush=True)
         print(interrupted_message(config), file=sys.stderr, flush=True)
         cli.exit_at_once(130)
     summary = result.summary
