@@ -18,8 +18,9 @@ import os
 import random
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 from absl import logging
@@ -241,13 +242,23 @@ def check_images(paths: Sequence[str], max_pixels: int = MAX_IMAGE_PIXELS,
     """Decodes every file once, in parallel, and returns those that fail, in `paths` order.
     With `record` (a JSON file), a file checked before with the same size, mtime and pixel limit
     is not decoded again; the record is updated with what was decoded."""
+    problems = checked_once(paths, lambda path: image_problem(path, max_pixels), max_pixels,
+                            record, "images")
+    return [BadImage(p, problems[p]) for p in paths if problems[p]]
+
+
+def checked_once(paths: Sequence[str], check: Callable[[str], str | None], depends_on: Any,
+                 record: Path | None, what: str) -> dict[str, str | None]:
+    """`check(path)` (a problem, or None) for every path, run in parallel, except for files
+    that `record` says were checked with the same size, mtime and `depends_on`; the record
+    (JSON, shared by every kind of check) is updated with the new results."""
     known = _read_record(record)
-    stamps = {path: _stamp(path, max_pixels) for path in paths}
-    todo = [p for p in paths if stamps[p] is None or known.get(_key(p), {}).get("stamp")
-            != stamps[p]]
+    stamps = {path: _stamp(path, depends_on) for path in paths}
+    todo = [p for p in paths
+            if stamps[p] is None or known.get(_key(p), {}).get("stamp") != stamps[p]]
     workers = os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        found = dict(zip(todo, pool.map(lambda path: image_problem(path, max_pixels), todo)))
+        found = dict(zip(todo, pool.map(check, todo)))
     problems = {p: found[p] if p in found else known[_key(p)]["problem"] for p in paths}
     if record and todo:
         known.update({_key(p): {"stamp": stamps[p], "problem": problems[p]} for p in todo
@@ -255,24 +266,24 @@ def check_images(paths: Sequence[str], max_pixels: int = MAX_IMAGE_PIXELS,
         try:
             atomic.write_text(record, json.dumps(known))
         except CatdogError as error:  # the record saves time; losing it costs nothing else
-            logging.warning("checked-images record not written (%s)", error)
+            logging.warning("record of checked files not written (%s)", error)
     if record and len(todo) < len(paths):
-        logging.info("images: %d checked before and unchanged (%s), %d decoded now",
+        logging.info("%s: %d checked before and unchanged (%s), %d checked now", what,
                      len(paths) - len(todo), record, len(todo))
-    return [BadImage(p, problems[p]) for p in paths if problems[p]]
+    return problems
 
 
 def _key(path: str) -> str:
     return os.path.abspath(path)
 
 
-def _stamp(path: str, max_pixels: int) -> list[int] | None:
-    """What a file's check depends on: its size and mtime, and the pixel limit."""
+def _stamp(path: str, depends_on: Any) -> list | None:
+    """What a file's check depends on: its size and mtime, and what the check compares with."""
     try:
         info = os.stat(path)
     except OSError:
         return None  # checked again, and reported by that check
-    return [info.st_size, info.st_mtime_ns, max_pixels]
+    return [info.st_size, info.st_mtime_ns, depends_on]
 
 
 def _read_record(record: Path | None) -> dict[str, dict]:
@@ -287,21 +298,17 @@ def is_prepared(folder: str | os.PathLike) -> bool:
     return (Path(folder) / PREPARED_MANIFEST).is_file()
 
 
-def prepared_splits(folder: str | os.PathLike, image_size: int) -> tuple[ImageFiles, ImageFiles]:
-    """The training and validation images of a folder written by `catdog.prepare`."""
+def prepared_splits(folder: str | os.PathLike, image_size: int,
+                    record: Path | None = None) -> tuple[ImageFiles, ImageFiles]:
+    """The training and validation images of a folder written by `catdog.prepare`, once every
+    shard matches the sha256 its manifest gives (`verify_shards`)."""
     folder = Path(folder)
-    try:
-        manifest = json.loads((folder / PREPARED_MANIFEST).read_text())
-        format_ = manifest["format"]
-    except (OSError, ValueError, KeyError, TypeError):
-        format_ = None
-    if format_ != PREPARED_FORMAT:
-        raise CatdogError(f"{folder / PREPARED_MANIFEST} is not a {PREPARED_FORMAT} manifest; "
-                          "prepare the data again")
+    manifest = read_manifest(folder)
     if manifest["image_size"] != image_size:
         raise CatdogError(f"--data_dir={folder} was prepared at {manifest['image_size']} px; "
                           f"train with --image_size={manifest['image_size']}, or prepare it "
                           f"again with --image_size={image_size}")
+    verify_shards(folder, manifest, record)
 
     def split(name: str) -> ImageFiles:
         entry = manifest["splits"][name]
@@ -314,6 +321,44 @@ def prepared_splits(folder: str | os.PathLike, image_size: int) -> tuple[ImageFi
     return split("train"), split("validation")
 
 
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A prepared folder's manifest.json, or one line saying it is not one."""
+    try:
+        manifest = json.loads((folder / PREPARED_MANIFEST).read_text())
+        format_ = manifest["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        format_ = None
+    if format_ != PREPARED_FORMAT:
+        raise CatdogError(f"{folder / PREPARED_MANIFEST} is not a {PREPARED_FORMAT} manifest; "
+                          "prepare the data again")
+    return manifest
+
+
+def verify_shards(folder: Path, manifest: dict[str, Any], record: Path | None = None) -> int:
+    """Checks every shard of a prepared folder against the sha256 in its manifest (a rewritten
+    shard can hold valid records with other labels); one read per shard, remembered in `record`
+    by size and mtime. Raises one line naming the first shard that is missing or differs;
+    returns how many were verified."""
+    expected = {str(folder / name / shard["file"]): shard["sha256"]
+                for name in SPLITS for shard in manifest["splits"][name]["shards"]}
+
+    def mismatch(path: str) -> str | None:
+        try:
+            return None if sha256_of(Path(path)) == expected[path] else "differs"
+        except OSError:
+            return "is missing or unreadable"
+
+    manifest_digest = sha256_of(folder / PREPARED_MANIFEST)  # a new manifest: all again
+    bad = [(path, problem) for path, problem in checked_once(
+        list(expected), mismatch, manifest_digest, record, "shards").items() if problem]
+    if bad:
+        path, problem = bad[0]
+        against = (f" from the sha256 in {folder / PREPARED_MANIFEST}"
+                   if problem == "differs" else "")
+        raise CatdogError(f"shard {path} {problem}{against}; prepare {folder} again")
+    return len(expected)
+
+
 def prepare_splits(config: Config, checked_record: Path | None = None) -> Splits:
     """Finds, downloads if asked, and checks a run's images, applying --on_bad_image; files that
     `checked_record` says were checked unchanged are not decoded again. A prepared folder
@@ -324,7 +369,7 @@ def prepare_splits(config: Config, checked_record: Path | None = None) -> Splits
         if config.validation_split:
             raise CatdogError(f"--data_dir={config.data_dir} is prepared data with its own "
                               "validation split; leave --validation_split at 0")
-        train, validation = prepared_splits(config.data_dir, config.image_size)
+        train, validation = prepared_splits(config.data_dir, config.image_size, checked_record)
         return _counted(Splits(train, validation, ()), config.data_dir)
     train, validation = find_splits(config.data_dir, config.validation_split, config.seed)
     bad = list(dict.fromkeys(train.skipped + validation.skipped)) + check_images(

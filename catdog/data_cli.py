@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from absl import flags
 
@@ -14,12 +15,8 @@ from catdog.errors import CatdogError
 
 def main(argv: Sequence[str]) -> int:
     command, values = argv[1:2], flags.FLAGS
-    if command == ["check"] and len(argv) == 3:
-        bad = data.check_folder(argv[2], values.max_image_pixels)
-        for item in bad:
-            print(f"{item.path}: {item.reason}")
-        print(f"{len(bad)} bad file(s)", file=sys.stderr)
-        return 1 if bad else 0
+    if command == ["check"] and len(argv) <= 3:
+        return check(argv[2] if len(argv) == 3 else values.data_dir, values.max_image_pixels)
     if command == ["download"] and len(argv) == 2:
         data.download_dataset(values.download_url, values.data_dir, values.download_sha256)
         return 0
@@ -35,8 +32,26 @@ def main(argv: Sequence[str]) -> int:
               f"images at {values.image_size} px in {values.output_dir} "
               f"({len(manifest['skipped'])} bad file(s) left out)")
         return 0
-    raise CatdogError("usage: python -m catdog.data check DIR | download [--data_dir=DIR] | "
-                      "prepare --data_dir=DIR --output_dir=OUT [--image_size=N]")
+    raise CatdogError(f"usage: {USAGE}")
+
+
+USAGE = ("python -m catdog.data check [DIR | --data_dir=DIR] | download [--data_dir=DIR] | "
+         "prepare --data_dir=DIR --output_dir=OUT [--image_size=N]")
+
+
+def check(folder: str, max_pixels: int) -> int:
+    """`check`: lists the files training would skip (exit 1 if any); a prepared folder's shards
+    are checked against its manifest instead."""
+    if data.is_prepared(folder):
+        count = data.verify_shards(Path(folder), data.read_manifest(Path(folder)))
+        print(f"{folder} is prepared data: its {count} shards match the sha256s in "
+              f"{data.PREPARED_MANIFEST}")
+        return 0
+    bad = data.check_folder(folder, max_pixels)
+    for item in bad:
+        print(f"{item.path}: {item.reason}")
+    print(f"{len(bad)} bad file(s)", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def run() -> None:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from catdog import data, prepare, train
 from catdog.config import Config
@@ -60,6 +61,50 @@ def test_a_prepared_folder_at_another_size_is_one_line_naming_the_fix(source, tm
     with pytest.raises(CatdogError, match=r"prepared at 32 px; train with --image_size=32, or "
                                           r"prepare it again with --image_size=48"):
         data.prepare_splits(Config(data_dir=str(tmp_path / "prepared"), image_size=48))
+
+
+def test_a_rewritten_shard_is_refused_in_one_line_before_training(source, tmp_path,
+                                                                  monkeypatch):
+    prepared = tmp_path / "prepared"
+    manifest = prepare.prepare(source, prepared, 32, shard_images=5)
+    record = tmp_path / "record.json"
+    data.prepared_splits(prepared, 32, record)
+    reads = []
+    real = data.sha256_of
+    monkeypatch.setattr(data, "sha256_of", lambda path: reads.append(path) or real(path))
+    data.prepared_splits(prepared, 32, record)
+    assert reads == [prepared / "manifest.json"]  # the shards were verified once, before
+    # Valid records with inverted labels: CRCs pass, only the manifest's sha256 tells.
+    first = manifest["splits"]["train"]["shards"][0]["file"]
+    shard = prepared / "train" / first
+    examples = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(
+        str(shard))]
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for example in examples:
+            label = example.features.feature["label"].int64_list.value
+            label[0] = 1 - label[0]
+            writer.write(example.SerializeToString())
+    with pytest.raises(CatdogError, match=f"^shard {shard} differs from the sha256 in "
+                                          f"{prepared / 'manifest.json'}; prepare {prepared} "
+                                          "again$"):
+        data.prepare_splits(Config(data_dir=str(prepared), image_size=32), record)
+    shard.unlink()
+    with pytest.raises(CatdogError, match=f"^shard {shard} is missing or unreadable"):
+        data.prepared_splits(prepared, 32)
+    checked = run_catdog("data", "check", f"--data_dir={prepared}")
+    assert checked.returncode == 2 and f"shard {shard} is missing" in checked.stderr
+
+
+def test_data_check_takes_data_dir_and_recognises_a_prepared_folder(source, tmp_path):
+    manifest = prepare.prepare(source, tmp_path / "prepared", 32, shard_images=5)
+    shards = sum(len(manifest["splits"][s]["shards"]) for s in ("train", "validation"))
+    result = run_catdog("data", "check", f"--data_dir={tmp_path / 'prepared'}")
+    assert result.returncode == 0
+    assert result.stdout == (f"{tmp_path / 'prepared'} is prepared data: its {shards} shards "
+                             "match the sha256s in manifest.json\n")
+    by_flag = run_catdog("data", "check", f"--data_dir={source}")
+    assert by_flag.returncode == 1
+    assert by_flag.stdout.startswith(str(source / "train" / "cats" / "broken.jpg") + ": ")
 
 
 def test_a_failed_prepare_leaves_nothing_and_an_existing_folder_is_refused(
