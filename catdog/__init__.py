@@ -33,15 +33,17 @@ def _quiet_tensorflow_start_for_commands() -> None:
     those before it reads TF_CPP_MIN_LOG_LEVEL, so for `python -m catdog.<tool>` and the
     `catdog-<tool>` scripts (which import this package first) TensorFlow is imported and its
     devices listed here with stderr set aside; if that fails, what it wrote is shown. With
-    -v/--verbosity, or TF_CPP_MIN_LOG_LEVEL set by the user, nothing is hidden; importing
-    catdog as a library changes nothing."""
+    -v/--verbosity, or TF_CPP_MIN_LOG_LEVEL=0 or 1 set by the user (asking for more), nothing
+    is hidden; a user's 2 or 3 (asking for less) is kept and never makes a command noisier;
+    importing catdog as a library changes nothing."""
     argv = _sys.argv or [""]
     verbose = any(a == "-v" or a.startswith(("--verbosity", "-v=")) for a in argv[1:])
-    if not _command() or verbose or "TF_CPP_MIN_LOG_LEVEL" in _os.environ:
+    asks_for_more = _os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1")
+    if not _command() or verbose or asks_for_more:
         return
     import tempfile
 
-    _os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _sys.stderr.flush()
     saved = _os.dup(2)
     with tempfile.TemporaryFile() as sink:

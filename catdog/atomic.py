@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import re
 import shutil
@@ -135,6 +136,19 @@ def remove_leftovers(folder: str | os.PathLike, also: str = "") -> list[Path]:
             else:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
+    return removed
+
+
+def remove_leftovers_of(path: str | os.PathLike) -> list[Path]:
+    """Deletes the temporaries that killed writers of `path` left beside it (those of other
+    entries in the same folder are left alone); call it while holding `path`'s lock."""
+    path = Path(path)
+    removed = sorted(path.parent.glob(f".{glob.escape(path.name)}{_MARK}*"))
+    for entry in removed:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
     return removed
 
 

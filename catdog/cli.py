@@ -103,17 +103,18 @@ def version_line() -> str:
 
 
 def short_help(program: str, flag_values: flags.FlagValues,
-               groups: dict[str, Sequence[str]]) -> str:
-    """catdog's own flags (those its modules define), grouped, with their defaults (absl's
+               groups: dict[str, Sequence[str]], usage: str = "[--flag=value ...]",
+               list_others: bool = True) -> str:
+    """catdog's own flags (those its modules define), in `groups` (a flag may be in several),
+    the rest under "options" unless `list_others` is False, with their defaults (absl's
     --helpshort lists only the flags defined in the main module, which for catdog is none)."""
     ours = {f.name: f for module, defined in flag_values.flags_by_module_dict().items()
             if module.split(".")[0] == "catdog" for f in defined}
-    training = "epochs" in ours  # the groups describe the training flags (train, data)
-    grouped = [(g, [n for n in names if n in ours]) for g, names in groups.items()
-               if training]
+    grouped = [(g, [n for n in names if n in ours]) for g, names in groups.items()]
     listed = {n for _, names in grouped for n in names}
-    grouped.append(("options", sorted(set(ours) - listed)))
-    lines = [f"usage: {program} [--flag=value ...]", ""]
+    if list_others:
+        grouped.append(("options", sorted(set(ours) - listed)))
+    lines = [f"usage: {program} {usage}", ""]
     for group, names in grouped:
         if not names:
             continue
@@ -128,19 +129,19 @@ def short_help(program: str, flag_values: flags.FlagValues,
 
 
 def run(main: Callable[[Sequence[str]], int | None],
-        define_flags: Callable[[flags.FlagValues], None]) -> None:
+        define_flags: Callable[[flags.FlagValues], None], usage: str = "[--flag=value ...]",
+        help_groups: dict[str, Sequence[str]] | None = None, list_others: bool = True) -> None:
     """Defines the entry point's flags, parses them, and runs `main`; a `CatdogError` ends it
-    with its one-line message (printed once) and exit status 2."""
+    with its one-line message (printed once) and exit status 2. `usage`, `help_groups` and
+    `list_others` shape --help (see `short_help`)."""
     define_flags(flags.FLAGS)
-    if "--version" in sys.argv[1:]:
+    if "--version" in sys.argv[1:] and "version" not in flags.FLAGS:  # serve has TF Serving's
         print(version_line())
         sys.exit(0)
     if any(arg in HELP_ARGS for arg in sys.argv[1:]):
-        from catdog.flags import HELP_GROUPS
-
         spec = getattr(sys.modules["__main__"], "__spec__", None)
         program = f"python -m {spec.name}" if spec else Path(sys.argv[0]).name
-        print(short_help(program, flags.FLAGS, HELP_GROUPS))
+        print(short_help(program, flags.FLAGS, help_groups or {}, usage, list_others))
         sys.exit(0)
 
     def guarded(argv: Sequence[str]) -> int | None:

@@ -17,23 +17,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from catdog import atomic, gradcam, images, inference
+from catdog import atomic, gradcam, image_formats, images, inference
 from catdog.errors import CatdogError
-
-
-def image_paths(arguments: Sequence[str], skipped: list[str] | None = None) -> Iterator[str]:
-    """Files as given; folders expanded to their image files, sorted, recursively. Other files
-    found in folders (not images, or not regular files) are added to `skipped`."""
-    for argument in arguments:
-        path = Path(argument)
-        if not path.is_dir():
-            yield argument
-            continue
-        for entry in sorted(p for p in path.rglob("*") if not p.is_dir()):
-            if entry.is_file() and entry.suffix.lower() in images.IMAGE_EXTENSIONS:
-                yield str(entry)
-            elif skipped is not None and not entry.name.startswith("."):
-                skipped.append(str(entry))
 
 
 def predict_paths(classifier: inference.Classifier, paths: Sequence[str], batch_size: int,
@@ -99,19 +84,22 @@ def _read(path: str, image_size: int, max_pixels: int):
     return images.read_checked_image(path, image_size, max_pixels)
 
 
+USAGE = ("--model=PATH [--flag=value ...] IMAGE_OR_FOLDER... (image files, or folders whose "
+         "images are labelled in name order)")
+
+
 def main(argv: Sequence[str]) -> int:
     from absl import flags
 
     f = flags.FLAGS
     skipped: list[str] = []
-    paths = list(image_paths(argv[1:], skipped))
+    paths = list(image_formats.image_paths(argv[1:], skipped))
     if skipped:
         print(f"skipped {len(skipped)} file(s) in the folders given that are not images "
               f"({', '.join(images.IMAGE_EXTENSIONS)}) or not regular files, e.g. {skipped[0]}",
               file=sys.stderr, flush=True)
     if not paths:
-        raise CatdogError("usage: python -m catdog.predict --model=PATH IMAGE_OR_DIR... "
-                          "(no images given or found)")
+        raise CatdogError(f"usage: python -m catdog.predict {USAGE} (no images given or found)")
     classifier = inference.load_classifier(
         f.model, inference.resolve_precision(f.mixed_precision))
     failures, results = 0, []
@@ -136,7 +124,7 @@ def run() -> None:
     from catdog import cli
     from catdog import flags as catdog_flags
 
-    cli.run(main, catdog_flags.define_predict_flags)
+    cli.run(main, catdog_flags.define_predict_flags, USAGE)
 
 
 if __name__ == "__main__":

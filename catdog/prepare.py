@@ -30,10 +30,22 @@ from catdog.images import MAX_IMAGE_PIXELS
 def prepare(data_dir: str | os.PathLike, output_dir: str | os.PathLike, image_size: int,
             validation_split: float = 0.0, seed: int = 42,
             max_pixels: int = MAX_IMAGE_PIXELS, shard_images: int = 2048) -> dict[str, Any]:
-    """Writes `output_dir` (which must not exist) and returns its manifest."""
+    """Writes `output_dir` (which must not exist) and returns its manifest. A lock beside it
+    keeps a second prepare of the same folder out; the temporaries of killed earlier ones are
+    removed first."""
     output = Path(output_dir)
     if not str(output_dir):
         raise CatdogError("prepare needs --output_dir, a new folder for the shards")
+    with atomic.exclusive(output.parent / f".{output.name}.prepare.lock",
+                          f"--output_dir={output}"):
+        atomic.remove_leftovers_of(output)
+        return _prepare(data_dir, output, image_size, validation_split, seed, max_pixels,
+                        shard_images)
+
+
+def _prepare(data_dir: str | os.PathLike, output: Path, image_size: int,
+             validation_split: float, seed: int, max_pixels: int,
+             shard_images: int) -> dict[str, Any]:
     if output.exists():
         raise CatdogError(f"--output_dir={output} already exists; prepare into a new folder")
     if data.is_prepared(data_dir):
@@ -45,10 +57,22 @@ def prepare(data_dir: str | os.PathLike, output_dir: str | os.PathLike, image_si
         logging.warning("bad image %s: %s (left out)", item.path, item.reason)
     left_out = {item.path for item in bad}
     splits = {"train": train.without(left_out), "validation": validation.without(left_out)}
+    try:
+        return _write(output, data_dir, image_size, train.class_names, bad, splits, max_pixels,
+                      shard_images)
+    except tf.errors.OpError as error:  # TFRecordWriter's, e.g. a full disk
+        raise CatdogError(f"cannot write {output}: {error.message}") from None
+
+
+def _write(output: Path, data_dir: str | os.PathLike, image_size: int,
+           class_names: tuple[str, ...], bad: list[data.BadImage],
+           splits: dict[str, data.ImageFiles], max_pixels: int,
+           shard_images: int) -> dict[str, Any]:
+    """The folder of shards and its manifest, all or nothing."""
     with atomic.atomic_dir(output) as tmp:
         manifest = {
             "format": data.PREPARED_FORMAT, "image_size": image_size,
-            "class_names": list(train.class_names), "source": str(Path(data_dir).resolve()),
+            "class_names": list(class_names), "source": str(Path(data_dir).resolve()),
             "skipped": [{"path": item.path, "reason": item.reason} for item in bad],
             "splits": {name: _write_split(tmp / name, files, image_size, max_pixels,
                                           shard_images)

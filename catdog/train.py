@@ -334,7 +334,7 @@ def run() -> None:
     from catdog import cli
     from catdog import flags as catdog_flags
 
-    cli.run(main, catdog_flags.define_train_flags)
+    cli.run(main, catdog_flags.define_train_flags, help_groups=catdog_flags.HELP_GROUPS)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ models), each built once per session."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -327,3 +329,25 @@ def request_with(signature: str, alias: str, proto):
     request.model_spec.name, request.model_spec.signature_name = "catdog", signature
     request.inputs[alias].CopyFrom(proto)
     return request
+
+
+_HOLD_LOCK = """
+import sys
+from catdog import atomic
+with atomic.exclusive(sys.argv[1], "a folder"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(lock_file: Path) -> Iterator[int]:
+    """Another process holds catdog's lock on `lock_file` inside the block; yields its pid."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(lock_file)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait()

@@ -32,8 +32,11 @@ def test_an_error_is_printed_once(tmp_path):
     assert len([line for line in result.stderr.splitlines() if "saved_model.pb" in line]) == 1
 
 
-def _without_tf_log_setting(*args: str) -> subprocess.CompletedProcess:
+def _without_tf_log_setting(*args: str, level: str | None = None
+                            ) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
     return subprocess.run([sys.executable, "-m", "catdog.data", *args], capture_output=True,
                           text=True, env=env, timeout=300)
 
@@ -50,6 +53,13 @@ def test_tensorflows_start_up_lines_are_hidden_unless_verbose(dataset_dir):
                                                       "--max_image_pixels=0")
     verbose = _without_tf_log_setting("check", str(dataset_dir), "--verbosity=1")
     assert len(verbose.stderr.splitlines()) > len(quiet.stderr.splitlines())
+    # The usual advice for quieting TensorFlow never makes a command noisier.
+    for level in ("2", "3"):
+        advised = _without_tf_log_setting("check", str(dataset_dir), level=level)
+        assert [line.split("]")[-1] for line in advised.stderr.splitlines()] == [
+            line.split("]")[-1] for line in quiet.stderr.splitlines()]  # times aside
+    asked = _without_tf_log_setting("check", str(dataset_dir), level="0")
+    assert len(asked.stderr.splitlines()) > len(quiet.stderr.splitlines())
 
 
 def test_shipped_flagfiles_work_from_any_folder(tmp_path):
@@ -80,10 +90,24 @@ def test_help_lists_catdogs_flags_grouped_with_defaults():
     assert "--helpfull" in out and "--tf_" not in out  # catdog's flags only
 
 
-@pytest.mark.slow  # eight fresh interpreters, most importing TensorFlow
-@pytest.mark.parametrize("tool", ["train", "evaluate", "predict", "publish", "serve", "client",
-                                  "data", "data_service"])
+@pytest.mark.slow
+def test_predict_help_shows_its_image_arguments_and_data_help_its_three_verbs():
+    predict = run_catdog("predict", "--help")
+    assert predict.stdout.startswith("usage: python -m catdog.predict --model=PATH "
+                                     "[--flag=value ...] IMAGE_OR_FOLDER...")
+    data = run_catdog("data", "--help").stdout
+    assert data.startswith("usage: python -m catdog.data check [DIR] | download | prepare")
+    headers = [line.split(":")[0] for line in data.splitlines()
+               if line.endswith(("shards", "--data_dir", "--output_dir"))]
+    assert headers == ["check [DIR]", "download", "prepare"]
+    assert "--epochs" not in data and "--shard_images" in data  # only the verbs' flags
+
+
+@pytest.mark.slow  # seven fresh interpreters, most importing TensorFlow
+@pytest.mark.parametrize("tool", ["train", "evaluate", "predict", "publish", "client", "data",
+                                  "data_service"])
 def test_every_tool_and_the_package_print_the_installed_version(tool):
+    # (serve prints TF Serving's two --version lines instead: tests/serving/test_server.py)
     from importlib.metadata import version
 
     result = run_catdog(tool, "--version")

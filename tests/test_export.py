@@ -10,7 +10,7 @@ import pytest
 from catdog import export
 from catdog.errors import CatdogError
 
-from conftest import CLASSES
+from conftest import CLASSES, lock_held_by_another_process
 
 
 def test_versions_count_up_and_no_temporary_folder_remains(classifier, tmp_path):
@@ -91,30 +91,12 @@ def test_the_saved_model_stores_each_weight_once(classifier, tmp_path):
     assert weights <= stored < 1.05 * weights
 
 
-HOLD_LOCK = """
-import sys
-from catdog import atomic
-with atomic.exclusive(sys.argv[1], "the export folder"):
-    print("held", flush=True)
-    sys.stdin.read()
-"""
-
 
 def test_no_candidate_is_written_while_another_process_holds_the_export_folder(classifier,
                                                                               tmp_path):
-    import subprocess
-    import sys
-
     layout = export.Layout(tmp_path / "export", "catdog")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(layout.lock)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-        with pytest.raises(CatdogError, match=f"export folder .* in use by process "
-                                              f"{holder.pid}"):
+    with lock_held_by_another_process(layout.lock) as pid:
+        with pytest.raises(CatdogError, match=f"export folder .* in use by process {pid}"):
             export.export_candidate(classifier, CLASSES, layout)
-    finally:
-        holder.stdin.close()
-        holder.wait()
     assert not layout.candidates.exists() or not any(layout.candidates.iterdir())
     assert export.export_candidate(classifier, CLASSES, layout).saved_model.name == "1"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catdog import export, inference, predict
+from catdog import export, image_formats, inference, predict
 from catdog import model as model_lib
 
 from conftest import png_bomb, run_catdog
@@ -23,7 +23,7 @@ def exported(tmp_path_factory):
 
 
 def test_h5_and_saved_model_label_a_folder_equally(exported, dataset_dir):
-    paths = list(predict.image_paths([str(dataset_dir / "validation")]))
+    paths = list(image_formats.image_paths([str(dataset_dir / "validation")]))
     assert len(paths) == 12
     by_h5 = list(predict.predict_paths(inference.load_classifier(exported.h5), paths, 5))
     by_sm = list(predict.predict_paths(inference.load_classifier(exported.saved_model), paths, 5))
@@ -70,7 +70,7 @@ def test_predict_refuses_a_bomb_and_never_reads_a_fifo(exported, tmp_path):
 
 
 def test_explain_writes_a_heat_map_overlay_for_each_image(exported, dataset_dir, tmp_path):
-    paths = list(predict.image_paths([str(dataset_dir / "validation" / "cats")]))[:2]
+    paths = list(image_formats.image_paths([str(dataset_dir / "validation" / "cats")]))[:2]
     paths.append(str(dataset_dir / "validation" / "dogs" / Path(paths[0]).name))  # same name
     Path(paths[2]).write_bytes(Path(paths[0]).read_bytes())
     written = predict.write_explanations(str(exported.saved_model), paths, tmp_path / "x")

@@ -12,7 +12,7 @@ from catdog import data, prepare, train
 from catdog.config import Config
 from catdog.errors import CatdogError
 
-from conftest import run_catdog
+from conftest import lock_held_by_another_process, run_catdog
 
 
 @pytest.fixture
@@ -105,6 +105,39 @@ def test_data_check_takes_data_dir_and_recognises_a_prepared_folder(source, tmp_
     by_flag = run_catdog("data", "check", f"--data_dir={source}")
     assert by_flag.returncode == 1
     assert by_flag.stdout.startswith(str(source / "train" / "cats" / "broken.jpg") + ": ")
+
+
+def test_a_prepare_clears_what_killed_prepares_of_its_folder_left(source, tmp_path):
+    killed = [tmp_path / f".prepared.tmp-{i}" for i in range(5)]  # as SIGKILLs leave them
+    for folder in killed:
+        (folder / "train").mkdir(parents=True)
+        (folder / "train" / "shard-00000.tfrecord").write_bytes(b"partial")
+    another_writer = tmp_path / ".other.tmp-1"  # another folder's writer may still be live
+    another_writer.mkdir()
+    prepare.prepare(source, tmp_path / "prepared", 32)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
+        ".other.tmp-1", ".prepared.prepare.lock"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(source, tmp_path, monkeypatch):
+    def disk_full(*args):
+        raise tf.errors.ResourceExhaustedError(None, None, "shard-00000.tfrecord; No space "
+                                                           "left on device")
+
+    monkeypatch.setattr(prepare, "_write_split", disk_full)
+    with pytest.raises(CatdogError, match=f"^cannot write {tmp_path / 'prepared'}: "
+                                          "shard-00000.tfrecord; No space left on device$"):
+        prepare.prepare(source, tmp_path / "prepared", 32)
+    assert [p.name for p in tmp_path.iterdir() if "prepared" in p.name] == [
+        ".prepared.prepare.lock"]
+
+
+def test_a_second_prepare_of_one_folder_is_refused_naming_the_first(source, tmp_path):
+    with lock_held_by_another_process(tmp_path / ".prepared.prepare.lock") as pid:
+        with pytest.raises(CatdogError, match=f"--output_dir={tmp_path / 'prepared'} is in use "
+                                              f"by process {pid}"):
+            prepare.prepare(source, tmp_path / "prepared", 32)
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_a_failed_prepare_leaves_nothing_and_an_existing_folder_is_refused(

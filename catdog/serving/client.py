@@ -43,7 +43,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from catdog import contract
+from catdog import contract, image_formats
 from catdog.errors import CatdogError
 from catdog.images import image_example
 from catdog.serving import json_tensor, tensors
@@ -349,15 +349,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         message="must be grpc://host:port or http://host:port", flag_values=fv)
 
 
+USAGE = "--server=URL [--model=NAME] [--flag=value ...] IMAGE_OR_FOLDER..."
+
+
 def main(argv: Sequence[str]) -> int:
     f = flags.FLAGS
-    images = argv[1:]
-    if not images:
-        raise CatdogError("usage: python -m catdog.client --server=URL [--model=NAME] IMAGE...")
+    skipped: list[str] = []
+    paths = list(image_formats.image_paths(argv[1:], skipped))  # folders as predict reads them
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) in the folders given that are not images, e.g. "
+              f"{skipped[0]}", file=sys.stderr, flush=True)
+    if not paths:
+        raise CatdogError(f"usage: python -m catdog.client {USAGE} (no images given or found)")
     client = Client(f.server, f.model, f.model_version or None, f.timeout, f.retries)
     failures = 0
     try:
-        for image in images:
+        for image in paths:
             try:
                 (prediction,) = client.predict([image])
             except (ServingError, CatdogError) as error:
@@ -374,7 +381,7 @@ def run() -> None:
     """The `catdog-client` console script (and `python -m catdog.client`)."""
     from catdog import cli
 
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, USAGE)
 
 
 if __name__ == "__main__":

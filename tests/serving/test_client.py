@@ -220,3 +220,30 @@ def test_client_times_out_on_a_silent_server(scheme):
         with pytest.raises(ServingError) as error:
             client.status()
     assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_the_command_labels_a_folder_as_predict_reads_it(fake_rest, tmp_path, capsys):
+    from absl import flags
+
+    from catdog.serving import client as client_lib
+
+    folder = tmp_path / "photos"
+    (folder / "b").mkdir(parents=True)
+    for name in ("b/2.jpg", "1.PNG", "notes.txt", ".hidden.jpg"):
+        (folder / name).write_bytes(b"jpeg")
+    url, seen = fake_rest
+    values = flags.FlagValues()
+    client_lib.define_flags(values)
+    values([
+        "client", f"--server={url}", "--model=catdog"])
+    original, flags.FLAGS = flags.FLAGS, values
+    try:
+        status = client_lib.main(["client", str(folder)])
+    finally:
+        flags.FLAGS = original
+    out, err = capsys.readouterr()
+    assert status == 0
+    # Images in name order, recursively (hidden files count as images only if named so).
+    assert [line.split("\t")[0] for line in out.splitlines()] == [
+        str(folder / ".hidden.jpg"), str(folder / "1.PNG"), str(folder / "b" / "2.jpg")]
+    assert "skipped 1 file(s)" in err and "notes.txt" in err
