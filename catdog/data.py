@@ -254,8 +254,8 @@ def checked_once(paths: Sequence[str], check: Callable[[str], str | None], depen
     (JSON, shared by every kind of check) is updated with the new results."""
     known = _read_record(record)
     stamps = {path: _stamp(path, depends_on) for path in paths}
-    todo = [p for p in paths
-            if stamps[p] is None or known.get(_key(p), {}).get("stamp") != stamps[p]]
+    todo = [p for p in paths if stamps[p] is None or _recorded(known, p).get("stamp")
+            != stamps[p] or "problem" not in _recorded(known, p)]
     workers = os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         found = dict(zip(todo, pool.map(check, todo)))
@@ -275,6 +275,11 @@ def checked_once(paths: Sequence[str], check: Callable[[str], str | None], depen
 
 def _key(path: str) -> str:
     return os.path.abspath(path)
+
+
+def _recorded(known: dict[str, Any], path: str) -> dict[str, Any]:
+    entry = known.get(_key(path))
+    return entry if isinstance(entry, dict) else {}
 
 
 def _stamp(path: str, depends_on: Any) -> list | None:

@@ -220,7 +220,6 @@ def _compute_on_disk(folder: Path, extractor: keras.Model, decoded: tf.data.Data
         features = compute_views(extractor, decoded, config.batch_size, len(files), name,
                                  augmenter, views, config.seed, activations)
         activations.flush()
-        del activations
         np.savez(tmp / _FILE, features=features.views, labels=features.labels)
     logging.info("%s features: computed %d, activations on disk in %s", name,
                  features.views.shape[0] * len(files), folder)

@@ -98,7 +98,7 @@ def test_predict_help_shows_its_image_arguments_and_data_help_its_three_verbs():
     data = run_catdog("data", "--help").stdout
     assert data.startswith("usage: python -m catdog.data check [DIR] | download | prepare")
     headers = [line.split(":")[0] for line in data.splitlines()
-               if line.endswith(("shards", "--data_dir", "--output_dir"))]
+               if line.endswith(":") and not line.startswith(" ")]
     assert headers == ["check [DIR]", "download", "prepare"]
     assert "--epochs" not in data and "--shard_images" in data  # only the verbs' flags
 

@@ -58,7 +58,7 @@ def test_disk_cache_is_reused_and_never_stale(dataset_dir, tmp_path, monkeypatch
                                 views=3))
 
     train.train(config)
-    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    entries = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir())
     assert [e.split("-")[0] for e in entries] == ["train", "validation"]
 
     def must_not_compute(*args, **kwargs):

@@ -282,8 +282,9 @@ def test_a_worse_run_is_held_back_and_a_better_one_is_served_at_the_next_poll(
         assert client.predict(jpegs[:1])[0].label in CLASSES
     finally:
         server.stop()
-    again = train.train(good_config)  # a finished run started again
-    assert again.decision.reason == f"{layout.base / '2'} already holds this run's model"
+    again = train.train(good_config)  # a finished run started again: nothing done, as decided
+    assert again.finished_before and again.decision.reason == good.decision.reason
+    assert again.exports.saved_model == layout.base / "2"
     assert version_names(layout) == ["1", "2"]
     published_h5 = layout.h5.read_bytes()
     assert published_h5 == Path(good.decision.record["h5"]).read_bytes()
