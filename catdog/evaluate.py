@@ -51,9 +51,10 @@ def predict_files(classifier: inference.Classifier, files: data.ImageFiles, batc
     progbar = keras.utils.Progbar(math.ceil(len(files) / batch_size), unit_name="batch")
     probabilities = []
     for step, (pixels, _) in enumerate(data.batches(decoded, batch_size), 1):
-        answers = classifier.predict(pixels.numpy())
+        pixels = pixels.numpy()
+        answers = classifier.predict(pixels)
         if test_time_flip:
-            answers = (answers + classifier.predict(pixels.numpy()[:, :, ::-1])) / 2
+            answers = (answers + classifier.predict(pixels[:, :, ::-1])) / 2
         probabilities.append(answers)
         progbar.update(step)
     return np.concatenate(probabilities)

@@ -23,14 +23,19 @@ def config_for(dataset_dir, tmp_path, **overrides):
     return Config(**{**settings, **overrides})
 
 
+def assert_same_epochs(expected: dict, actual: dict, tolerance: float) -> None:
+    """Every epoch's loss, accuracy, val_loss and val_accuracy agree within `tolerance`."""
+    for a, b in zip(expected["epochs"], actual["epochs"]):
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[metric] == pytest.approx(b[metric], abs=tolerance), (a["epoch"], metric)
+
+
 @pytest.mark.slow
 def test_training_on_cached_features_equals_training_on_images(dataset_dir, tmp_path):
     on_images = train.train(config_for(dataset_dir, tmp_path / "a"))
     cached = train.train(config_for(dataset_dir, tmp_path / "b", cache_features=True))
     assert cached.summary["feature_seconds"] > 0
-    for a, b in zip(on_images.summary["epochs"], cached.summary["epochs"]):
-        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
+    assert_same_epochs(on_images.summary, cached.summary, 1e-4)
     # The export is the whole model, pixels in (in float32): as the one trained on images.
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
     from catdog import inference
@@ -126,9 +131,7 @@ def test_a_run_on_feature_views_resumes_as_if_never_stopped(dataset_dir, tmp_pat
     stopped = config_for(dataset_dir, tmp_path / "parts", **settings)
     train.train(dataclasses.replace(stopped, epochs=1))
     resumed = train.train(stopped)
-    for a, b in zip(whole.summary["epochs"], resumed.summary["epochs"]):
-        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            assert a[metric] == pytest.approx(b[metric], abs=1e-5), (a["epoch"], metric)
+    assert_same_epochs(whole.summary, resumed.summary, 1e-5)
     assert len(resumed.summary["epochs"]) == 3
 
 
@@ -145,9 +148,7 @@ def test_fine_tuning_on_cached_frozen_blocks_equals_fine_tuning_on_images(datase
     cached = train.train(fine_tuning(dataset_dir, tmp_path / "b"))
     assert [row["phase"] for row in cached.summary["epochs"]] == ["head", "fine_tune",
                                                                   "fine_tune"]
-    for a, b in zip(on_images.summary["epochs"], cached.summary["epochs"]):
-        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
+    assert_same_epochs(on_images.summary, cached.summary, 1e-4)
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(cached.model(pixels), on_images.model(pixels), atol=1e-4)
 
@@ -202,7 +203,5 @@ def test_fine_tuning_on_frozen_blocks_resumes_mid_phase_as_if_never_stopped(data
     stopped = fine_tuning(dataset_dir, tmp_path / "parts", **settings)
     train.train(dataclasses.replace(stopped, fine_tune_epochs=1))
     resumed = train.train(stopped)
-    for a, b in zip(whole.summary["epochs"], resumed.summary["epochs"]):
-        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            assert a[metric] == pytest.approx(b[metric], abs=1e-5), (a["epoch"], metric)
+    assert_same_epochs(whole.summary, resumed.summary, 1e-5)
     assert len(resumed.summary["epochs"]) == 4
