@@ -1,5 +1,8 @@
 """`python -m catdog`: the version, and which tool does what."""
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import sys
 
 from catdog import cli

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -97,9 +98,9 @@ HELP_ARGS = ("--help", "-h", "--helpshort", "-?")
 def version_line() -> str:
     """What `--version` prints: catdog's version and the Python it runs on (TensorFlow's is
     not imported for it, so the answer is instant)."""
-    import catdog
+    from catdog.version import __version__
 
-    return f"catdog {catdog.__version__} (Python {sys.version.split()[0]})"
+    return f"catdog {__version__} (Python {sys.version.split()[0]})"
 
 
 def short_help(program: str, flag_values: flags.FlagValues,
@@ -156,4 +157,21 @@ def run(main: Callable[[Sequence[str]], int | None],
             print(f"error: {where}{error.strerror or error}", file=sys.stderr)
             return 2
 
-    app.run(guarded, argv=[sys.argv[0], *expand_flagfiles(sys.argv[1:])])
+    app.run(guarded, argv=[sys.argv[0], *expand_flagfiles(sys.argv[1:])],
+            flags_parser=parse_flags_or_exit)
+
+
+def parse_flags_or_exit(argv: Sequence[str],
+                        flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """absl's flag parsing, with a bad flag ending the command in one line and exit status 2, as
+    any other bad input does (absl's own parser prints "FATAL Flags parsing error" and a second
+    line, and exits 1)."""
+    try:
+        return flag_values(argv)
+    except flags.Error as error:
+        message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        message = re.sub(r"invalid literal for int\(\) with base 10: .*", "must be an integer",
+                         message)
+        message = re.sub(r"could not convert string to float: .*", "must be a number", message)
+        print(f"error: {message} (--help lists the flags)", file=sys.stderr)
+        sys.exit(2)

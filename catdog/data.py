@@ -10,6 +10,9 @@ files that cannot be decoded are found before training and reported by path.
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import concurrent.futures
 import dataclasses
 import hashlib

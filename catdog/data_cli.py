@@ -3,6 +3,9 @@ catdog.prepare (kept apart from both so that neither imports the other's command
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import sys
 from collections.abc import Sequence
 from pathlib import Path

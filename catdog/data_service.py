@@ -11,6 +11,9 @@ trainer's own. They must see the image files at the paths the trainer lists.
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import signal
 import sys
 import threading

@@ -16,6 +16,9 @@ one sub-folder per class, named as the model's classes. Writes to OUT:
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import dataclasses
 import functools
 import json

@@ -8,7 +8,7 @@ and words that its command-line flags use:
     >>> Config(batch_size=0)
     CatdogError: Config(batch_size=0): must be at least 1
     $ python -m catdog.train --batch_size=0
-    FATAL Flags parsing error: flag --batch_size=0: must be at least 1
+    error: flag --batch_size=0: must be at least 1 (--help lists the flags)
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ Works on the .h5 and on a SavedModel version folder alike, with equal results.
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import json
 import sys
 from collections.abc import Iterator, Sequence

@@ -27,6 +27,9 @@ that a kill interrupted.
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import contextlib
 import dataclasses
 import datetime

@@ -12,6 +12,9 @@ are those of the epoch with the best validation accuracy.
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import dataclasses
 import logging as std_logging
 import math

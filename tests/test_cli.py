@@ -49,8 +49,9 @@ def test_tensorflows_start_up_lines_are_hidden_unless_verbose(dataset_dir):
         assert noise not in quiet.stderr, noise
     assert "checking 44 files" in quiet.stderr
     bad_flag = _without_tf_log_setting("check", str(dataset_dir), "--max_image_pixels=0")
-    assert bad_flag.stderr.splitlines()[0].startswith("FATAL Flags parsing error: flag "
-                                                      "--max_image_pixels=0")
+    assert bad_flag.stderr.splitlines() == [
+        "error: flag --max_image_pixels=0: must be at least 1 (--help lists the flags)"]
+    assert bad_flag.returncode == 2
     verbose = _without_tf_log_setting("check", str(dataset_dir), "--verbosity=1")
     assert len(verbose.stderr.splitlines()) > len(quiet.stderr.splitlines())
     # The usual advice for quieting TensorFlow never makes a command noisier.
@@ -116,3 +117,25 @@ def test_every_tool_and_the_package_print_the_installed_version(tool):
     package = subprocess.run([sys.executable, "-m", "catdog", "--version"], capture_output=True,
                              text=True, timeout=60)
     assert package.stdout == result.stdout
+
+
+@pytest.mark.parametrize("arg, line", [
+    ("--batch_size=0", "error: flag --batch_size=0: must be at least 1 (--help lists the flags)"),
+    ("--epochs=abc", "error: flag --epochs=abc: must be an integer (--help lists the flags)"),
+    ("--learning_rate=x", "error: flag --learning_rate=x: must be a number (--help lists the "
+                          "flags)"),
+    ("--batch_siz=3", "error: Unknown command line flag 'batch_siz'. Did you mean: batch_size ? "
+                      "(--help lists the flags)"),
+])
+def test_a_bad_flag_is_one_line_and_exit_status_2(arg, line, capsys):
+    from absl import flags
+
+    from catdog import cli
+    from catdog import flags as catdog_flags
+
+    flag_values = flags.FlagValues()
+    catdog_flags.define_train_flags(flag_values)
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_flags_or_exit(["train", arg], flag_values)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [line]

@@ -12,6 +12,9 @@ and message.
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import base64
 import dataclasses
 import json

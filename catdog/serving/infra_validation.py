@@ -16,6 +16,9 @@ caller compares the answers with its own in-process model; this side only report
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import ctypes
 import json
 import os

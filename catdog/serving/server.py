@@ -17,6 +17,9 @@ This module assembles the parts (server_core, api and its two transports, option
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
+
+# isort: split
 import concurrent.futures
 import dataclasses
 import threading
@@ -229,9 +232,9 @@ def version_text() -> str:
     """What --version prints, in TF Serving's two lines."""
     import tensorflow as tf
 
-    import catdog
+    from catdog.version import __version__
 
-    return (f"TensorFlow ModelServer: catdog.serve {catdog.__version__} (a TF Serving stand-in)\n"
+    return (f"TensorFlow ModelServer: catdog.serve {__version__} (a TF Serving stand-in)\n"
             f"TensorFlow Library: {tf.__version__}")
 
 

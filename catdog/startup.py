@@ -1,0 +1,75 @@
+"""What every catdog command does before TensorFlow loads: the serve command's oneDNN guard and
+a quiet start. Each entry point imports this module first (not catdog/__init__.py, which Python
+skips when `python -m catdog.<tool>` runs from the folder holding a clone named `catdog` and
+finds the clone as a namespace package, a case it also mends). Importing it as a library changes nothing."""
+
+import os
+import sys
+
+
+def use_the_real_package() -> None:
+    """Run from the folder that holds a clone named `catdog`, Python takes the clone itself for
+    a namespace package `catdog` (it has no __init__.py) and would then find the clone's
+    top-level serving/ folder (TF Serving's configs) as `catdog.serving`. Point the namespace at
+    the package folder this file is in, so every `catdog.*` import finds catdog's modules."""
+    package = sys.modules.get("catdog")
+    if package is not None and getattr(package, "__file__", None) is None:
+        package.__path__ = [os.path.dirname(os.path.abspath(__file__))]
+
+
+def command() -> str:
+    """The catdog tool this process runs ('serve' for `python -m catdog.serve` or `catdog-serve`),
+    or '' when catdog is imported as a library."""
+    argv = getattr(sys, "orig_argv", None) or []
+    if "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("catdog."):
+        return argv[argv.index("-m") + 1].split(".", 1)[1]
+    name = os.path.basename((sys.argv or [""])[0])
+    return name.split("-", 1)[1] if name.startswith("catdog-") else ""
+
+
+def serve_without_onednn() -> None:
+    """The serve command runs TensorFlow without its oneDNN CPU kernels, as TF Serving's standard
+    build does, whatever the environment says: some oneDNN kernels abort the whole process on a
+    malformed input (a rank-2 tensor fed to a convolution fails a CHECK in tensor_format.h), so
+    one bad request could take the server down. (They also cost memory per unloaded version and
+    speed: serving/README.md, from benchmarks/soak.py.) Set before TensorFlow is imported."""
+    if command() == "serve":
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+
+
+def quiet_tensorflow_start() -> None:
+    """catdog's commands show catdog's lines, not TensorFlow's C++ start-up log (the oneDNN and
+    CPU-feature notices, the CUDA cuInit error on a CPU-only machine). TensorFlow 2.21 writes
+    those before it reads TF_CPP_MIN_LOG_LEVEL, so TensorFlow is imported and its devices listed
+    here with stderr set aside; if that fails, what it wrote is shown. With -v/--verbosity, or
+    TF_CPP_MIN_LOG_LEVEL=0 or 1 set by the user (asking for more), nothing is hidden; a user's 2
+    or 3 (asking for less) is kept and never makes a command noisier."""
+    argv = sys.argv or [""]
+    verbose = any(a == "-v" or a.startswith(("--verbosity", "-v=")) for a in argv[1:])
+    asks_for_more = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1")
+    if not command() or verbose or asks_for_more:
+        return
+    import tempfile
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+use_the_real_package()
+serve_without_onednn()
+quiet_tensorflow_start()

@@ -1,0 +1,60 @@
+"""catdog.startup: every command starts quietly, and serve without oneDNN, however Python found
+the package."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import catdog
+
+CLONE = Path(catdog.__file__).resolve().parents[1]
+TENSORFLOW_NOISE = ("oneDNN", "cudart", "cuInit", "InitializeLog", "cpu_feature_guard", "absl::")
+
+
+def _from_the_clones_parent(tmp_path: Path, *args: str, env: dict[str, str] | None = None
+                            ) -> subprocess.CompletedProcess:
+    """`python -m catdog.<args>` run from a folder holding the clone under the name `catdog`,
+    where Python finds the clone itself first, as a namespace package."""
+    (tmp_path / "catdog").symlink_to(CLONE, target_is_directory=True)
+    base = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, capture_output=True,
+                          text=True, env={**base, **(env or {})}, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", [None, "2"])
+def test_help_from_the_clones_parent_folder_shows_no_tensorflow_line(tmp_path, level):
+    result = _from_the_clones_parent(tmp_path, "catdog.train", "--help",
+                                     env={"TF_CPP_MIN_LOG_LEVEL": level} if level else {})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m catdog.train")
+    assert result.stderr == ""
+
+
+@pytest.mark.slow
+def test_serve_runs_without_onednn_from_the_clones_parent_folder(tmp_path):
+    """The guard is seen from inside the serve process: a sitecustomize module records, as the
+    process exits, what TF_ENABLE_ONEDNN_OPTS TensorFlow was left with."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    record = tmp_path / "onednn.txt"
+    (hooks / "sitecustomize.py").write_text(
+        "import atexit, os\n"
+        f"atexit.register(lambda: open({str(record)!r}, 'w').write("
+        "os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')))\n")
+    env = {"TF_ENABLE_ONEDNN_OPTS": "1", "PYTHONPATH": str(hooks)}
+    result = _from_the_clones_parent(tmp_path, "catdog.serve", "--version", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("TensorFlow ModelServer: catdog.serve ")
+    assert record.read_text() == "0"
+    assert not any(noise in result.stderr for noise in TENSORFLOW_NOISE), result.stderr
+
+
+@pytest.mark.slow
+def test_version_from_the_clones_parent_folder(tmp_path):
+    result = _from_the_clones_parent(tmp_path, "catdog", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"catdog {catdog.__version__} (Python ")
