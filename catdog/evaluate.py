@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -36,6 +35,7 @@ from PIL import Image, ImageDraw
 
 from catdog import atomic, data, figures, gradcam, images, inference, report
 from catdog.errors import CatdogError
+from catdog.terminal import ProgressLine
 
 GRID_COLUMNS = 8
 THUMBNAIL = 128
@@ -51,15 +51,15 @@ def predict_files(classifier: inference.Classifier, files: data.ImageFiles, batc
     `test_time_flip`, the mean of the answers for each photo and its left-right mirror (a
     second forward pass per photo)."""
     decoded = data.decoded_images(files, classifier.image_size, max_pixels)
-    progbar = keras.utils.Progbar(math.ceil(len(files) / batch_size), unit_name="batch")
     probabilities = []
-    for step, (pixels, _) in enumerate(data.batches(decoded, batch_size), 1):
-        pixels = pixels.numpy()
-        answers = classifier.predict(pixels)
-        if test_time_flip:
-            answers = (answers + classifier.predict(pixels[:, :, ::-1])) / 2
-        probabilities.append(answers)
-        progbar.update(step)
+    with ProgressLine(len(files), "image") as progress:
+        for pixels, _ in data.batches(decoded, batch_size):
+            pixels = pixels.numpy()
+            answers = classifier.predict(pixels)
+            if test_time_flip:
+                answers = (answers + classifier.predict(pixels[:, :, ::-1])) / 2
+            probabilities.append(answers)
+            progress.add(len(pixels))
     return np.concatenate(probabilities)
 
 

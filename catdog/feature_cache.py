@@ -33,6 +33,7 @@ from catdog import atomic, data
 from catdog import model as model_lib
 from catdog.config import Config
 from catdog.errors import CatdogError
+from catdog.terminal import ProgressLine
 
 _FILE = "features.npz"
 _ACTIVATIONS_FILE = "activations.npy"  # float32 [views, images, H, W, C], beside _FILE
@@ -114,7 +115,7 @@ def cache_key(config: Config, files: data.ImageFiles, precision: str, views: int
 
 def compute_features(extractor: keras.Model, decoded: tf.data.Dataset, batch_size: int,
                      count: int, name: str, augmenter: keras.Model | None = None,
-                     progbar: keras.utils.Progbar | None = None,
+                     progress: ProgressLine | None = None,
                      activations: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Runs the feature extractor over a decoded-image dataset, through `augmenter` (in training
     mode) first when one is given; returns float32 (features, labels). An extractor that also
@@ -128,9 +129,8 @@ def compute_features(extractor: keras.Model, decoded: tf.data.Dataset, batch_siz
     else:
         forward = tf.function(lambda images: extractor(augmenter(images, training=True),
                                                        training=False), input_signature=[spec])
-    if progbar is None:
+    if progress is None:
         logging.info("computing VGG16 features for %d %s images", count, name)
-        progbar = keras.utils.Progbar(count, unit_name="image")  # its own bar, ETA, ms/image
     features, labels, done = [], [], 0
     for images, batch_labels in data.batches(decoded, batch_size):
         outputs = forward(images)
@@ -140,7 +140,8 @@ def compute_features(extractor: keras.Model, decoded: tf.data.Dataset, batch_siz
         features.append(tf.cast(outputs, tf.float32).numpy())
         labels.append(batch_labels.numpy())
         done += len(batch_labels)
-        progbar.add(len(batch_labels))
+        if progress is not None:
+            progress.add(len(batch_labels))
     return np.concatenate(features), np.concatenate(labels)
 
 
@@ -152,15 +153,15 @@ def compute_views(extractor: keras.Model, decoded: tf.data.Dataset, batch_size: 
     `activations` ([views, count, H, W, C]), the frozen blocks' output of each view too."""
     logging.info("computing VGG16 features for %d %s images%s", count, name,
                  f" ({views} views each)" if views > 1 else "")
-    progbar = keras.utils.Progbar(count * views, unit_name="image")
     stacked, labels = [], None
-    for view in range(views):
-        if view:
-            model_lib.reseed_augmenter(augmenter, seed, _VIEW_STREAM + view)
-        features, labels = compute_features(
-            extractor, decoded, batch_size, count, name, augmenter if view else None, progbar,
-            None if activations is None else activations[view])
-        stacked.append(features)
+    with ProgressLine(count * views, "image") as progress:
+        for view in range(views):
+            if view:
+                model_lib.reseed_augmenter(augmenter, seed, _VIEW_STREAM + view)
+            features, labels = compute_features(
+                extractor, decoded, batch_size, count, name, augmenter if view else None,
+                progress, None if activations is None else activations[view])
+            stacked.append(features)
     return Features(np.stack(stacked), labels, activations)
 
 

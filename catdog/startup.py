@@ -1,7 +1,8 @@
 """What every catdog command does before TensorFlow loads: the serve command's oneDNN guard and
 a quiet start. Each entry point imports this module first (not catdog/__init__.py, which Python
 skips when `python -m catdog.<tool>` runs from the folder holding a clone named `catdog` and
-finds the clone as a namespace package, a case it also mends). Importing it as a library changes nothing."""
+finds the clone as a namespace package, a case it also mends). Importing it as a library
+changes nothing."""
 
 import os
 import sys

@@ -19,6 +19,7 @@ from catdog import distribute
 from catdog import model as model_lib
 from catdog.config import Config
 from catdog.inputs import Source
+from catdog.terminal import ProgressLine
 
 
 class Trainer:
@@ -159,7 +160,7 @@ class Trainer:
         return {key: optimizer for key, optimizer in found.items() if optimizer}
 
     def train_epoch(self, dataset, source: Source, steps: int,
-                    progbar: keras.utils.Progbar) -> dict[str, float]:
+                    progress: ProgressLine) -> dict[str, float]:
         """One training pass over distributed (inputs, labels) batches from `source`, each
         through its network; the epoch's mean loss and accuracy."""
         for metric in (self.train_loss, self.train_accuracy):
@@ -167,7 +168,7 @@ class Trainer:
         step_fn = self._train_step_for(source)
         for step, batch in enumerate(dataset, 1):
             step_fn(batch)
-            progbar.update(min(step, steps), values=self._results(
+            progress.update(min(step, steps), values=self._results(
                 self.train_loss, self.train_accuracy))
         return dict(self._results(self.train_loss, self.train_accuracy))
 

@@ -39,6 +39,7 @@ from catdog.errors import CatdogError
 from catdog.inputs import EpochInputs
 from catdog.run_dir import RunDir
 from catdog.steps import Trainer
+from catdog.terminal import ProgressLine
 
 
 @dataclasses.dataclass
@@ -231,17 +232,15 @@ def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int
         model_lib.reseed_augmenter(trainer.augmenter, seed, epoch)
     count = len(inputs.splits.train)
     steps = math.ceil(count / config.batch_size)
-    progbar = keras.utils.Progbar(steps, stateful_metrics=[
-        "loss", "accuracy", "val_loss", "val_accuracy"])
     batches = inputs.train(seed, trainer.base_frozen)
-    start = time.perf_counter()
-    metrics = trainer.train_epoch(batches.dataset, batches.source, steps, progbar)
-    seconds = time.perf_counter() - start
-    validation = inputs.validation(trainer.base_frozen)
-    validation_metrics, probabilities = trainer.evaluate(validation.dataset,
-                                                         validation.source)
+    with ProgressLine(steps, "step") as progress:  # erased before the epoch's line is logged
+        start = time.perf_counter()
+        metrics = trainer.train_epoch(batches.dataset, batches.source, steps, progress)
+        seconds = time.perf_counter() - start
+        validation = inputs.validation(trainer.base_frozen)
+        validation_metrics, probabilities = trainer.evaluate(validation.dataset,
+                                                             validation.source)
     metrics.update(validation_metrics)
-    progbar.update(steps, values=list(metrics.items()), finalize=True)
     return {"epoch": epoch, "phase": "fine_tune" if trainer.fine_tuning else "head", **metrics,
             "seconds": seconds, "images_per_second": count / seconds}, probabilities
 
@@ -254,7 +253,7 @@ def _record_epoch(row: dict[str, Any], run: RunDir,
     run.append_history(row)
     logging.info("epoch %d: %s", row["epoch"], ", ".join(
         f"{name} {row[name]:.4f}" for name in ("loss", "accuracy", "val_loss", "val_accuracy"))
-        + f", {row['images_per_second']:.1f} images/s")  # the epoch's line in train.log
+        + f", {row['images_per_second']:.1f} images/s")  # the epoch's one line of metrics
     for split, writer in writers.items():
         with writer.as_default(step=int(row["epoch"])):
             for name, value in row.items():
@@ -315,8 +314,6 @@ def main(argv: Sequence[str]) -> int | None:
     try:
         result = train(config)
     except KeyboardInterrupt:
-        if sys.stdout.isatty():  # a progress bar left the cursor mid-line
-            print(flush=True)
         print(interrupted_message(config), file=sys.stderr, flush=True)
         cli.exit_at_once(130)
     summary = result.summary

@@ -21,6 +21,9 @@ def test_a_run_shows_catdogs_lines_unless_verbose(dataset_dir, tmp_path):
         quiet.stderr.index("Epoch 1/1")  # the feature pass comes first, with its own bar
     for noise in ("functional_saver", "legacy", "saving_api.py"):  # TensorFlow's and Keras'
         assert noise not in quiet.stderr, noise
+    for stream in (quiet.stdout, quiet.stderr):  # not a terminal: no redraws, no colour
+        assert "\r" not in stream and "\x1b" not in stream and "\b" not in stream
+    assert quiet.stderr.count("val_loss") == 1  # the epoch's metrics, once
     verbose = run_catdog(*args, f"--run_dir={tmp_path / 'verbose'}", "--verbosity=1")
     assert verbose.returncode == 0 and "saving_api.py" in verbose.stderr
 
@@ -139,3 +142,38 @@ def test_a_bad_flag_is_one_line_and_exit_status_2(arg, line, capsys):
         cli.parse_flags_or_exit(["train", arg], flag_values)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines() == [line]
+
+
+@pytest.mark.slow
+def test_a_terminal_shows_each_epochs_metrics_once(dataset_dir, tmp_path):
+    """In a pseudo-terminal, the progress line is redrawn while an epoch runs and erased before
+    the epoch's one line of metrics; what stays on the screen has no bar."""
+    import pty
+
+    from test_terminal import screen
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "catdog.train", f"--data_dir={dataset_dir}", "--weights=none",
+         "--image_size=32", "--batch_size=4", "--epochs=2", "--flip=none", "--zoom=0",
+         "--publish=never", f"--run_dir={tmp_path / 'run'}",
+         f"--export_dir={tmp_path / 'export'}"],
+        stdin=terminal, stdout=terminal, stderr=terminal, env=env)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed: the process has ended
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=600) == 0
+    text = output.decode("utf-8", "replace").replace("\r\n", "\n")
+    assert "steps  loss " in text  # the progress line was drawn
+    shown = screen(text)
+    metric_lines = [line for line in shown if "val_loss" in line]
+    assert len(metric_lines) == 2 and metric_lines[0].split("] ")[-1].startswith("epoch 1: loss")
+    assert not [line for line in shown if "steps  loss" in line or "━" in line]
