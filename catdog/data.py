@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import stat
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,11 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from catdog import atomic
+from catdog import atomic, images
 from catdog.config import Config
 from catdog.errors import CatdogError
 from catdog.images import MAX_IMAGE_PIXELS, image_problem, load_image
+from catdog.terminal import stderr_set_aside
 
 SPLITS = ("train", "validation")
 AUTOTUNE = tf.data.AUTOTUNE
@@ -245,9 +247,17 @@ def check_images(paths: Sequence[str], max_pixels: int = MAX_IMAGE_PIXELS,
     """Decodes every file once, in parallel, and returns those that fail, in `paths` order.
     With `record` (a JSON file), a file checked before with the same size, mtime and pixel limit
     is not decoded again; the record is updated with what was decoded."""
-    problems = checked_once(paths, lambda path: image_problem(path, max_pixels), max_pixels,
-                            record, "images")
-    return [BadImage(p, problems[p]) for p in paths if problems[p]]
+    with stderr_set_aside() as native_lines:  # see below
+        problems = checked_once(
+            paths, lambda path: image_problem(path, max_pixels, native_reasons=False),
+            max_pixels, record, "images")
+    for line in native_lines:
+        if not images.is_libjpeg_line(line):
+            print(line, file=sys.stderr)  # anything else written there is shown as it was
+    # libjpeg's reasons for broken JPEGs, written to stderr by threads decoding in parallel,
+    # name no file: the few JPEGs that failed are decoded again, one at a time, to read theirs.
+    return [BadImage(p, image_problem(p, max_pixels) if problems[p].startswith("jpeg::")
+                     else problems[p]) for p in paths if problems[p]]
 
 
 def checked_once(paths: Sequence[str], check: Callable[[str], str | None], depends_on: Any,

@@ -9,6 +9,7 @@ RGB. The default is Pillow's own limit.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tensorflow.core.example import example_pb2, feature_pb2
 
 from catdog.contract import IMAGE_FEATURE
 from catdog.image_formats import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
+from catdog.terminal import stderr_set_aside
 
 _HEADER_BYTES = 32
 
@@ -91,23 +93,41 @@ def short_tf_error(error: tf.errors.OpError) -> str:
 
 
 def read_checked_image(path: str, image_size: int | None = None,
-                       max_pixels: int = MAX_IMAGE_PIXELS
+                       max_pixels: int = MAX_IMAGE_PIXELS, native_reasons: bool = True
                        ) -> tuple[tf.Tensor | None, str | None]:
     """Eagerly reads and decodes one file (and resizes it when `image_size` is given):
-    (image, None), or (None, why it cannot be used as an image)."""
+    (image, None), or (None, why it cannot be used as an image). TensorFlow writes libjpeg's
+    reason for a broken JPEG ('Premature end of JPEG data. Stopped at line 14/40') to stderr as
+    a log line of its own; with `native_reasons` it is read from there and put in front of the
+    problem instead. Callers decoding in parallel threads pass False (a process has one
+    stderr) and set stderr aside around all of them."""
     if not path.lower().endswith(IMAGE_EXTENSIONS):
         return None, (f"unsupported extension '{Path(path).suffix}' "
                       f"(expected one of {', '.join(IMAGE_EXTENSIONS)})")
+    set_aside = stderr_set_aside() if native_reasons else contextlib.nullcontext([])
     try:
-        image = decode_image(tf.io.read_file(path), max_pixels)
+        with set_aside as native_lines:
+            image = decode_image(tf.io.read_file(path), max_pixels)
     except tf.errors.OpError as error:
-        return None, short_tf_error(error)
+        reasons = [m.group(1) for m in map(_LIBJPEG_LINE.search, native_lines) if m]
+        problem = short_tf_error(error)
+        return None, f"{reasons[-1]} ({problem})" if reasons else problem
     return (image if image_size is None else resize_image(image, image_size)), None
 
 
-def image_problem(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
-    """Why `path` cannot be used as an image, or None if it decodes."""
-    return read_checked_image(path, max_pixels=max_pixels)[1]
+_LIBJPEG_LINE = re.compile(r"jpeg_mem\.cc:\d+\] (.*)")
+
+
+def is_libjpeg_line(line: str) -> bool:
+    """Whether a line of TensorFlow's native log is libjpeg's reason for a broken JPEG."""
+    return bool(_LIBJPEG_LINE.search(line))
+
+
+def image_problem(path: str, max_pixels: int = MAX_IMAGE_PIXELS,
+                  native_reasons: bool = True) -> str | None:
+    """Why `path` cannot be used as an image, or None if it decodes (`native_reasons`: see
+    read_checked_image)."""
+    return read_checked_image(path, max_pixels=max_pixels, native_reasons=native_reasons)[1]
 
 
 def image_example(encoded: bytes) -> example_pb2.Example:

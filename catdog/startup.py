@@ -50,25 +50,17 @@ def quiet_tensorflow_start() -> None:
     asks_for_more = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1")
     if not command() or verbose or asks_for_more:
         return
-    import tempfile
+    from catdog.terminal import stderr_set_aside
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
+    try:
+        with stderr_set_aside() as written:
             import tensorflow
 
             tensorflow.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode("utf-8", "replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    except BaseException:
+        sys.stderr.write("".join(f"{line}\n" for line in written))
+        raise
 
 
 use_the_real_package()

@@ -6,10 +6,13 @@ and leaves its bar beside the epoch's log line.)"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 _REDRAW_SECONDS = 0.1  # at most ten redraws a second, however short the steps
@@ -75,3 +78,24 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # a replaced or closed stream
         return False
+
+
+@contextlib.contextmanager
+def stderr_set_aside() -> Iterator[list[str]]:
+    """Points the process's stderr (file descriptor 2, where TensorFlow's C++ code writes) at a
+    temporary file while the body runs; the yielded list then holds the lines written. For
+    native lines that would otherwise reach the screen beside catdog's own: TensorFlow's
+    start-up notices, libjpeg's reason for a broken JPEG."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    written: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield written
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            written.extend(sink.read().decode("utf-8", "replace").splitlines())

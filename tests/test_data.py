@@ -113,7 +113,7 @@ def test_a_check_record_skips_files_checked_before_and_unchanged(tmp_path, monke
     decoded = []
     real = data.image_problem
     monkeypatch.setattr(data, "image_problem",
-                        lambda path, limit: decoded.append(path) or real(path, limit))
+                        lambda path, limit, **kw: decoded.append(path) or real(path, limit, **kw))
 
     first = data.check_images(paths, record=record)
     assert sorted(decoded) == sorted(paths) and [b.path for b in first] == [str(broken)]
@@ -148,13 +148,20 @@ def test_a_class_left_with_only_bad_files_stops_the_run(dataset_dir):
 
 
 def test_check_cli_lists_bad_files_and_exits_non_zero(dataset_dir):
-    write_bad_files(dataset_dir / "validation" / "cats")
+    folder = dataset_dir / "validation" / "cats"
+    write_bad_files(folder)
+    jpeg = next(folder.glob("cats.*.jpg")).read_bytes()
+    (folder / "cut.jpg").write_bytes(jpeg[:len(jpeg) * 3 // 4])  # ends mid-scan
     result = run_catdog("data", "check", str(dataset_dir))
     assert result.returncode == 1
     listed = [line.split(":")[0] for line in result.stdout.splitlines()]
     assert sorted(Path(p).name for p in listed) == sorted(
-        ["corrupt.jpg", "empty.jpg", "notes.txt", "text.png", "truncated.jpg"])
-    assert "5 bad file(s)" in result.stderr
+        ["corrupt.jpg", "cut.jpg", "empty.jpg", "notes.txt", "text.png", "truncated.jpg"])
+    assert "6 bad file(s)" in result.stderr
+    # libjpeg's reason is on the file's own line, not a native log line of its own
+    (cut,) = [line for line in result.stdout.splitlines() if "cut.jpg" in line]
+    assert "Premature end of JPEG data. Stopped at line" in cut
+    assert "jpeg_mem" not in result.stderr and "Premature" not in result.stderr
 
 
 # --- decoding --------------------------------------------------------------------------------

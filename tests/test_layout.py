@@ -14,7 +14,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "catdog"
 GROUND = {"catdog.contract", "catdog.errors", "catdog.fields", "catdog.image_formats",
-          "catdog.images", "catdog.atomic", "catdog.startup", "catdog.version"}
+          "catdog.images", "catdog.atomic", "catdog.startup", "catdog.version",
+          "catdog.terminal"}
 
 
 def loaded_after(statement: str) -> set[str]:
