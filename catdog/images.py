@@ -2,7 +2,7 @@
 
 Shared by the input pipeline, the serving signatures, `evaluate` and `predict`, so an image is
 read the same way everywhere. Every decode first reads the width and height the file declares
-in its header (JPEG, PNG, GIF, BMP) and refuses an image of more than `max_pixels` before a
+in its header (JPEG, PNG, GIF, BMP, WebP) and refuses an image of more than `max_pixels` before a
 single pixel is decoded: a 60 KB PNG can declare 23000×23000 pixels and would take 1.6 GB as
 RGB. The default is Pillow's own limit.
 """
@@ -35,12 +35,47 @@ def _starts_with(head: tf.Tensor, magic: bytes) -> tf.Tensor:
     return tf.reduce_all(tf.equal(head[:len(magic)], tf.constant(list(magic), tf.int64)))
 
 
-def declared_pixels(encoded: tf.Tensor) -> tf.Tensor:
-    """Width × height from the header of a JPEG, PNG, GIF or BMP file (0 for anything else,
-    which the decoder then refuses)."""
+def _header(encoded: tf.Tensor) -> tf.Tensor:
+    """The file's first bytes as int64, zero-padded."""
     padded = tf.strings.join([encoded, tf.constant(b"\0" * _HEADER_BYTES)])
-    head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8),
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8),
                    tf.int64)
+
+
+def _webp_chunk(head: tf.Tensor, chunk: bytes) -> tf.Tensor:
+    """Whether the file is a WebP whose first chunk is `chunk` (b"VP8 ", b"VP8L" or b"VP8X")."""
+    return _starts_with(head, b"RIFF") & tf.reduce_all(tf.equal(
+        head[8:16], tf.constant(list(b"WEBP" + chunk), tf.int64)))
+
+
+def _webp_pixels(head: tf.Tensor) -> tf.Tensor:
+    """Width × height of a WebP: 14-bit fields in a lossy (VP8) frame header, 14-bit fields minus
+    one packed in a lossless (VP8L) one, 24-bit fields minus one in an extended (VP8X) canvas."""
+    lossy = (_bytes_as_int(head, 26, 2, False) % 16384) * (
+        _bytes_as_int(head, 28, 2, False) % 16384)
+    lossless = (head[21] + head[22] % 64 * 256 + 1) * (
+        head[22] // 64 + head[23] * 4 + head[24] % 16 * 1024 + 1)
+    extended = (_bytes_as_int(head, 24, 3, False) + 1) * (_bytes_as_int(head, 27, 3, False) + 1)
+    return tf.case([(_webp_chunk(head, b"VP8 "), lambda: lossy),
+                    (_webp_chunk(head, b"VP8L"), lambda: lossless),
+                    (_webp_chunk(head, b"VP8X"), lambda: extended)],
+                   default=lambda: tf.constant(0, tf.int64))
+
+
+def _still_webp_with_alpha(head: tf.Tensor) -> tf.Tensor:
+    """A WebP still image with an alpha channel, which TensorFlow decodes only as 4 channels (a
+    request for 3 fails). An animated one is left to the 3-channel decode, which refuses it in
+    one error: decoding an animation as 4 channels corrupts TensorFlow 2.21's heap."""
+    flags = head[20]
+    extended = _webp_chunk(head, b"VP8X") & tf.equal(flags // 16 % 2, 1) & tf.equal(
+        flags // 2 % 2, 0)
+    return extended | (_webp_chunk(head, b"VP8L") & tf.equal(head[24] // 16 % 2, 1))
+
+
+def declared_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """Width × height from the header of a JPEG, PNG, GIF, BMP or WebP file (0 for anything
+    else, which the decoder then refuses)."""
+    head = _header(encoded)
 
     def signed_abs(value):
         return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
@@ -53,20 +88,24 @@ def declared_pixels(encoded: tf.Tensor) -> tf.Tensor:
         (_starts_with(head, b"\x89PNG"), lambda: png),
         (_starts_with(head, b"GIF8"), lambda: gif),
         (_starts_with(head, b"BM"), lambda: bmp),
+        (_starts_with(head, b"RIFF"), lambda: _webp_pixels(head)),
         (_starts_with(head, b"\xff\xd8"), lambda: tf.reduce_prod(
             tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64))),
     ], default=lambda: tf.constant(0, tf.int64))
 
 
 def decode_image(encoded: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
-    """JPEG/PNG/BMP/GIF bytes → uint8 RGB [H, W, 3] (grayscale expanded, alpha dropped); an
-    image declaring more than `max_pixels` is an InvalidArgumentError naming the limit."""
+    """JPEG/PNG/BMP/GIF/WebP bytes → uint8 RGB [H, W, 3] (grayscale expanded, alpha dropped);
+    an image declaring more than `max_pixels` is an InvalidArgumentError naming the limit."""
     pixels = declared_pixels(encoded)
     within = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.format(
         "image declares {} pixels, more than the limit of {} (--max_image_pixels)",
         (pixels, max_pixels))])
     with tf.control_dependencies([within]):
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = tf.cond(
+            _still_webp_with_alpha(_header(encoded)),
+            lambda: tf.io.decode_image(encoded, channels=4, expand_animations=False)[..., :3],
+            lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
     image.set_shape([None, None, 3])
     return image
 
@@ -89,6 +128,8 @@ def short_tf_error(error: tf.errors.OpError) -> str:
     message = re.sub(r"\s*\[Op:\w+\]", "", message)
     message = re.sub(r"assertion failed: \[(.*?)\]", r"\1", message, flags=re.DOTALL)
     message = re.sub(r"Expected .* to be true\. Summarized data: b?'(.*)'", r"\1", message)
+    message = message.replace("WebP Animation must be 4 channel RGBA",
+                              "an animated WebP; a still image is needed")
     return re.sub(r"\s*name:\s*\S*$", "", message.strip()).splitlines()[0]
 
 

@@ -59,6 +59,17 @@ def test_cli_labels_a_folder_and_reports_bad_files_without_a_traceback(exported,
     assert [r["error"] for r in records if "error" in r] == ["Input is empty."]
 
 
+def test_predict_labels_a_webp_photo_as_the_same_photo_in_png(exported, dataset_dir, tmp_path):
+    photo = Image.open(next((dataset_dir / "validation" / "cats").iterdir()))
+    photo.save(tmp_path / "cat.webp", lossless=True)
+    photo.save(tmp_path / "cat.png")
+    classifier = inference.load_classifier(exported.saved_model)
+    webp, png = predict.predict_paths(classifier, [str(tmp_path / "cat.webp"),
+                                                   str(tmp_path / "cat.png")], 4)
+    assert "error" not in webp
+    assert webp["probabilities"] == pytest.approx(png["probabilities"], abs=1e-6)
+
+
 def test_predict_refuses_a_bomb_and_never_reads_a_fifo(exported, tmp_path):
     (tmp_path / "bomb.png").write_bytes(png_bomb())
     os.mkfifo(tmp_path / "pipe.jpg")
