@@ -147,9 +147,8 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
         raise CatdogError(f"{where}: {error.message}{hint}") from None
     if not any(m.loaded_versions() for m in core.models()):
         core.stop()
-        where = options.model_config_file or options.model_base_path
-        raise CatdogError(f"{Path(where).resolve()} holds no loadable version (an "
-                          "integer-named folder with saved_model.pb)")
+        raise CatdogError(_nothing_to_serve(options, [Path(m.config.base_path)
+                                                      for m in core.models()]))
     core.every(options.file_system_poll_wait_seconds, core.refresh, "version-poller")
     if options.model_config_file:
         _watch_config_file(core, options.model_config_file,
@@ -226,6 +225,20 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         lambda f: f["version"] or options_lib.models_given(f["model_base_path"],
                                                            f["model_config_file"]),
         message=options_lib.NO_MODELS, flag_values=flag_values)
+
+
+def _nothing_to_serve(options: ServerOptions, base_paths: list[Path]) -> str:
+    """Why the server cannot start: each base path it looked at, and what it found there."""
+    where = (f"--model_config_file={options.model_config_file}" if options.model_config_file
+             else f"--model_base_path={options.model_base_path}")
+    found = [f"{path.resolve()} does not exist" if not path.exists() else
+             f"{path.resolve()} holds no loadable version (an integer-named folder with "
+             "saved_model.pb)" for path in base_paths]
+    hint = ("; a model config's base_path is a path on the machine the server runs on "
+            "(serving/models.config names the container's /models/...; "
+            "serving/models.local.config names ./export/...)"
+            if options.model_config_file and not all(p.exists() for p in base_paths) else "")
+    return f"{where}: {'; '.join(found)}{hint}"
 
 
 def version_text() -> str:

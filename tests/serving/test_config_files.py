@@ -21,7 +21,18 @@ def test_models_config_is_a_model_server_config_for_catdog():
     assert (model.name, model.base_path, model.model_platform) == (
         "catdog", "/models/catdog", "tensorflow")
     assert model.model_version_policy.latest.num_versions == 2
-    assert dict(model.version_labels) == {"stable": 1, "canary": 2}
+    assert dict(model.version_labels) == {"stable": 1}  # what one training run publishes
+
+
+def test_the_local_models_config_differs_only_in_its_base_path():
+    def parsed(name: str) -> model_server_config_pb2.ModelServerConfig:
+        return text_format.Parse((SERVING / name).read_text(),
+                                 model_server_config_pb2.ModelServerConfig())
+
+    local, container = parsed("models.local.config"), parsed("models.config")
+    assert local.model_config_list.config[0].base_path == "export/catdog"
+    local.model_config_list.config[0].base_path = "/models/catdog"
+    assert local == container
 
 
 def test_compose_mounts_the_configs_it_passes_to_the_server():
