@@ -174,6 +174,11 @@ class Config:
         "and batch the training images (each once per epoch) on their own CPUs; empty: this "
         "process does it. Start them with python -m catdog.data_service.", check=_SERVICE,
         resumable=True)
+    data_service_timeout_seconds: float = _setting(
+        120.0, "scale", "With --data_service: the longest wait for one training batch; past it "
+        "the run stops in one line naming the service (finished epochs stay saved, and the same "
+        "command resumes). A worker lost mid-epoch costs that epoch the images of its unfinished "
+        "splits instead, which the log counts.", at_least=1.0, resumable=True)
     mixed_precision: Precision = _setting(
         "auto", "scale", "Keras precision policy of training, the feature pass, and evaluate "
         "and predict on a .h5 model (a SavedModel keeps its own); auto: "

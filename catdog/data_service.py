@@ -15,9 +15,12 @@ import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/s
 
 # isort: split
 import signal
+import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import tensorflow as tf
 
@@ -26,10 +29,29 @@ from catdog.errors import CatdogError
 PROTOCOL = "grpc"
 
 
-def start_dispatcher(port: int) -> tf.data.experimental.service.DispatchServer:
-    """A dispatcher on `port` (0: a free one), started."""
+WORKER_TIMEOUT_SECONDS = 10
+
+
+def default_work_dir(port: int) -> Path:
+    """Where a dispatcher on `port` keeps its journal unless --work_dir says otherwise: the same
+    folder for the same port, so a dispatcher restarted on its port finds its jobs again."""
+    return Path(tempfile.gettempdir()) / f"catdog-dispatcher-{port}"
+
+
+def start_dispatcher(port: int, work_dir: str | Path | None = None,
+                     worker_timeout_seconds: float = WORKER_TIMEOUT_SECONDS
+                     ) -> tf.data.experimental.service.DispatchServer:
+    """A dispatcher on `port` (0: a free one), started. With `work_dir` it is fault tolerant, as
+    TensorFlow defines it: its state (datasets, jobs, which splits were handed out) is written
+    to a journal there before it answers, and a dispatcher restarted on the same folder carries
+    on where it stopped, with trainers and workers reconnecting. A worker that sends no
+    heartbeat for `worker_timeout_seconds` is dropped, and its unfinished splits with it
+    (DYNAMIC sharding reads each image at most once: the epoch misses them)."""
     return tf.data.experimental.service.DispatchServer(
-        tf.data.experimental.service.DispatcherConfig(port=port, protocol=PROTOCOL))
+        tf.data.experimental.service.DispatcherConfig(
+            port=port, protocol=PROTOCOL, work_dir=str(work_dir) if work_dir else None,
+            fault_tolerant_mode=bool(work_dir),
+            worker_timeout_ms=int(worker_timeout_seconds * 1000)))
 
 
 def start_worker(dispatcher: str, port: int = 0,
@@ -40,6 +62,16 @@ def start_worker(dispatcher: str, port: int = 0,
         dispatcher_address=dispatcher.removeprefix(f"{PROTOCOL}://"), port=port,
         protocol=PROTOCOL, worker_address=worker_address or None)
     return tf.data.experimental.service.WorkerServer(config)
+
+
+def dispatcher_answers(service: str, seconds: float = 2.0) -> bool:
+    """Whether something accepts connections at the dispatcher's host:port."""
+    host, _, port = service.removeprefix(f"{PROTOCOL}://").rpartition(":")
+    try:
+        with socket.create_connection((host or "localhost", int(port)), timeout=seconds):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def serve_until_stopped(server) -> None:
@@ -59,8 +91,12 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     role = argv[1:]
     if role == ["dispatcher"]:
-        server = start_dispatcher(f.port)
-        print(f"tf.data service dispatcher at {server.target}", flush=True)
+        # --port=0 picks a new port each time, so there is no address to restart at
+        work_dir = f.work_dir or (default_work_dir(f.port) if f.port else None)
+        server = start_dispatcher(f.port, work_dir, f.worker_timeout_seconds)
+        journal = (f"journal in {work_dir}: a restart on the same port and --work_dir resumes "
+                   "its jobs" if work_dir else "no journal: not restartable")
+        print(f"tf.data service dispatcher at {server.target} ({journal})", flush=True)
     elif role == ["worker"]:
         if not f.dispatcher:
             raise CatdogError("worker needs --dispatcher=host:port")

@@ -61,6 +61,13 @@ def define_data_service_flags(flag_values: flags.FlagValues = flags.FLAGS) -> No
     flags.DEFINE_string("worker_address", "",
                         "worker: the host:port trainers reach it at; empty: localhost:--port.",
                         flag_values=fv)
+    flags.DEFINE_string("work_dir", "",
+                        "dispatcher: folder of its journal, which makes it fault tolerant (a "
+                        "dispatcher restarted on it resumes its jobs); empty: "
+                        "<tmp>/catdog-dispatcher-<port> (none with --port=0).", flag_values=fv)
+    flags.DEFINE_float("worker_timeout_seconds", 10,
+                       "dispatcher: a worker silent this long is dropped, with its unfinished "
+                       "splits.", lower_bound=0.1, flag_values=fv)
 
 
 def define_evaluate_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

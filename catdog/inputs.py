@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import queue
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import tensorflow as tf
+from absl import logging
 
-from catdog import data, feature_cache
+from catdog import data, data_service, feature_cache, images
 from catdog.config import Config
+from catdog.errors import CatdogError
 
 
 class Source(enum.Enum):
@@ -80,10 +85,11 @@ class EpochInputs:
         images come from the tf.data service's workers when --data_service names one."""
         source = self.train_source(base_frozen)
         if source is Source.IMAGES and self.config.data_service:
-            return Batches(source, self.strategy.experimental_distribute_dataset(
-                data.service_batches(self.splits.train, self.config.image_size,
-                                     self.config.batch_size, seed, self.config.data_service,
-                                     self.config.max_image_pixels)))
+            return Batches(source, ServiceBatches(
+                lambda: self.strategy.experimental_distribute_dataset(data.service_batches(
+                    self.splits.train, self.config.image_size, self.config.batch_size, seed,
+                    self.config.data_service, self.config.max_image_pixels)),
+                self.strategy, self.config, len(self.splits.train)))
         return Batches(source, self._distribute(self._dataset("train", source, seed)))
 
     def validation(self, base_frozen: bool) -> Batches:
@@ -115,3 +121,69 @@ class EpochInputs:
                 split, self.augmenter, views)
             self.feature_seconds += time.perf_counter() - start
         return self._features[split]
+
+
+class ServiceStalled(CatdogError):
+    """The tf.data service sent no batch within --data_service_timeout_seconds. Its reader
+    thread may be stuck in TensorFlow for good, so the command ends at once on this error."""
+
+
+class ServiceBatches:
+    """An epoch's batches from the tf.data service, made and read by a thread of their own so
+    that no wait is unbounded: registering the dataset with the dispatcher and every read block
+    inside TensorFlow, retrying, for as long as the service is away; the training loop waits
+    at most --data_service_timeout_seconds for each batch instead (and Ctrl-C or SIGTERM
+    interrupt that wait as any other). The epoch ends when every image has
+    come, without waiting for the service to say so, or when the service ends it early: a worker
+    lost mid-epoch takes the images of its unfinished splits with it (DYNAMIC sharding reads each
+    at most once), and the log counts them."""
+
+    def __init__(self, make_dataset: Callable[[], Any], strategy: tf.distribute.Strategy,
+                 config: Config, images: int):
+        self.make_dataset, self.strategy, self.config = make_dataset, strategy, config
+        self.expected, self.received = images, 0
+
+    def __iter__(self):
+        batches: queue.Queue = queue.Queue(maxsize=2)
+
+        def read() -> None:
+            try:
+                for batch in self.make_dataset():
+                    batches.put(("batch", batch))
+            except Exception as error:  # noqa: BLE001 (handed to the training thread)
+                batches.put(("error", error))
+            batches.put(("end", None))
+
+        threading.Thread(target=read, name="data-service-reader", daemon=True).start()
+        while self.received < self.expected:
+            try:
+                kind, value = batches.get(timeout=self.config.data_service_timeout_seconds)
+            except queue.Empty:
+                raise ServiceStalled(self._stalled()) from None
+            if kind == "error":
+                why = (images.short_tf_error(value) if isinstance(value, tf.errors.OpError)
+                       else (str(value).splitlines() or [type(value).__name__])[0])
+                raise ServiceStalled(f"the tf.data service at {self.config.data_service} "
+                                     f"failed: {why}; {self._resume()}") from None
+            if kind == "end":
+                logging.warning("the tf.data service delivered %d of %d training images this "
+                                "epoch: a worker was lost mid-epoch with its unfinished splits "
+                                "(each image is read at most once)", self.received,
+                                self.expected)
+                return
+            self.received += sum(int(tf.shape(labels)[0]) for labels in
+                                 self.strategy.experimental_local_results(value[1]))
+            yield value
+
+    def _stalled(self) -> str:
+        service = self.config.data_service
+        why = ("its dispatcher does not answer" if not data_service.dispatcher_answers(service)
+               else "its dispatcher answers, but no worker sent a batch (a worker is gone or "
+                    "stalled, and the dispatcher has not dropped it)")
+        return (f"no training batch from the tf.data service at {service} in "
+                f"{self.config.data_service_timeout_seconds:g} s (--data_service_timeout_seconds)"
+                f" after {self.received} of {self.expected} images: {why}; {self._resume()}")
+
+    def _resume(self) -> str:
+        return (f"finished epochs are saved in {self.config.run_dir}: restart the service and run "
+                "the same command to resume")

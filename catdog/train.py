@@ -36,7 +36,7 @@ from catdog import model as model_lib
 from catdog.checkpoints import Checkpoints, Progress
 from catdog.config import Config
 from catdog.errors import CatdogError
-from catdog.inputs import EpochInputs
+from catdog.inputs import EpochInputs, ServiceStalled
 from catdog.run_dir import RunDir
 from catdog.steps import Trainer
 from catdog.terminal import ProgressLine
@@ -316,6 +316,9 @@ def main(argv: Sequence[str]) -> int | None:
     except KeyboardInterrupt:
         print(interrupted_message(config), file=sys.stderr, flush=True)
         cli.exit_at_once(130)
+    except ServiceStalled as error:  # its reader thread may never return: no teardown
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        cli.exit_at_once(2)
     summary = result.summary
     worker = summary["distribution"]["worker_index"]
     if worker:

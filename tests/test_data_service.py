@@ -2,12 +2,21 @@
 training batches, each image once per epoch, and a run trains on them as on local input."""
 
 import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from catdog import data, data_service, train
 from catdog.config import Config
+
+from conftest import free_ports
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +67,133 @@ def test_prepared_shards_come_once_per_epoch_too(service, dataset_dir, tmp_path)
     for images, labels in data.service_batches(files, 32, 5, 1, service):
         seen.update(np.asarray(images).reshape(len(labels), -1).sum(axis=1).round(2))
     assert sum(seen.values()) == len(files) and set(seen.values()) == {1}
+
+
+# --- faults: a lost worker or dispatcher ends or continues the run within a bound ----------
+
+class Service:
+    """A dispatcher (fault tolerant, journal in `work_dir`) and two workers, each a
+    `python -m catdog.data_service` process of its own, so that a test can kill one."""
+
+    def __init__(self, work_dir: Path):
+        self.work_dir = work_dir
+        self.port, *self.worker_ports = free_ports(3)
+        self.dispatcher = self._start("dispatcher", f"--port={self.port}",
+                                      f"--work_dir={work_dir}", "--worker_timeout_seconds=2")
+        self.workers = [self._start("worker", f"--dispatcher=localhost:{self.port}",
+                                    f"--port={port}") for port in self.worker_ports]
+
+    @property
+    def target(self) -> str:
+        return f"grpc://localhost:{self.port}"
+
+    def _start(self, role: str, *args: str) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-m", "catdog.data_service", role, *args],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert process.stdout.readline().startswith(f"tf.data service {role}")
+        return process
+
+    def restart_dispatcher(self) -> None:
+        self.dispatcher = self._start("dispatcher", f"--port={self.port}",
+                                      f"--work_dir={self.work_dir}", "--worker_timeout_seconds=2")
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.dispatcher]:
+            process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.fixture
+def fault_service(tmp_path):
+    service = Service(tmp_path / "journal")
+    yield service
+    service.stop()
+
+
+def _train_until(service: Service, dataset: Path, tmp_path: Path, timeout: float,
+                 epochs: int = 30) -> tuple[subprocess.Popen, list[str]]:
+    """A run on the service, returned once it has logged `Epoch 2/<epochs>` (what the test
+    does next lands mid-run: the epoch takes seconds, and more follow)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "catdog.train", f"--data_dir={dataset}", "--weights=none",
+         "--image_size=32", "--batch_size=4", f"--epochs={epochs}", "--flip=none", "--zoom=0",
+         "--mixed_precision=float32", "--publish=never", f"--data_service={service.target}",
+         f"--data_service_timeout_seconds={timeout}", f"--run_dir={tmp_path / 'run'}",
+         f"--export_dir={tmp_path / 'export'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if f"Epoch 2/{epochs}" in line:
+            return process, seen
+    pytest.fail("".join(seen))
+
+
+def _rest_of_output(process: subprocess.Popen, seconds: float) -> tuple[int, str]:
+    """The exit status and the rest of stderr of a run that must end within `seconds`; one
+    that does not is killed and the test fails (a hang)."""
+    timer = threading.Timer(seconds, process.kill)
+    timer.start()
+    rest = process.stderr.read()
+    timer.cancel()
+    status = process.wait()
+    assert status != -signal.SIGKILL, f"still running after {seconds} s:\n{rest[-3000:]}"
+    return status, rest
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_ends_or_continues_the_run_within_the_bound(
+        fault_service, dataset_dir, tmp_path):
+    """Either outcome is catdog's: the run goes on with the other worker (an epoch that lost
+    splits with the killed worker says how many images it missed), or it stops in one line
+    within --data_service_timeout_seconds. It never hangs: 4 epochs of a few seconds remain."""
+    process, _ = _train_until(fault_service, dataset_dir, tmp_path, timeout=20, epochs=6)
+    fault_service.workers[0].kill()
+    status, rest = _rest_of_output(process, 20 + 120)
+    assert "Traceback" not in rest
+    if status == 0:
+        assert "Epoch 6/6" in rest and "unpublished" in rest, rest
+        for missed in re.findall(r"delivered (\d+) of (\d+) training images", rest):
+            assert int(missed[0]) < int(missed[1]) == 32
+    else:
+        assert status == 2, rest
+        (line,) = [line for line in rest.splitlines() if line.startswith("error:")]
+        assert "no training batch from the tf.data service" in line and "resume" in line
+
+
+@pytest.mark.slow
+def test_a_lost_dispatcher_stops_the_run_in_one_line_within_the_bound(
+        fault_service, dataset_dir, tmp_path):
+    process, _ = _train_until(fault_service, dataset_dir, tmp_path, timeout=10)
+    fault_service.dispatcher.kill()
+    status, rest = _rest_of_output(process, 10 + 120)
+    assert status == 2, rest  # the next epoch's job needs it
+    errors = [line for line in rest.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "its dispatcher does not answer" in errors[0], rest
+    assert "Traceback" not in rest
+
+
+@pytest.mark.slow
+def test_a_restarted_dispatcher_resumes_its_jobs_and_the_run_goes_on(
+        fault_service, dataset_dir, tmp_path):
+    process, _ = _train_until(fault_service, dataset_dir, tmp_path, timeout=120)
+    fault_service.dispatcher.kill()
+    fault_service.dispatcher.wait(timeout=30)
+    fault_service.restart_dispatcher()  # the same port and journal
+    status, rest = _rest_of_output(process, 600)
+    assert status == 0, rest
+    assert "Epoch 30/30" in rest and "Traceback" not in rest
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_whose_service_is_lost(fault_service, dataset_dir, tmp_path):
+    """The dispatcher is killed mid-epoch and the bound is far away, so the run is waiting on
+    the service (or about to): SIGTERM stops it at once with the usual line."""
+    process, _ = _train_until(fault_service, dataset_dir, tmp_path, timeout=600)
+    fault_service.dispatcher.kill()
+    fault_service.dispatcher.wait(timeout=30)
+    process.send_signal(signal.SIGTERM)
+    status, rest = _rest_of_output(process, 60)
+    assert status == 130, rest
+    assert re.search(r"interrupted: epoch \d+ of 30 is saved in", rest), rest
