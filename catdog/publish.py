@@ -92,6 +92,11 @@ class Photos:
 
 # --- 1. infra validation -----------------------------------------------------------------------
 
+# The validator starts in the folder that holds the catdog package: started in the folder that
+# holds a clone named catdog, `-m catdog.serving...` would find the clone's serving/ configs.
+_PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+
+
 def infra_validate(saved_model: Path, image_file: str,
                    reference: inference.Classifier) -> tuple[str | None, dict[str, Any]]:
     """Runs `catdog.serving.infra_validation` on the candidate in a fresh process and compares
@@ -102,9 +107,10 @@ def infra_validate(saved_model: Path, image_file: str,
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         child = subprocess.run(
-            [sys.executable, "-m", "catdog.serving.infra_validation", str(saved_model),
-             str(image_file)], capture_output=True, text=True, env=env,
-            timeout=VALIDATOR_TIMEOUT_SECONDS)
+            [sys.executable, "-m", "catdog.serving.infra_validation",
+             str(Path(saved_model).resolve()), str(Path(image_file).resolve())],
+            capture_output=True, text=True, env=env, timeout=VALIDATOR_TIMEOUT_SECONDS,
+            cwd=_PACKAGE_PARENT)
     except subprocess.TimeoutExpired:
         return f"it did not answer within {VALIDATOR_TIMEOUT_SECONDS} s", {}
     report = _last_json_line(child.stdout)

@@ -58,3 +58,18 @@ def test_version_from_the_clones_parent_folder(tmp_path):
     result = _from_the_clones_parent(tmp_path, "catdog", "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"catdog {catdog.__version__} (Python ")
+
+
+@pytest.mark.slow
+def test_a_quickstart_run_from_the_clones_parent_folder_shows_only_catdogs_lines(
+        tmp_path, dataset_dir):
+    """TF_CPP_MIN_LOG_LEVEL=2, the usual advice, and the clone found as a namespace package:
+    the run, its gate's validating process included, shows no TensorFlow line and publishes."""
+    result = _from_the_clones_parent(
+        tmp_path, "catdog.train", "--flagfile=configs/quickstart.flags",
+        f"--data_dir={dataset_dir}", "--weights=none", "--image_size=32", "--epochs=1",
+        f"--run_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}",
+        f"--feature_cache_dir={tmp_path / 'features'}", env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "published" in result.stdout
+    assert not any(noise in result.stderr for noise in TENSORFLOW_NOISE), result.stderr
