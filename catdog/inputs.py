@@ -133,15 +133,16 @@ class ServiceBatches:
     that no wait is unbounded: registering the dataset with the dispatcher and every read block
     inside TensorFlow, retrying, for as long as the service is away; the training loop waits
     at most --data_service_timeout_seconds for each batch instead (and Ctrl-C or SIGTERM
-    interrupt that wait as any other). The epoch ends when every image has
-    come, without waiting for the service to say so, or when the service ends it early: a worker
-    lost mid-epoch takes the images of its unfinished splits with it (DYNAMIC sharding reads each
-    at most once), and the log counts them."""
+    interrupt that wait as any other). The epoch ends when every image has come, without
+    waiting for the service to say so, or when the service ends it early: a worker lost
+    mid-epoch takes the images of its unfinished splits with it (DYNAMIC sharding reads each
+    at most once), and the log counts them. A reader left blocked by a lost service stays
+    behind as an idle daemon thread."""
 
     def __init__(self, make_dataset: Callable[[], Any], strategy: tf.distribute.Strategy,
-                 config: Config, images: int):
+                 config: Config, image_count: int):
         self.make_dataset, self.strategy, self.config = make_dataset, strategy, config
-        self.expected, self.received = images, 0
+        self.expected, self.received = image_count, 0
 
     def __iter__(self):
         batches: queue.Queue = queue.Queue(maxsize=2)
