@@ -1,8 +1,10 @@
-"""Progress of a long loop on a terminal: one line, redrawn in place and erased when the loop
-ends, so the log line that follows carries the result once. Anywhere else (a file, `tee`, CI)
-it writes nothing at all: no carriage returns, no colour codes; the log lines around the loop
-say what started and what it gave. (Keras' Progbar redraws with ANSI codes even into a file,
-and leaves its bar beside the epoch's log line.)"""
+"""What reaches the screen. Progress of a long loop on a terminal: one line, redrawn in place
+and erased when the loop ends, so the log line that follows carries the result once. Anywhere
+else (a file, `tee`, CI) it writes nothing at all: no carriage returns, no colour codes; the log
+lines around the loop say what started and what it gave. (Keras' Progbar redraws with ANSI
+codes even into a file, and leaves its bar beside the epoch's log line.) Also here: stderr set
+aside while TensorFlow's native code writes lines catdog shows in its own words, or not at
+all."""
 
 from __future__ import annotations
 

@@ -176,6 +176,7 @@ def test_fine_tuning_resumes_mid_phase_and_matches_an_uninterrupted_run(dataset_
 
 # --- interrupted and repeated runs --------------------------------------------------------------
 
+@pytest.mark.slow  # a training run, then the CLI twice
 def test_a_finished_run_started_again_does_nothing_and_says_so_in_one_line(
         dataset_dir_module, tmp_path, monkeypatch):
     args = [f"--data_dir={dataset_dir_module}", "--weights=none", "--image_size=32",
