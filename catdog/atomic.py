@@ -131,10 +131,7 @@ def remove_leftovers(folder: str | os.PathLike, also: str = "") -> list[Path]:
     extra = set(folder.glob(also)) if also else set()
     for entry in folder.iterdir():
         if (entry.name.startswith(".") and _MARK in entry.name) or entry in extra:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            _delete(entry)
             removed.append(entry)
     return removed
 
@@ -145,11 +142,16 @@ def remove_leftovers_of(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     removed = sorted(path.parent.glob(f".{glob.escape(path.name)}{_MARK}*"))
     for entry in removed:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        _delete(entry)
     return removed
+
+
+def _delete(entry: Path) -> None:
+    """A leftover file, link or folder, gone (a link is removed, never followed)."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,12 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS
 
 
+def skipped_message(skipped: Sequence[str]) -> str:
+    """The one line a command prints for the files `image_paths` skipped in folders."""
+    return (f"skipped {len(skipped)} file(s) in the folders given that are not images "
+            f"({', '.join(IMAGE_EXTENSIONS)}) or not regular files, e.g. {skipped[0]}")
+
+
 def image_paths(arguments: Sequence[str], skipped: list[str] | None = None) -> Iterator[str]:
     """Files as given; folders expanded to their image files, sorted, recursively. Other files
     found in folders (not images, or not regular files) are added to `skipped`."""

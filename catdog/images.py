@@ -75,7 +75,11 @@ def _still_webp_with_alpha(head: tf.Tensor) -> tf.Tensor:
 def declared_pixels(encoded: tf.Tensor) -> tf.Tensor:
     """Width × height from the header of a JPEG, PNG, GIF, BMP or WebP file (0 for anything
     else, which the decoder then refuses)."""
-    head = _header(encoded)
+    return _declared_pixels(encoded, _header(encoded))
+
+
+def _declared_pixels(encoded: tf.Tensor, head: tf.Tensor) -> tf.Tensor:
+    """declared_pixels, given the file's header bytes (`_header`)."""
 
     def signed_abs(value):
         return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
@@ -97,13 +101,14 @@ def declared_pixels(encoded: tf.Tensor) -> tf.Tensor:
 def decode_image(encoded: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
     """JPEG/PNG/BMP/GIF/WebP bytes → uint8 RGB [H, W, 3] (grayscale expanded, alpha dropped);
     an image declaring more than `max_pixels` is an InvalidArgumentError naming the limit."""
-    pixels = declared_pixels(encoded)
+    head = _header(encoded)
+    pixels = _declared_pixels(encoded, head)
     within = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.format(
         "image declares {} pixels, more than the limit of {} (--max_image_pixels)",
         (pixels, max_pixels))])
     with tf.control_dependencies([within]):
         image = tf.cond(
-            _still_webp_with_alpha(_header(encoded)),
+            _still_webp_with_alpha(head),
             lambda: tf.io.decode_image(encoded, channels=4, expand_animations=False)[..., :3],
             lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
     image.set_shape([None, None, 3])

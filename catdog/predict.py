@@ -98,9 +98,7 @@ def main(argv: Sequence[str]) -> int:
     skipped: list[str] = []
     paths = list(image_formats.image_paths(argv[1:], skipped))
     if skipped:
-        print(f"skipped {len(skipped)} file(s) in the folders given that are not images "
-              f"({', '.join(images.IMAGE_EXTENSIONS)}) or not regular files, e.g. {skipped[0]}",
-              file=sys.stderr, flush=True)
+        print(image_formats.skipped_message(skipped), file=sys.stderr, flush=True)
     if not paths:
         raise CatdogError(f"usage: python -m catdog.predict {USAGE} (no images given or found)")
     classifier = inference.load_classifier(

@@ -360,8 +360,7 @@ def main(argv: Sequence[str]) -> int:
     skipped: list[str] = []
     paths = list(image_formats.image_paths(argv[1:], skipped))  # folders as predict reads them
     if skipped:
-        print(f"skipped {len(skipped)} file(s) in the folders given that are not images, e.g. "
-              f"{skipped[0]}", file=sys.stderr, flush=True)
+        print(image_formats.skipped_message(skipped), file=sys.stderr, flush=True)
     if not paths:
         raise CatdogError(f"usage: python -m catdog.client {USAGE} (no images given or found)")
     client = Client(f.server, f.model, f.model_version or None, f.timeout, f.retries)
