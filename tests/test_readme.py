@@ -151,6 +151,15 @@ def _make_template(root: Path) -> None:
     assert (root / "export" / "catdog" / "2").is_dir() and (root / "export" / "catdog.h5").is_file()
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    """A sandbox's files are hard links to the template's, but not its lock files: an OS lock
+    is held on the inode, and the sandboxes of two tests running at once must not share one."""
+    if source.endswith(".lock"):
+        shutil.copy2(source, target)
+    else:
+        os.link(source, target)
+
+
 def _environment(sandbox: Path, ports: list[int]) -> dict[str, str]:
     bin_dir = sandbox / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -235,7 +244,7 @@ def _needs_a_server(text: str) -> bool:
 @pytest.mark.parametrize("block", RUNNABLE, ids=str)
 def test_a_readme_block_runs_as_written(block, template, tmp_path):
     sandbox = tmp_path / "checkout"
-    shutil.copytree(template, sandbox, copy_function=os.link, symlinks=True)
+    shutil.copytree(template, sandbox, copy_function=_link_or_copy, symlinks=True)
     ports = free_ports(4)
     env = _environment(sandbox, ports)
     background = Background(sandbox, env)
