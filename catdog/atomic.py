@@ -14,6 +14,7 @@ folder that one is writing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import os
@@ -108,6 +109,20 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """The whole of `text` at `path`, atomically."""
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+def move(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """One rename, flushed to disk: the folder or file is whole at `source` or whole at
+    `target`, never between; an existing `target` is never replaced."""
+    source, target = Path(source), Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "it exists already")
+        os.rename(source, target)
+        _fsync(target.parent)
+    except OSError as error:
+        raise write_error(target, error) from None
 
 
 def remove_dir(path: str | os.PathLike) -> None:

@@ -83,6 +83,12 @@ class Config:
     validation_split: float = _setting(
         0.0, "data", "Fraction of each class held out for validation when --data_dir has no "
         "validation/ folder; 0 means use validation/.", at_least=0.0, at_most=0.9)
+    evaluation_split: float = _setting(
+        0.5, "data", "Fraction of each class of the validation photos kept apart for evaluation "
+        "(the gate's blessing, evaluate's figures) when --data_dir has no test/ folder; the rest "
+        "choose the best epoch, so no photo both chooses the model and judges it. Drawn with "
+        "--seed. 0: no evaluation photos (the gate then judges on the selection photos and "
+        "says so).", at_least=0.0, at_most=0.9)
     image_size: int = _setting(150, "data", "Side in pixels of the square images the model sees.",
                                at_least=MIN_IMAGE_SIZE, at_most=1024)
     on_bad_image: OnBadImage = _setting(

@@ -36,6 +36,7 @@ from catdog.images import MAX_IMAGE_PIXELS, image_problem, load_image
 from catdog.terminal import stderr_set_aside
 
 SPLITS = ("train", "validation")
+EVALUATION_DIR = "test"  # <data_dir>/test/: photos kept for evaluation alone
 AUTOTUNE = tf.data.AUTOTUNE
 PREPARED_MANIFEST = "manifest.json"  # marks a folder written by `python -m catdog.data prepare`
 PREPARED_FORMAT = "catdog-prepared-v1"
@@ -62,9 +63,23 @@ class ImageFiles:
     # order (the paths name the source files), and a digest of the shards' contents.
     shards: tuple[str, ...] = ()
     fingerprint: str = ""
+    # A part of prepared shards: the positions, in the shards' order, of the images kept.
+    positions: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> ImageFiles:
+        """The files at `indices` (in that order, which must be ascending for shards): for
+        prepared shards the same shards, reading only those positions."""
+        indices = list(indices)
+        part = dataclasses.replace(self, paths=tuple(self.paths[i] for i in indices),
+                                   labels=tuple(self.labels[i] for i in indices))
+        if not self.shards:
+            return part
+        positions = [self.positions[i] for i in indices] if self.positions else indices
+        return dataclasses.replace(part, positions=tuple(positions), fingerprint=hashlib.sha256(
+            f"{self.fingerprint}:{positions}".encode()).hexdigest())
 
     def without(self, paths: set[str]) -> ImageFiles:
         """The same files less `paths`."""
@@ -82,11 +97,15 @@ class ImageFiles:
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """The checked training and validation files of a run, and the files left out."""
+    """The checked files of a run in their three roles, and the files left out: `train`,
+    `validation` (the selection photos: they choose the best epoch) and `evaluation` (photos
+    that chose nothing, for the gate; None when none were kept apart)."""
 
     train: ImageFiles
     validation: ImageFiles
     bad_images: tuple[BadImage, ...]
+    evaluation: ImageFiles | None = None
+    evaluation_source: str = ""
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -197,20 +216,70 @@ def _entry_problem(entry: Path, other_classes: set[Path], seen: dict[Path, str])
     return None
 
 
-def split_files(files: ImageFiles, fraction: float, seed: int) -> tuple[ImageFiles, ImageFiles]:
-    """Holds out `fraction` of each class (at least one file) for validation, by a seeded draw."""
+def split_files(files: ImageFiles, fraction: float, seed: int,
+                too_few: str = "--validation_split needs at least two per class"
+                ) -> tuple[ImageFiles, ImageFiles]:
+    """(kept, held out): `fraction` of each class (at least one file) held out by a seeded
+    draw, each part in the files' own order; `too_few` says what to do about a class of one."""
     rng = random.Random(seed)
-    held_out: set[str] = set()
+    held_out: set[int] = set()
     for label in range(len(files.class_names)):
-        class_paths = [p for p, lab in zip(files.paths, files.labels) if lab == label]
-        rng.shuffle(class_paths)
-        count = min(max(1, round(len(class_paths) * fraction)), len(class_paths) - 1)
+        members = [i for i, lab in enumerate(files.labels) if lab == label]
+        rng.shuffle(members)
+        count = min(max(1, round(len(members) * fraction)), len(members) - 1)
         if count < 1:
-            raise CatdogError(f"class '{files.class_names[label]}' has one image; "
-                              "--validation_split needs at least two per class")
-        held_out.update(class_paths[:count])
-    validation_paths = set(files.paths) - held_out
-    return files.without(held_out), files.without(validation_paths)
+            raise CatdogError(f"class '{files.class_names[label]}' has one image; {too_few}")
+        held_out.update(members[:count])
+    kept = [i for i in range(len(files)) if i not in held_out]
+    return files.subset(kept), files.subset(sorted(held_out))
+
+
+@dataclasses.dataclass(frozen=True)
+class Roles:
+    """Which photos choose the model and which judge it: no photo serves two roles."""
+
+    selection: ImageFiles  # choose the best epoch (the run's validation figures)
+    evaluation: ImageFiles | None  # chose nothing: the gate's blessing, evaluate's default
+    evaluation_source: str  # where the evaluation photos came from, in words
+
+    def line(self, train: ImageFiles) -> str:
+        """One line saying which photos train, select and evaluate."""
+        evaluation = (f"{len(self.evaluation)} evaluate ({self.evaluation_source})"
+                      if self.evaluation is not None else
+                      "none are kept for evaluation alone (--evaluation_split=0 and no test/ "
+                      "folder): the gate judges on the selection photos and says so")
+        return (f"photos: {len(train)} train, {len(self.selection)} select the best epoch, "
+                f"{evaluation}")
+
+
+def assign_roles(validation: ImageFiles, test: ImageFiles | None, evaluation_split: float,
+                 seed: int) -> Roles:
+    """The evaluation photos: a test/ folder when there is one, else a seeded, stratified
+    `evaluation_split` of the validation photos (the rest select), else none."""
+    if test is not None:
+        return Roles(validation, test, f"the {EVALUATION_DIR}/ folder")
+    if not evaluation_split:
+        return Roles(validation, None, "")
+    selection, evaluation = split_files(
+        validation, evaluation_split, seed + 1,
+        f"--evaluation_split={evaluation_split:g} keeps part of each class's validation photos "
+        f"for evaluation alone and needs two or more; add photos or a {EVALUATION_DIR}/ folder, "
+        "or pass --evaluation_split=0 (the gate then judges on the photos that chose the "
+        "model)")
+    return Roles(selection, evaluation, f"{evaluation_split:g} of the validation photos of "
+                 f"each class, drawn with seed {seed} (--evaluation_split)")
+
+
+def find_test(data_dir: str | os.PathLike, class_names: Sequence[str]) -> ImageFiles | None:
+    """The photos of `<data_dir>/test/`, kept for evaluation alone, or None when there is none."""
+    folder = Path(data_dir) / EVALUATION_DIR
+    if not (folder.is_dir() and (Path(data_dir) / "train").is_dir()):
+        return None
+    found = class_names_in(folder)
+    if list(found) != list(class_names):
+        raise CatdogError(f"{folder} has classes {list(found)} but the training photos have "
+                          f"{list(class_names)}; both must have the same class sub-folders")
+    return list_images(folder, class_names)
 
 
 def find_splits(data_dir: str | os.PathLike, validation_split: float,
@@ -328,15 +397,20 @@ def prepared_splits(folder: str | os.PathLike, image_size: int,
                           f"again with --image_size={image_size}")
     verify_shards(folder, manifest, record)
 
-    def split(name: str) -> ImageFiles:
-        entry = manifest["splits"][name]
-        return ImageFiles(tuple(entry["files"]), tuple(entry["labels"]),
-                          tuple(manifest["class_names"]),
-                          shards=tuple(str(folder / name / s["file"]) for s in entry["shards"]),
-                          fingerprint=hashlib.sha256(json.dumps(entry["shards"]).encode())
-                          .hexdigest())
+    return prepared_split(folder, manifest, "train"), prepared_split(folder, manifest,
+                                                                      "validation")
 
-    return split("train"), split("validation")
+
+def prepared_split(folder: Path, manifest: dict[str, Any], name: str) -> ImageFiles | None:
+    """One split of a prepared folder (None when the manifest has no such split)."""
+    entry = manifest["splits"].get(name)
+    if entry is None:
+        return None
+    return ImageFiles(tuple(entry["files"]), tuple(entry["labels"]),
+                      tuple(manifest["class_names"]),
+                      shards=tuple(str(folder / name / s["file"]) for s in entry["shards"]),
+                      fingerprint=hashlib.sha256(json.dumps(entry["shards"]).encode())
+                      .hexdigest())
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -358,7 +432,7 @@ def verify_shards(folder: Path, manifest: dict[str, Any], record: Path | None = 
     by size and mtime. Raises one line naming the first shard that is missing or differs;
     returns how many were verified."""
     expected = {str(folder / name / shard["file"]): shard["sha256"]
-                for name in SPLITS for shard in manifest["splits"][name]["shards"]}
+                for name, entry in manifest["splits"].items() for shard in entry["shards"]}
 
     def mismatch(path: str) -> str | None:
         try:
@@ -377,21 +451,39 @@ def verify_shards(folder: Path, manifest: dict[str, Any], record: Path | None = 
     return len(expected)
 
 
+def find_roles(data_dir: str | os.PathLike, validation_split: float, evaluation_split: float,
+               seed: int, image_size: int, record: Path | None = None
+               ) -> tuple[ImageFiles, Roles]:
+    """The training files of a dataset folder (class folders or prepared shards) and the roles
+    of the others (`assign_roles`), before any image is checked: the same draw whoever asks
+    (training, or `catdog.publish` finding a candidate's photos from its record)."""
+    if is_prepared(data_dir):
+        folder = Path(data_dir)
+        train, validation = prepared_splits(folder, image_size, record)
+        test = prepared_split(folder, read_manifest(folder), EVALUATION_DIR)
+    else:
+        train, validation = find_splits(data_dir, validation_split, seed)
+        test = find_test(data_dir, train.class_names)
+    return train, assign_roles(validation, test, evaluation_split, seed)
+
+
 def prepare_splits(config: Config, checked_record: Path | None = None) -> Splits:
-    """Finds, downloads if asked, and checks a run's images, applying --on_bad_image; files that
-    `checked_record` says were checked unchanged are not decoded again. A prepared folder
-    (`python -m catdog.data prepare`) was checked when it was written."""
+    """Finds, downloads if asked, and checks a run's images, applying --on_bad_image, each photo
+    in one role (`find_roles`); files that `checked_record` says were checked unchanged are not
+    decoded again. A prepared folder (`python -m catdog.data prepare`) was checked when it was
+    written."""
     if config.download and not Path(config.data_dir).exists():
         download_dataset(config.download_url, config.data_dir, config.download_sha256)
-    if is_prepared(config.data_dir):
-        if config.validation_split:
-            raise CatdogError(f"--data_dir={config.data_dir} is prepared data with its own "
-                              "validation split; leave --validation_split at 0")
-        train, validation = prepared_splits(config.data_dir, config.image_size, checked_record)
-        return _counted(Splits(train, validation, ()), config.data_dir)
-    train, validation = find_splits(config.data_dir, config.validation_split, config.seed)
-    bad = list(dict.fromkeys(train.skipped + validation.skipped)) + check_images(
-        train.paths + validation.paths, config.max_image_pixels, checked_record)
+    if is_prepared(config.data_dir) and config.validation_split:
+        raise CatdogError(f"--data_dir={config.data_dir} is prepared data with its own "
+                          "validation split; leave --validation_split at 0")
+    train, roles = find_roles(config.data_dir, config.validation_split, config.evaluation_split,
+                              config.seed, config.image_size, checked_record)
+    parts = [train, roles.selection] + ([roles.evaluation] if roles.evaluation else [])
+    bad = [] if train.shards else list(dict.fromkeys(
+        item for files in parts for item in files.skipped)) + check_images(
+        [path for files in parts for path in files.paths], config.max_image_pixels,
+        checked_record)
     if bad:
         for item in bad:
             logging.warning("bad image %s: %s", item.path, item.reason)
@@ -402,18 +494,25 @@ def prepare_splits(config: Config, checked_record: Path | None = None) -> Splits
                 "--on_bad_image=skip")
         logging.warning("skipping %d bad image(s) (--on_bad_image=skip)", len(bad))
     bad_paths = {item.path for item in bad}
-    splits = Splits(train.without(bad_paths), validation.without(bad_paths), tuple(bad))
-    return _counted(splits, config.data_dir)
+    evaluation = roles.evaluation.without(bad_paths) if roles.evaluation else None
+    return _counted(Splits(train.without(bad_paths), roles.selection.without(bad_paths),
+                           tuple(bad), evaluation, roles.evaluation_source), config.data_dir)
 
 
 def _counted(splits: Splits, data_dir: str) -> Splits:
-    """`splits`, once every class has images in both; their counts logged."""
-    for name, files in zip(SPLITS, (splits.train, splits.validation)):
-        for class_name, count in files.class_counts().items():
+    """`splits`, once every class has images in each role; their counts logged, and in one
+    line which photos select and which evaluate."""
+    roles = {"train": splits.train, "selection": splits.validation,
+             "evaluation": splits.evaluation}
+    for name, files in roles.items():
+        for class_name, count in (files.class_counts() if files else {}).items():
             if count == 0:
-                raise CatdogError(f"class '{class_name}' has no decodable images in the "
-                                  f"{name} split of {data_dir}")
-        logging.info("%s: %d images %s", name, len(files), files.class_counts())
+                raise CatdogError(f"class '{class_name}' has no decodable images among the "
+                                  f"{name} photos of {data_dir}")
+        if files is not None:
+            logging.info("%s: %d images %s", name, len(files), files.class_counts())
+    logging.info("%s", Roles(splits.validation, splits.evaluation,
+                             splits.evaluation_source).line(splits.train))
     return splits
 
 
@@ -429,8 +528,12 @@ def decoded_images(files: ImageFiles, image_size: int,
     first epoch only. Prepared images are read from their shards instead, one reader per shard.
     """
     if files.shards:  # its length stated, as batches() sizes the shuffle buffer from it
-        return read_shards(files.shards, image_size).apply(
-            tf.data.experimental.assert_cardinality(len(files))).cache()
+        records = read_shards(files.shards, image_size)
+        if files.positions:  # a part of the shards: only the images at these positions
+            keep = tf.constant(files.positions, tf.int64)
+            records = records.enumerate().filter(
+                lambda i, _: tf.reduce_any(tf.equal(keep, i))).map(lambda _, record: record)
+        return records.apply(tf.data.experimental.assert_cardinality(len(files))).cache()
     dataset = tf.data.Dataset.from_tensor_slices(
         (list(files.paths), tf.constant(files.labels, tf.int32)))
     dataset = dataset.map(lambda path, label: (load_image(path, image_size, max_pixels), label),

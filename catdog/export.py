@@ -1,14 +1,9 @@
 """Writes a trained classifier twice: a Keras `.h5` file and a versioned SavedModel for TF Serving.
 
-A training run writes a *candidate*; only the gate (`catdog/publish.py`) moves it to where TF
-Serving looks (`Layout` names every place):
-
-    <export_dir>/<model_name>.h5                  the published .h5 (plain keras.models.load_model)
-    <export_dir>/<model_name>/<N>/                published SavedModel versions: TF Serving's
-                                                  base path (signatures, labels and warm-up:
-                                                  catdog/signatures.py)
-    <export_dir>/candidates/<model_name>/<K>/     a run's SavedModel candidate, K = next free
-    <export_dir>/candidates/<model_name>/<K>.h5   integer, and its .h5 beside it
+A training run writes a *candidate* (`<export_dir>/candidates/<model_name>/<K>/` and `<K>.h5`
+beside it); only the gate (`catdog/publish.py`) moves it to where TF Serving looks. `versions.py`
+names every place (`Layout`) and owns the version folders; the SavedModel's signatures, labels and
+warm-up are `catdog/signatures.py`'s.
 
 Every file and folder appears atomically: it is written under a temporary sibling name and
 renamed into place when complete, so a reader (TF Serving polls the base path) never sees half of
@@ -29,7 +24,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from catdog import atomic, contract, images, signatures
+from catdog import atomic, contract, images, signatures, versions
 from catdog.errors import CatdogError
 
 
@@ -39,42 +34,6 @@ class Exports:
 
     h5: Path
     saved_model: Path
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """The places of one model's exports under an export folder (module docstring)."""
-
-    export_dir: Path
-    model_name: str
-
-    @classmethod
-    def of_base_path(cls, base: str | os.PathLike) -> Layout:
-        """The layout whose TF Serving base path is `base` (`<export_dir>/<model_name>`)."""
-        base = Path(base).absolute()
-        return cls(base.parent, base.name)
-
-    @property
-    def base(self) -> Path:
-        return Path(self.export_dir) / self.model_name
-
-    @property
-    def h5(self) -> Path:
-        return Path(self.export_dir) / f"{self.model_name}.h5"
-
-    @property
-    def candidates(self) -> Path:
-        return Path(self.export_dir) / contract.CANDIDATES_DIR / self.model_name
-
-    @property
-    def lock(self) -> Path:
-        """Held by whoever writes a candidate or publishes into `base` (catdog/publish.py)."""
-        return Path(self.export_dir) / f".{self.model_name}.publish.lock"
-
-
-def candidate_h5(saved_model: Path) -> Path:
-    """The .h5 beside a candidate folder `<K>/`: `<K>.h5`."""
-    return saved_model.parent / f"{saved_model.name}.h5"
 
 
 def export_h5(model: keras.Model, class_names: Sequence[str], path: Path,
@@ -90,13 +49,6 @@ def export_h5(model: keras.Model, class_names: Sequence[str], path: Path,
     return path
 
 
-def next_version(base: Path) -> int:
-    """One more than the highest integer-named version folder, or candidate `.h5` file (whose
-    folder may have been published), under `base`; 1 if none."""
-    names = [p.name.removesuffix(".h5") for p in base.iterdir()] if base.is_dir() else []
-    return max((int(n) for n in names if n.isdigit()), default=0) + 1
-
-
 def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Path,
                        keep_versions: int = 0,
                        max_image_pixels: int = images.MAX_IMAGE_PIXELS,
@@ -109,11 +61,11 @@ def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Pat
     newest version already holds that state (a run killed after its export, started again), it
     is returned instead of writing an identical new version."""
     atomic.remove_leftovers(base)
-    newest = _newest_version(base)
-    if source and newest and source_of(newest) == source:
+    newest = versions.newest(base)
+    if source and newest and versions.source_of(newest) == source:
         logging.info("%s already holds this model (%s)", newest, source)
         return newest
-    final = base / str(next_version(base))
+    final = base / str(versions.next_number(base))
     with atomic.atomic_dir(final) as tmp:
         with tempfile.TemporaryDirectory() as labels_dir:
             labels = signatures.write_labels(Path(labels_dir), class_names)
@@ -129,36 +81,8 @@ def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Pat
         if source:
             (tmp / contract.SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
     if keep_versions:
-        prune_versions(base, keep_versions)
+        versions.prune(base, keep_versions)
     return final
-
-
-def versions(base: Path) -> list[Path]:
-    """The integer-named version folders under `base`, newest first (TF Serving ignores other
-    names)."""
-    found = [p for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name), reverse=True)
-
-
-def _newest_version(base: Path) -> Path | None:
-    return next(iter(versions(base)), None)
-
-
-def source_of(version: Path) -> dict:
-    """What `export_saved_model` recorded of the run behind a version ({} when nothing)."""
-    try:
-        return json.loads((version / contract.SOURCE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def prune_versions(base: Path, keep: int) -> list[Path]:
-    """Removes all but the newest `keep` version folders; each vanishes at once (renamed to a
-    hidden name first), so TF Serving never sees a half-deleted version. Returns those removed."""
-    removed = versions(base)[keep:] if keep else []
-    for version in removed:
-        atomic.remove_dir(version)
-    return removed
 
 
 def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str | os.PathLike,
@@ -167,7 +91,7 @@ def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str |
     """Writes `<export_dir>/<model_name>.h5` and a new `<export_dir>/<model_name>/<N>/` straight
     into the served layout, without the gate (tests and notebooks; training uses
     `export_candidate` and `catdog.publish`)."""
-    layout = Layout(Path(export_dir), model_name)
+    layout = versions.Layout(Path(export_dir), model_name)
     atomic.remove_leftovers(layout.export_dir)  # a killed export's half-written .h5
     return Exports(
         h5=export_h5(model, class_names, layout.h5),
@@ -175,7 +99,8 @@ def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str |
                                        max_image_pixels))
 
 
-def export_candidate(model: keras.Model, class_names: Sequence[str], layout: Layout,
+def export_candidate(model: keras.Model, class_names: Sequence[str],
+                     layout: versions.Layout,
                      max_image_pixels: int = images.MAX_IMAGE_PIXELS,
                      source: dict | None = None) -> Exports:
     """Writes a candidate: `<candidates>/<K>/` (a SavedModel for `layout.model_name`) and
@@ -183,19 +108,21 @@ def export_candidate(model: keras.Model, class_names: Sequence[str], layout: Lay
     already holding `source` (a run killed after its export, started again) is returned as it
     is, whether it is still a candidate or already published. The export folder's lock is held
     meanwhile, so two runs never take the same candidate number."""
-    with atomic.exclusive(layout.lock, f"the export folder {layout.export_dir}"):
+    with layout.holding_lock():
         return _export_candidate(model, class_names, layout, max_image_pixels, source)
 
 
-def _export_candidate(model: keras.Model, class_names: Sequence[str], layout: Layout,
+def _export_candidate(model: keras.Model, class_names: Sequence[str],
+                      layout: versions.Layout,
                       max_image_pixels: int, source: dict | None) -> Exports:
-    if source and source_of(_newest_version(layout.base) or layout.base) == source:
-        logging.info("%s already holds this model", _newest_version(layout.base))
-        return Exports(h5=layout.h5, saved_model=_newest_version(layout.base))
+    published = versions.newest(layout.base)
+    if source and published and versions.source_of(published) == source:
+        logging.info("%s already holds this model", published)
+        return Exports(h5=layout.h5, saved_model=published)
     saved_model = export_saved_model(model, class_names, layout.candidates,
                                      max_image_pixels=max_image_pixels, source=source,
                                      model_name=layout.model_name)
-    h5 = candidate_h5(saved_model)
+    h5 = versions.candidate_h5(saved_model)
     if not h5.exists():  # a candidate written by a run killed before its .h5
         export_h5(model, class_names, h5, source)
     return Exports(h5=h5, saved_model=saved_model)

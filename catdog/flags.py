@@ -74,7 +74,9 @@ def define_evaluate_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `python -m catdog.evaluate`."""
     fv = flag_values
     _define_model_flag(fv)
-    flags.DEFINE_string("data_dir", None, "Folder with one sub-folder of images per class.",
+    flags.DEFINE_string("data_dir", None, "The photos to judge: a dataset folder (its evaluation "
+                        "photos: test/, else the --evaluation_split of validation/ the model's "
+                        "run kept apart) or a folder with one sub-folder of images per class.",
                         flag_values=fv)
     flags.DEFINE_string("output_dir", "evaluation",
                         "Where report.html, report.json, report.md and misclassified.png are "
@@ -126,7 +128,7 @@ def define_publish_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("model_base_path", None, "TF Serving's base path of the model, "
                         "e.g. export/catdog: versions are published into it.", flag_values=fv)
     flags.DEFINE_string("data_dir", "", "Photos to judge both models on: a dataset folder (its "
-                        "validation split) or class sub-folders; empty: the validation split "
+                        "evaluation photos) or class sub-folders; empty: the evaluation photos "
                         "of the run that made the candidate.", flag_values=fv)
     flags.DEFINE_bool("force", False, "Publish without comparing with the published version "
                       "(infra validation still runs).", flag_values=fv)

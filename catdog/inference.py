@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from catdog import contract, distribute, export
+from catdog import contract, distribute, versions
 from catdog import model as model_lib
 from catdog.errors import CatdogError
 
@@ -42,7 +42,7 @@ def load_keras_model(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
         return load_h5(path)
     loaded = _load_saved_model(path)
     signature = loaded.signatures[contract.PREDICT_PIXELS]
-    class_names = _labels_of(path)
+    class_names = labels_of(path)
     image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
     stored = {variable.name.removesuffix(":0"): variable for variable in signature.variables}
     model = model_lib.build_classifier(len(class_names), image_size, "none")
@@ -67,29 +67,38 @@ def _load_saved_model(path: Path):
     return tf.saved_model.load(str(path))
 
 
-def _labels_of(path: Path) -> list[str]:
+def labels_of(path: Path) -> list[str]:
+    """The class names a SavedModel version folder's labels asset gives."""
     return (path / "assets" / contract.LABELS_FILE).read_text().splitlines()
+
+
+def source_of(path: str | os.PathLike) -> dict:
+    """What the exporter recorded of the run behind either export ({} when nothing)."""
+    path = Path(path)
+    if path.suffix != ".h5":
+        return versions.source_of(path)
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f.attrs.get(contract.H5_SOURCE_ATTR, "{}"))
+    except (OSError, ValueError):
+        return {}
 
 
 def identity_of(path: str | os.PathLike) -> dict[str, str]:
     """What an export says about itself: its path, its version (a SavedModel version folder's
-    number) and the run and epoch it came from (the record export.py writes into both)."""
+    number), the run and epoch it came from, the precision it computes in and its image size
+    (the record export.py writes into both)."""
     path = Path(path)
-    if path.suffix == ".h5":
-        try:
-            with h5py.File(path, "r") as f:
-                source = json.loads(f.attrs.get(contract.H5_SOURCE_ATTR, "{}"))
-        except (OSError, ValueError):
-            source = {}
-    else:
-        source = export.source_of(path)
+    source = source_of(path)
     run = (f"{source['run_dir']}, epoch {source['epoch']} of {source['finished_epochs']}"
            if {"run_dir", "epoch", "finished_epochs"} <= set(source) else "not recorded")
     if path.parent.parent.name == contract.CANDIDATES_DIR:
         version = f"candidate {path.name}"
     else:
         version = path.name if path.name.isdigit() else "-"
-    return {"path": str(path), "version": version, "source": run}
+    return {"path": str(path), "version": version, "source": run,
+            "precision": source.get("precision", "float32"),
+            "image_size": source.get("image_size", "")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +108,7 @@ class Classifier:
     predict: Callable[[np.ndarray], np.ndarray]  # float32 pixels [N, S, S, 3] → probabilities
     class_names: list[str]
     image_size: int
-    precision: str = "float32"  # the Keras policy it computes in ("exported" for a SavedModel)
+    precision: str = "float32"  # the Keras policy it computes in (a SavedModel: as exported)
 
 
 def resolve_precision(requested: str) -> str:
@@ -131,4 +140,5 @@ def load_classifier(path: str | os.PathLike, precision: str = "float32") -> Clas
     image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
     return Classifier(
         lambda pixels: signature(pixels=tf.constant(pixels, tf.float32))[
-            contract.PROBABILITIES].numpy(), _labels_of(path), image_size, "exported")
+            contract.PROBABILITIES].numpy(), labels_of(path), image_size,
+        versions.source_of(path).get("precision", "float32"))

@@ -1,7 +1,8 @@
 """Decoded shards on disk: `python -m catdog.data prepare --data_dir=SRC --output_dir=OUT`.
 
 Reads a dataset folder once (finding, checking and decoding every image as training does, bad
-files reported here and only here), and writes each split's images, decoded and resized to
+files reported here and only here), and writes each split's images (train, validation, and test
+when the folder has one), decoded and resized to
 --image_size, as raw uint8 TFRecord shards with a manifest: class names, image size, counts per
 class, each shard's sha256 and image count, the source files and their labels, the files left
 out and why. Training takes OUT as --data_dir and reads the shards with one reader per shard,
@@ -51,12 +52,15 @@ def _prepare(data_dir: str | os.PathLike, output: Path, image_size: int,
     if data.is_prepared(data_dir):
         raise CatdogError(f"--data_dir={data_dir} is already prepared data")
     train, validation = data.find_splits(data_dir, validation_split, seed)
-    bad = list(dict.fromkeys(train.skipped + validation.skipped)) + data.check_images(
-        train.paths + validation.paths, max_pixels)
+    found = {"train": train, "validation": validation,
+             data.EVALUATION_DIR: data.find_test(data_dir, train.class_names)}
+    found = {name: files for name, files in found.items() if files is not None}
+    bad = list(dict.fromkeys(item for files in found.values() for item in files.skipped))
+    bad += data.check_images([p for files in found.values() for p in files.paths], max_pixels)
     for item in bad:
         logging.warning("bad image %s: %s (left out)", item.path, item.reason)
     left_out = {item.path for item in bad}
-    splits = {"train": train.without(left_out), "validation": validation.without(left_out)}
+    splits = {name: files.without(left_out) for name, files in found.items()}
     try:
         return _write(output, data_dir, image_size, train.class_names, bad, splits, max_pixels,
                       shard_images)

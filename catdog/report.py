@@ -1,9 +1,17 @@
-"""report.html: one self-contained page a person reads before shipping a model.
+"""Every artefact of an evaluation, rendered from the evaluator's figures and written whole:
 
-Every plot is drawn by matplotlib and embedded as a PNG data URI, every photo too; the page has
-no script, no external URL and no web font, so it opens offline, from a CI artifact or an
-e-mail. `evaluate.py` computes what is shown (`figures.py` the numbers, `gradcam.py` the heat
-maps); this module only draws and lays it out.
+    report.html         the page to look at: headline figures with bootstrap intervals,
+                        confusion matrix, ROC and precision-recall curves, calibration, the
+                        decision threshold, per-class figures, the misclassified photos with
+                        Grad-CAM heat maps; with a baseline, both models side by side
+    report.json         every figure, the photos and their role, the misclassified and skipped
+                        files
+    report.md           the figures as tables
+    misclassified.png   the wrongly classified images, captioned true → predicted (probability)
+
+`evaluation.py` computes what is shown (`figures.py` the numbers, `gradcam.py` the heat maps);
+this module only draws, lays out and writes (each file through `atomic`). The page has no
+script, no external URL and no web font, so it opens offline, from a CI artifact or an e-mail.
 
 Sections (their ids, which the browser test checks): identity, data, headline, confusion,
 curves, calibration, threshold, per-class, errors, and with a baseline, comparison.
@@ -13,9 +21,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import html
 import io
+import json
+import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -23,14 +35,19 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
-from catdog import figures  # noqa: E402
+from catdog import atomic, data, evaluation, figures, gradcam, images  # noqa: E402
+from catdog.evaluation import ModelResult  # noqa: E402
 
 SECTIONS = ("identity", "data", "headline", "confusion", "curves", "calibration", "threshold",
             "per-class", "errors")
 COMPARISON = "comparison"
 THRESHOLDS = np.linspace(0.0, 1.0, 101)
+GRID_COLUMNS = 8
+THUMBNAIL = 128
+CAPTION_HEIGHT = 30
 _FIGURE_NAMES = {"accuracy": "accuracy", "roc_auc": "ROC AUC", "log_loss": "log loss",
                  "expected_calibration_error": "expected calibration error"}
 _STYLE = """
@@ -42,17 +59,6 @@ img.plot { max-width: 100%; } .muted { color: #777; }
 .gallery { display: flex; flex-wrap: wrap; gap: 10px; } .gallery figure { margin: 0;
 width: 262px; font-size: .8em; } .gallery img { width: 128px; height: 128px; }
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelResult:
-    """One model's answers on the evaluation photos, and what is known about the model."""
-
-    label: str  # how the page names it: "model" or "baseline"
-    identity: dict[str, Any]  # path, version, source run and epoch, image size, class names
-    probabilities: np.ndarray  # [N, C]
-    metrics: dict[str, Any]  # figures.compute_metrics
-    intervals: dict[str, tuple[float, float]]  # figures.bootstrap_intervals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,33 +198,51 @@ def _section(section_id: str, title: str, body: str) -> str:
     return f'<section id="{section_id}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
+def _signed(value: float) -> str:
+    """A difference to 4 decimals, with no '-0.0000'."""
+    text = f"{value:+.4f}"
+    return "+0.0000" if text == "-0.0000" else text
+
+
 def render(results: Sequence[ModelResult], labels: np.ndarray, class_names: Sequence[str],
-           data: dict[str, Any], errors: Sequence[Photo], explained: int,
-           comparison: dict[str, Any] | None = None) -> str:
+           photos: evaluation.Photos, errors: Sequence[Photo], explained: int, wrong: int,
+           comparison: dict[str, Any] | None = None,
+           bootstrap: int = figures.BOOTSTRAP_SAMPLES) -> str:
     """The whole page: `results[0]` is the model evaluated, `results[1]` its baseline if any;
-    `errors` the misclassified photos (most confident first), the first `explained` with a
-    heat map; `comparison` the paired figures and the photos the two models disagree on."""
+    `errors` the misclassified photos shown (most confident first; `wrong` in all), the first
+    `explained` with a heat map; `comparison` the paired figures and the photos the two models
+    disagree on, right under the headline."""
     model = results[0]
     positive = len(class_names) - 1  # P(dog) for catdog's two classes
     identity_rows = [(result.label, *(result.identity.get(k, "") for k in (
-        "path", "version", "source", "image_size", "class_names"))) for result in results]
+        "path", "version", "source", "precision", "image_size", "class_names")))
+        for result in results]
     headline_rows = [(name, *(_interval(r, key) for r in results))
                      for key, name in _FIGURE_NAMES.items()]
     per_class_rows = [(name, *(f"{model.metrics['per_class'][name][k]:.4f}" for k in (
         "precision", "recall", "f1", "roc_auc")), model.metrics["per_class"][name]["support"])
         for name in class_names]
-    skipped = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>"
-                      for s in data["skipped"])
+    skipped = "".join(f"<li>{html.escape(s.path)}: {html.escape(s.reason)}</li>"
+                      for s in photos.skipped)
+    counts = ", ".join(f"{count} {name}" for name, count in photos.files.class_counts().items())
+    warning = ("" if photos.role == evaluation.EVALUATION else
+               '<p><strong>These photos also chose the model (its best epoch), so every figure '
+               "below is optimistic.</strong></p>")
     parts = [
         _section("identity", "Model", _table(
-            ("", "path", "version", "source run and epoch", "image size", "classes"),
-            identity_rows)),
-        _section("data", "Data", f"<p>{html.escape(str(data['folder']))}: {data['images']} "
-                 f"images {html.escape(str(data['counts']))}; {len(data['skipped'])} files "
-                 f"skipped</p><ul>{skipped}</ul>"),
+            ("", "path", "version", "source run and epoch", "computed in", "image size",
+             "classes"), identity_rows)),
+        _section("data", "Data", f"<p>{html.escape(photos.describe())}: {counts}; "
+                 f"{len(photos.skipped)} files skipped</p>{warning}<ul>{skipped}</ul>"),
         _section("headline", "Headline figures", _table(
-            ("figure", *(f"{r.label} (95% bootstrap interval, {data['bootstrap']} resamples)"
-                         for r in results)), headline_rows)),
+            ("figure", *(f"{r.label} (95% BCa bootstrap interval, {bootstrap} resamples)"
+                         for r in results)), headline_rows)
+            + f'<p class="muted">{html.escape(figures.INTERVAL_METHOD)}</p>'),
+    ]
+    if comparison:
+        parts.append(_section(COMPARISON, "Comparison with the baseline",
+                              _comparison_body(comparison)))
+    parts += [
         _section("confusion", "Confusion matrix", _plot(confusion_plot(
             np.array(model.metrics["confusion_matrix"]), class_names), "confusion matrix")),
         _section("curves", "ROC and precision-recall", _plot(curves_plot(
@@ -230,13 +254,10 @@ def render(results: Sequence[ModelResult], labels: np.ndarray, class_names: Sequ
         _section("per-class", "Per class", _table(
             ("class", "precision", "recall", "F1", "ROC AUC", "support"), per_class_rows)),
         _section("errors", "Misclassified photos", (
-            f"<p>{len(errors)} shown, most confidently wrong first; the first {explained} with "
-            "the Grad-CAM heat map of the predicted class (block5_conv3) beside the photo.</p>"
-            + _gallery(errors))),
+            f"<p>{wrong} of {len(labels)} photos are misclassified; the {len(errors)} most "
+            f"confidently wrong are shown, the first {explained} with the Grad-CAM heat map of "
+            "the predicted class (block5_conv3) beside the photo.</p>" + _gallery(errors))),
     ]
-    if comparison:
-        parts.append(_section(COMPARISON, "Comparison with the baseline",
-                              _comparison_body(comparison)))
     title = f"Evaluation of {model.identity.get('path', '')}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>'
             f"{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
@@ -246,13 +267,182 @@ def render(results: Sequence[ModelResult], labels: np.ndarray, class_names: Sequ
 def _comparison_body(comparison: dict[str, Any]) -> str:
     difference, test = comparison["accuracy_difference"], comparison["mcnemar"]
     rows = [(_FIGURE_NAMES[name], f"{values['model']:.4f}", f"{values['baseline']:.4f}",
-             f"{values['model'] - values['baseline']:+.4f}")
+             _signed(values["model"] - values["baseline"]))
             for name, values in comparison["figures"].items()]
     return (
         _table(("figure", "model", "baseline", "model − baseline"), rows)
-        + f"<p>Accuracy difference {difference['difference']:+.4f}, paired bootstrap 95% "
-          f"interval [{difference['low']:+.4f}, {difference['high']:+.4f}]. McNemar's exact "
-          f"test: {test['a_only']} photos only the model gets right, {test['b_only']} only the "
-          f"baseline; p = {test['p_value']:.4g}.</p>"
-        + f"<h3>Photos the two disagree on ({len(comparison['disagreements'])})</h3>"
-        + _gallery(comparison["disagreements"]))
+        + f"<p>Accuracy difference {_signed(difference['difference'])}, paired bootstrap 95% "
+          f"interval [{_signed(difference['low'])}, {_signed(difference['high'])}]. McNemar's "
+          f"exact test: {test['a_only']} photos only the model gets right, {test['b_only']} "
+          f"only the baseline; p = {test['p_value']:.4g}.</p>"
+        + f"<h3>Photos the two disagree on ({len(comparison['disagreements'])} in all, at most "
+          f"{evaluation.MAX_SHOWN} shown)</h3>"
+        + _gallery(comparison["photos"]))
+
+
+# --- photos -------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=2 * evaluation.MAX_SHOWN)  # the grid and the page show the same
+def thumbnail(path: str) -> np.ndarray:
+    return images.load_image(tf.constant(path), THUMBNAIL).numpy()
+
+
+def error_photos(files: data.ImageFiles, probabilities: np.ndarray,
+                 class_names: Sequence[str], maps: np.ndarray) -> list[Photo]:
+    """The misclassified photos, most confidently wrong first (at most MAX_SHOWN), the first
+    `len(maps)` with their Grad-CAM overlay."""
+    labels = np.array(files.labels)
+    predicted = probabilities.argmax(axis=1)
+    wrong = evaluation.most_confidently_wrong(labels, probabilities)[:evaluation.MAX_SHOWN]
+    photos = []
+    for slot, index in enumerate(wrong):
+        image = thumbnail(files.paths[index])
+        photos.append(Photo(
+            image, f"{Path(files.paths[index]).name}: {class_names[labels[index]]} → "
+                   f"{class_names[predicted[index]]} "
+                   f"(p={probabilities[index, predicted[index]]:.3f})",
+            gradcam.overlay(image, maps[slot]) if slot < len(maps) else None))
+    return photos
+
+
+def disagreement_photos(files: data.ImageFiles, indices: Sequence[int], model: ModelResult,
+                        baseline: ModelResult, class_names: Sequence[str]) -> list[Photo]:
+    labels = np.array(files.labels)
+    predicted = [r.probabilities.argmax(axis=1) for r in (model, baseline)]
+    return [Photo(thumbnail(files.paths[i]), (
+        f"{Path(files.paths[i]).name}: {class_names[labels[i]]}; model "
+        f"{class_names[predicted[0][i]]} ({model.probabilities[i].max():.3f}), baseline "
+        f"{class_names[predicted[1][i]]} ({baseline.probabilities[i].max():.3f})"))
+        for i in indices[:evaluation.MAX_SHOWN]]
+
+
+def misclassified_grid(files: data.ImageFiles, probabilities: np.ndarray,
+                       class_names: Sequence[str]) -> Image.Image:
+    """A grid of the wrongly classified images (the MAX_SHOWN most confidently wrong first),
+    each captioned 'true -> predicted' and the predicted class's probability."""
+    labels = np.array(files.labels)
+    predicted = probabilities.argmax(axis=1)
+    wrong = evaluation.most_confidently_wrong(labels, probabilities)[:evaluation.MAX_SHOWN]
+    rows = max(1, math.ceil(len(wrong) / GRID_COLUMNS))
+    columns = GRID_COLUMNS if len(wrong) else 1
+    grid = Image.new("RGB", (columns * THUMBNAIL, rows * (THUMBNAIL + CAPTION_HEIGHT)), "white")
+    draw = ImageDraw.Draw(grid)
+    if not len(wrong):
+        draw.text((4, 4), "no misclassified images", fill="black")
+    for slot, index in enumerate(wrong):
+        x, y = (slot % GRID_COLUMNS) * THUMBNAIL, (slot // GRID_COLUMNS) * (
+            THUMBNAIL + CAPTION_HEIGHT)
+        grid.paste(Image.fromarray(thumbnail(files.paths[index])), (x, y))
+        draw.text((x + 3, y + THUMBNAIL + 2),
+                  f"{class_names[labels[index]]} -> {class_names[predicted[index]]}",
+                  fill="black")
+        draw.text((x + 3, y + THUMBNAIL + 15), f"p={probabilities[index, predicted[index]]:.3f} "
+                  f"{Path(files.paths[index]).name[:14]}", fill="firebrick")
+    return grid
+
+
+# --- report.md and report.json ------------------------------------------------------------------
+
+def _figure(value: float | None) -> str:
+    return "undefined" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def markdown_report(content: dict[str, Any]) -> str:
+    names = content["class_names"]
+    lines = [
+        f"# Evaluation of {content['model']}", "",
+        f"{content['images']} images from {content['data_dir']}, {content['role']} photos"
+        f" ({len(content['skipped'])} unreadable files skipped); computed in "
+        f"{content['precision']}.", "",
+        "| metric | value |", "|---|---:|",
+        f"| accuracy | {_figure(content['accuracy'])} |",
+        f"| ROC AUC (one-vs-rest, mean) | {_figure(content['roc_auc'])} |",
+        f"| log loss | {_figure(content['log_loss'])} |",
+        f"| expected calibration error | {_figure(content['expected_calibration_error'])} |",
+        "", "| class | precision | recall | F1 | ROC AUC | support |",
+        "|---|---:|---:|---:|---:|---:|"]
+    for name in names:
+        c = content["per_class"][name]
+        lines.append(f"| {name} | {_figure(c['precision'])} | {_figure(c['recall'])} | "
+                     f"{_figure(c['f1'])} | {_figure(c['roc_auc'])} | {c['support']} |")
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted class):", "",
+              "| true \\ predicted | " + " | ".join(names) + " |",
+              "|---|" + "---:|" * len(names)]
+    for name, row in zip(names, content["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    wrong = len(content["misclassified"])
+    lines += ["", f"{wrong} images are misclassified; misclassified.png shows the "
+                  f"{min(wrong, evaluation.MAX_SHOWN)} most confidently wrong:", ""]
+    lines += [f"- {item['path']}: {item['label']}, predicted {item['predicted']} "
+              f"(p={item['probability']:.3f})" for item in content["misclassified"]]
+    lines.append("")
+    for item in content["skipped"]:
+        lines.append(f"- skipped {item['path']}: {item['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def json_content(model: ModelResult, photos: evaluation.Photos,
+                 baseline: ModelResult | None = None, compared: dict[str, Any] | None = None,
+                 how: dict[str, Any] | None = None) -> dict[str, Any]:
+    """report.json's content: every figure, the photos and their role, how the answers were
+    computed (`how`)."""
+    names = photos.files.class_names
+    content = {"model": str(model.identity["path"]), "data_dir": photos.source,
+               "role": photos.role, "photos": photos.describe(),
+               "precision": model.identity["precision"], **(how or {}),
+               "class_names": list(names), **model.metrics, "intervals": model.intervals,
+               "interval_method": figures.INTERVAL_METHOD,
+               "misclassified": evaluation.misclassified_files(photos.files,
+                                                               model.probabilities, names),
+               "skipped": [{"path": item.path, "reason": item.reason} for item in photos.skipped]}
+    if baseline is not None and compared is not None:
+        content["baseline"] = {"model": str(baseline.identity["path"]),
+                               "precision": baseline.identity["precision"], **baseline.metrics,
+                               "intervals": baseline.intervals}
+        content["comparison"] = compared
+    return finite(content)
+
+
+def write_reports(output_dir: str | Path, model: ModelResult, photos: evaluation.Photos,
+                  baseline: ModelResult | None = None, maps: np.ndarray | None = None,
+                  bootstrap_samples: int = figures.BOOTSTRAP_SAMPLES,
+                  how: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Renders and writes the four reports of `model` (and `baseline`, on the same photos) with
+    the heat maps `maps` of its most confidently wrong photos; returns report.json's content."""
+    thumbnail.cache_clear()  # photos may have changed since an earlier report
+    maps = np.zeros((0,)) if maps is None else maps
+    files, names = photos.files, list(photos.files.class_names)
+    labels = np.array(files.labels)
+    results = [model] + ([baseline] if baseline is not None else [])
+    compared = (evaluation.comparison(model, baseline, labels, bootstrap_samples)
+                if baseline is not None else None)
+    content = json_content(model, photos, baseline, compared, how)
+    errors = error_photos(files, model.probabilities, names, maps)
+    if compared:
+        compared = {**compared, "photos": disagreement_photos(
+            files, compared["disagreements"], model, baseline, names)}
+    page = render(results, labels, names, photos, errors, len(maps),
+                  len(content["misclassified"]), compared, bootstrap_samples)
+    grid = misclassified_grid(files, model.probabilities, names)
+    output_dir = Path(output_dir)
+    atomic.remove_leftovers(output_dir)
+    writers = {"report.json": lambda tmp: tmp.write_text(json.dumps(content, indent=2,
+                                                                    allow_nan=False)),
+               "report.md": lambda tmp: tmp.write_text(markdown_report(content)),
+               "misclassified.png": lambda tmp: grid.save(tmp, format="PNG"),
+               "report.html": lambda tmp: tmp.write_text(page)}
+    for name, write in writers.items():
+        with atomic.atomic_file(output_dir / name) as tmp:
+            write(tmp)
+    return content

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from catdog import atomic, data, distribute, export, inference, publish
+from catdog import atomic, data, distribute, evaluation, export, inference, publish, versions
 from catdog import model as model_lib
 from catdog.checkpoints import Checkpoints, Progress
 from catdog.config import Config
@@ -108,8 +107,27 @@ def _train_holding(config: Config, distribution: distribute.Distribution, run: R
         handler.close()
 
 
+@dataclasses.dataclass
+class Fitted:
+    """A run's fitting, done: the model holding its best epoch's weights, and its record."""
+
+    trainer: Trainer
+    splits: data.Splits
+    progress: Progress
+    history: list[dict[str, Any]]
+    feature_seconds: float
+
+
 def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
            chief_run: RunDir, wall_start: float) -> TrainResult:
+    fitted = _fit(config, distribution, run, chief_run)
+    return _release(config, distribution, run, fitted, wall_start)
+
+
+def _fit(config: Config, distribution: distribute.Distribution, run: RunDir,
+         chief_run: RunDir) -> Fitted:
+    """Trains (or resumes) every epoch, checkpointing each, and restores the best one, chosen
+    on the selection photos."""
     keras.utils.set_random_seed(config.seed)
     with distribution.strategy.scope():  # --weights is checked before any data work
         base = model_lib.build_base(config.image_size, config.weights)
@@ -142,40 +160,42 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
                          config.fine_tune_learning_rate)
             trainer.start_fine_tuning()
         logging.info("Epoch %d/%d", epoch, config.total_epochs)
-        row, probabilities = _train_epoch(trainer, inputs, epoch)
+        row = _train_epoch(trainer, inputs, epoch)
         _record_epoch(row, run, summary_writers)
         history.append(row)
         progress.train_seconds.assign_add(row["seconds"])
         progress.train_images.assign_add(len(splits.train))
         checkpoints.save(epoch, row["val_accuracy"])
-        if int(progress.best_epoch) == epoch:
-            run.write_best_probabilities(epoch, probabilities)
-
-    restored_best = checkpoints.restore_best()
-    best_epoch = int(progress.best_epoch)
-    logging.info("best epoch %d: val_accuracy %.4f", best_epoch,
+    checkpoints.restore_best()
+    logging.info("best epoch %d: val_accuracy %.4f", int(progress.best_epoch),
                  float(progress.best_val_accuracy))
+    return Fitted(trainer, splits, progress, history, inputs.feature_seconds)
+
+
+def _release(config: Config, distribution: distribute.Distribution, run: RunDir,
+             fitted: Fitted, wall_start: float) -> TrainResult:
+    """Exports the best epoch as a candidate and puts it through the gate (--publish), judged
+    on the evaluation photos; writes the run's summary."""
+    progress, splits = fitted.progress, fitted.splits
     policy = "float32" if config.export_precision == "float32" else distribution.precision
-    export_model = model_lib.in_policy(trainer.model, policy)
-    layout = export.Layout(Path(config.export_dir), config.model_name)
+    export_model = model_lib.in_policy(fitted.trainer.model, policy)
+    layout = versions.Layout(Path(config.export_dir), config.model_name)
+    start = time.perf_counter()
     candidate = export.export_candidate(
         export_model, splits.class_names, layout, config.max_image_pixels,
-        source=_source(config, best_epoch, int(progress.finished_epochs), policy))
+        source=_source(config, int(progress.best_epoch), int(progress.finished_epochs), policy))
     logging.info("exported %s and %s", candidate.saved_model, candidate.h5)
-    # The best epoch's own validation answers stand for the candidate's when they are the
-    # exported weights' (not a fallback to the last epoch) computed in the export's precision.
-    reusable = restored_best and policy == distribution.precision
-    decision = _gate(config, candidate, layout, export_model, splits,
-                     run.best_probabilities_of(best_epoch) if reusable else None,
-                     distribution.is_chief)
+    release_seconds = {"export": time.perf_counter() - start}
+    decision = _gate(config, candidate, layout, export_model, splits, distribution.is_chief)
+    release_seconds["gate"] = time.perf_counter() - start - release_seconds["export"]
     logging.info("%s", decision.reason)
     exports = (export.Exports(h5=layout.h5, saved_model=decision.version)
                if decision.version else candidate)
-    summary = _summary(config, splits, distribution, progress, history, exports,
-                       time.perf_counter() - wall_start, inputs.feature_seconds)
-    summary["gate"] = decision.to_dict()
+    summary = _summary(config, splits, distribution, progress, fitted.history, exports,
+                       time.perf_counter() - wall_start, fitted.feature_seconds)
+    summary["gate"], summary["release_seconds"] = decision.to_dict(), release_seconds
     run.write_summary(summary)
-    return TrainResult(trainer.model, splits.class_names, summary, exports, decision)
+    return TrainResult(fitted.trainer.model, splits.class_names, summary, exports, decision)
 
 
 def _finished_before(config: Config, summary: dict[str, Any]) -> TrainResult:
@@ -193,39 +213,41 @@ def _finished_before(config: Config, summary: dict[str, Any]) -> TrainResult:
 
 def _source(config: Config, best_epoch: int, finished_epochs: int, policy: str
             ) -> dict[str, Any]:
-    """What a version records of the run behind it: enough to find the run and the photos it
-    validated on (`catdog.publish` judges it on them), and to tell a rerun's identical export."""
+    """What a version records of the run behind it: enough to find the run and its photos in
+    their roles (`catdog.publish` judges it on the evaluation photos), and to tell a rerun's
+    identical export."""
     return {"run_dir": str(Path(config.run_dir).resolve()), "epoch": best_epoch,
             "finished_epochs": finished_epochs, "precision": policy,
             "data_dir": str(Path(config.data_dir).resolve()),
-            "validation_split": config.validation_split, "seed": config.seed,
+            "validation_split": config.validation_split,
+            "evaluation_split": config.evaluation_split, "seed": config.seed,
             "image_size": config.image_size}
 
 
-def _gate(config: Config, candidate: export.Exports, layout: export.Layout,
-          model: keras.Model, splits: data.Splits,
-          probabilities: np.ndarray | None, is_chief: bool) -> publish.Decision:
-    """--publish: the candidate through the gate (catdog/publish.py), or kept as it is (and
-    always on a non-chief worker, whose exports are scratch copies)."""
+def _gate(config: Config, candidate: export.Exports, layout: versions.Layout,
+          model: keras.Model, splits: data.Splits, is_chief: bool) -> publish.Decision:
+    """--publish: the candidate through the gate (catdog/publish.py) on the run's evaluation
+    photos (or --gate_data_dir's), or kept as it is (and always on a non-chief worker, whose
+    exports are scratch copies)."""
     if candidate.saved_model.parent == layout.base:
         return publish.already_published(candidate)
     if config.publish == "never" or not is_chief:
         return publish.kept(candidate)
     reference = inference.keras_classifier(model, splits.class_names)
-    photos = publish.Photos(splits.validation, f"{config.data_dir} (the run's validation split)")
+    photos = evaluation.run_photos(splits, config.data_dir)
     if config.gate_data_dir:
-        photos, probabilities = publish.gate_photos(
+        photos = evaluation.folder_photos(
             config.gate_data_dir, splits.class_names, config.image_size,
-            config.max_image_pixels), None
+            config.evaluation_split, config.seed, evaluation.chosen_by(splits),
+            config.max_image_pixels)
     return publish.gate(candidate, layout, photos, reference, publish.GateSettings(
         config.gate_tolerance, config.gate_min_accuracy, config.publish == "always",
-        config.keep_versions, config.batch_size, config.max_image_pixels), probabilities)
+        config.keep_versions, config.batch_size, config.max_image_pixels))
 
 
-def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int
-                 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Trains one epoch with its own data order and augmentation seed, then validates; the
-    epoch's row of metrics and its validation probabilities."""
+def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int) -> dict[str, Any]:
+    """Trains one epoch with its own data order and augmentation seed, then validates on the
+    selection photos; the epoch's row of metrics."""
     config = trainer.config
     seed = model_lib.epoch_seed(config.seed, epoch)
     if trainer.augmenter.layers:
@@ -238,11 +260,10 @@ def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int
         metrics = trainer.train_epoch(batches.dataset, batches.source, steps, progress)
         seconds = time.perf_counter() - start
         validation = inputs.validation(trainer.base_frozen)
-        validation_metrics, probabilities = trainer.evaluate(validation.dataset,
-                                                             validation.source)
+        validation_metrics, _ = trainer.evaluate(validation.dataset, validation.source)
     metrics.update(validation_metrics)
     return {"epoch": epoch, "phase": "fine_tune" if trainer.fine_tuning else "head", **metrics,
-            "seconds": seconds, "images_per_second": count / seconds}, probabilities
+            "seconds": seconds, "images_per_second": count / seconds}
 
 
 def _record_epoch(row: dict[str, Any], run: RunDir,
@@ -271,7 +292,8 @@ def _summary(config: Config, splits: data.Splits, distribution: distribute.Distr
         "flags": config.to_dict(),
         "class_names": list(splits.class_names),
         "train_images": len(splits.train),
-        "validation_images": len(splits.validation),
+        "validation_images": len(splits.validation),  # the selection photos
+        "evaluation_images": len(splits.evaluation) if splits.evaluation else 0,
         "bad_images_skipped": len(splits.bad_images),
         "bad_images": [dataclasses.asdict(item) for item in splits.bad_images],
         "distribution": distribution.describe(),

@@ -129,11 +129,57 @@ def test_a_check_record_skips_files_checked_before_and_unchanged(tmp_path, monke
     assert sorted(decoded) == sorted(paths)
 
 
+# --- the photos' roles: training, selection, evaluation -----------------------------------------
+
+def all_roles(splits: data.Splits) -> list[set[str]]:
+    return [set(files.paths) for files in (splits.train, splits.validation, splits.evaluation)]
+
+
+def test_without_a_test_folder_a_seeded_stratified_half_of_validation_evaluates(dataset_dir):
+    splits = data.prepare_splits(config_for(dataset_dir))
+    train, selection, evaluation = all_roles(splits)
+    assert not (train & selection or train & evaluation or selection & evaluation)
+    assert selection | evaluation == {str(p) for p in (dataset_dir / "validation").rglob("*.jpg")}
+    assert splits.evaluation.class_counts() == {"cats": 3, "dogs": 3}
+    assert "0.5 of the validation photos of each class, drawn with seed 42" in \
+        splits.evaluation_source
+    assert all_roles(data.prepare_splits(config_for(dataset_dir))) == all_roles(splits)
+    other_seed = data.prepare_splits(config_for(dataset_dir, seed=7))
+    assert all_roles(other_seed)[2] != evaluation
+
+
+def test_a_test_folder_evaluates_and_all_validation_photos_select(dataset_dir):
+    write_split(dataset_dir / "test", 2, seed=9)
+    splits = data.prepare_splits(config_for(dataset_dir))
+    assert len(splits.validation) == 12 and len(splits.evaluation) == 4
+    assert all(Path(p).parent.parent.name == "test" for p in splits.evaluation.paths)
+    assert splits.evaluation_source == "the test/ folder"
+
+
+def test_the_run_says_in_one_line_which_photos_select_and_which_evaluate(dataset_dir, caplog):
+    with caplog.at_level("INFO", logger="absl"):
+        data.prepare_splits(config_for(dataset_dir))
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("photos:")]
+    assert line == ("photos: 32 train, 6 select the best epoch, 6 evaluate (0.5 of the "
+                    "validation photos of each class, drawn with seed 42 (--evaluation_split))")
+
+
+def test_no_evaluation_photos_is_said_and_too_few_to_split_is_one_line(dataset_dir, tmp_path):
+    splits = data.prepare_splits(config_for(dataset_dir, evaluation_split=0))
+    assert splits.evaluation is None and len(splits.validation) == 12
+    tiny = tmp_path / "tiny"
+    write_split(tiny / "train", 2)
+    write_split(tiny / "validation", 1)
+    with pytest.raises(CatdogError, match=r"^class 'cats' has one image; --evaluation_split=0.5 "
+                                          r"keeps part .* or pass --evaluation_split=0 "):
+        data.prepare_splits(config_for(tiny))
+
+
 def test_skip_drops_bad_files_and_fail_stops_naming_one(dataset_dir):
     expected = write_bad_files(dataset_dir / "train" / "dogs")
     splits = data.prepare_splits(config_for(dataset_dir, on_bad_image="skip"))
     assert len(splits.bad_images) == len(expected)
-    assert len(splits.train) == 32 and len(splits.validation) == 12
+    assert len(splits.train) == 32 and len(splits.validation) == len(splits.evaluation) == 6
     with pytest.raises(CatdogError, match=r"5 file\(s\) under .* cannot be decoded, first .*"
                                           r"--on_bad_image=skip"):
         data.prepare_splits(config_for(dataset_dir, on_bad_image="fail"))
@@ -142,9 +188,9 @@ def test_skip_drops_bad_files_and_fail_stops_naming_one(dataset_dir):
 def test_a_class_left_with_only_bad_files_stops_the_run(dataset_dir):
     for f in (dataset_dir / "validation" / "dogs").iterdir():
         f.write_bytes(b"")
-    with pytest.raises(CatdogError, match="class 'dogs' has no decodable images in the "
-                                          "validation split"):
-        data.prepare_splits(config_for(dataset_dir))
+    with pytest.raises(CatdogError, match="class 'dogs' has no decodable images among the "
+                                          "selection photos"):
+        data.prepare_splits(config_for(dataset_dir, evaluation_split=0))
 
 
 def test_check_cli_lists_bad_files_and_exits_non_zero(dataset_dir):
@@ -263,7 +309,7 @@ def test_training_run_downloads_a_missing_data_dir(tmp_path, served_zip):
     url, sha256 = served_zip
     target = tmp_path / "data" / "cats_and_dogs_filtered"
     splits = data.prepare_splits(config_for(target, download=True, download_url=url,
-                                            download_sha256=sha256))
+                                            download_sha256=sha256, evaluation_split=0))
     assert splits.class_names == CLASSES and len(splits.train) == 4
 
 
@@ -326,7 +372,8 @@ def test_a_bomb_is_refused_by_data_check_and_by_training(tmp_path):
     result = run_catdog("data", "check", str(root))
     assert result.returncode == 1
     assert "bomb.png: image declares 529000000 pixels" in result.stdout
-    config = Config(data_dir=str(root), validation_split=0.5, on_bad_image="skip")
+    config = Config(data_dir=str(root), validation_split=0.5, evaluation_split=0,
+                    on_bad_image="skip")
     splits = data.prepare_splits(config)
     assert [Path(b.path).name for b in splits.bad_images] == ["bomb.png"]
     assert "--max_image_pixels" in splits.bad_images[0].reason

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catdog import evaluate, export
+from catdog import evaluate, evaluation, export
 from catdog import model as model_lib
+from catdog.errors import CatdogError
 
 from conftest import run_catdog
 
@@ -53,6 +54,15 @@ def test_h5_and_saved_model_give_the_same_report(exported, dataset_dir, tmp_path
     grid = Image.open(out / "misclassified.png")
     if wrong:
         assert grid.size == (8 * 128, math.ceil(wrong / 8) * (128 + 30))
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_any_photo_is_evaluated(
+        exported, dataset_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluation, "predict_files", None)  # would fail if it were reached
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(CatdogError, match=r"^--output_dir=.*taken is a file; name a folder"):
+        evaluate.evaluate(str(exported.h5), str(dataset_dir / "validation"),
+                          str(tmp_path / "taken"))
 
 
 def test_class_folders_must_match_the_models_classes(exported, dataset_dir, tmp_path):
@@ -105,7 +115,7 @@ def test_the_page_holds_every_section_and_the_heat_maps_it_says(exported, datase
     for section in report.SECTIONS:
         assert f'<section id="{section}">' in page, section
     assert 'id="comparison"' not in page
-    wrong = min(len(content["misclassified"]), evaluate.MAX_GRID_IMAGES)
+    wrong = min(len(content["misclassified"]), evaluation.MAX_SHOWN)
     assert page.count('alt="photo"') == wrong
     assert page.count('alt="Grad-CAM heat map"') == min(wrong, 1)
     assert "http://" not in page and "https://" not in page and "<script" not in page
@@ -115,14 +125,14 @@ def test_test_time_flip_averages_each_photo_with_its_mirror(exported, dataset_di
     from catdog import data, inference
 
     classifier = inference.load_classifier(str(exported.h5), "float32")
-    files, _ = evaluate.checked_files(str(dataset_dir / "validation"), classifier.class_names)
-    plain = evaluate.predict_files(classifier, files, 4)
+    files, _ = evaluation.checked_files(str(dataset_dir / "validation"), classifier.class_names)
+    plain = evaluation.predict_files(classifier, files, 4)
     pixels = np.concatenate([p.numpy() for p, _ in data.batches(
         data.decoded_images(files, 32), 4)])
     by_hand = (classifier.predict(pixels) + classifier.predict(pixels[:, :, ::-1])) / 2
     averaged = evaluate.evaluate(str(exported.h5), str(dataset_dir / "validation"),
                                  str(tmp_path / "flip"), batch_size=4, test_time_flip=True)
-    flipped = evaluate.predict_files(classifier, files, 4, test_time_flip=True)
+    flipped = evaluation.predict_files(classifier, files, 4, test_time_flip=True)
     np.testing.assert_allclose(flipped, by_hand, atol=1e-6)
     assert not np.allclose(flipped, plain, atol=1e-6)
     assert averaged["test_time_flip"] is True and averaged["answer_seconds"] > 0

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from catdog import export
+from catdog import export, versions
 from catdog.errors import CatdogError
 
 from conftest import CLASSES, lock_held_by_another_process
@@ -94,7 +94,7 @@ def test_the_saved_model_stores_each_weight_once(classifier, tmp_path):
 
 def test_no_candidate_is_written_while_another_process_holds_the_export_folder(classifier,
                                                                               tmp_path):
-    layout = export.Layout(tmp_path / "export", "catdog")
+    layout = versions.Layout(tmp_path / "export", "catdog")
     with lock_held_by_another_process(layout.lock) as pid:
         with pytest.raises(CatdogError, match=f"export folder .* in use by process {pid}"):
             export.export_candidate(classifier, CLASSES, layout)

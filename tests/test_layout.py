@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "catdog"
 GROUND = {"catdog.contract", "catdog.errors", "catdog.fields", "catdog.image_formats",
           "catdog.images", "catdog.atomic", "catdog.startup", "catdog.version",
-          "catdog.terminal"}
+          "catdog.terminal", "catdog.versions"}
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -62,3 +62,39 @@ def test_the_savedmodel_writer_does_not_import_the_serving_wing():
 def test_building_a_config_loads_no_tensorflow():
     loaded = loaded_after("from catdog.config import Config; Config(data_dir='d')")
     assert "tensorflow" not in loaded
+
+
+TOOLS = {"catdog.train", "catdog.evaluate", "catdog.predict", "catdog.publish",
+         "catdog.data_cli", "catdog.serve", "catdog.client"}
+
+
+def test_tools_import_libraries_never_each_other():
+    """The gate decides with the evaluator and the report writer, not with the evaluate command;
+    train runs the gate as a library (publish), which imports no other command."""
+    for path in sorted(PACKAGE.glob("*.py")):
+        module = f"catdog.{path.stem}"
+        imported = top_level_imports(path) & TOOLS - {module}
+        allowed = {"catdog.publish"} if module == "catdog.train" else set()
+        assert imported <= allowed, (path.name, imported - allowed)
+
+
+def test_the_evaluator_writes_nothing_and_versions_stand_on_the_ground():
+    evaluation = top_level_imports(PACKAGE / "evaluation.py")
+    assert not {"catdog.atomic", "catdog.report", "catdog.publish"} & evaluation
+    assert top_level_imports(PACKAGE / "versions.py") <= GROUND
+    assert "catdog.report" not in top_level_imports(PACKAGE / "figures.py")
+
+
+def test_one_function_lists_version_folders():
+    """Only versions.py scans a base path for integer-named folders; the exporter, the gate,
+    rollback and the server's core call it."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "versions.py":
+            continue
+        source = path.read_text()
+        assert not ("iterdir()" in source and ".isdigit()" in source), path.name
+    assert "catdog.versions" in top_level_imports(PACKAGE / "serving" / "server_core.py")
+
+
+def test_publish_keeps_only_the_gates_decision():
+    assert len((PACKAGE / "publish.py").read_text().splitlines()) <= 250

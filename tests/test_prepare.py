@@ -12,7 +12,7 @@ from catdog import data, prepare, train
 from catdog.config import Config
 from catdog.errors import CatdogError
 
-from conftest import lock_held_by_another_process, run_catdog
+from conftest import lock_held_by_another_process, run_catdog, write_split
 
 
 @pytest.fixture
@@ -54,6 +54,33 @@ def test_shards_give_back_the_same_pixels_in_the_same_order(source, tmp_path):
     expected_images, expected_labels = as_arrays(data.decoded_images(from_jpegs, 32))
     np.testing.assert_array_equal(images, expected_images)
     assert labels == expected_labels == list(from_jpegs.labels)
+
+
+def test_prepared_photos_keep_their_roles_and_the_same_pixels_as_the_folder(source, tmp_path):
+    write_split(source / "test", 2, seed=9)
+    prepare.prepare(source, tmp_path / "prepared", 32, shard_images=3)
+    from_shards = data.prepare_splits(Config(data_dir=str(tmp_path / "prepared"),
+                                             image_size=32))
+    from_jpegs = data.prepare_splits(Config(data_dir=str(source), image_size=32))
+    for role in ("validation", "evaluation"):
+        shards, jpegs = getattr(from_shards, role), getattr(from_jpegs, role)
+        assert shards.paths == jpegs.paths, role
+        np.testing.assert_array_equal(as_arrays(data.decoded_images(shards, 32))[0],
+                                      as_arrays(data.decoded_images(jpegs, 32))[0])
+    assert from_shards.evaluation_source == "the test/ folder"
+
+
+def test_a_part_of_prepared_shards_reads_only_its_photos(source, tmp_path):
+    prepare.prepare(source, tmp_path / "prepared", 32, shard_images=5)
+    _, validation = data.prepared_splits(tmp_path / "prepared", 32)
+    selection, evaluation = data.split_files(validation, 0.5, seed=1)
+    whole, labels = as_arrays(data.decoded_images(validation, 32))
+    for part in (selection, evaluation):
+        indices = [validation.paths.index(p) for p in part.paths]
+        images, part_labels = as_arrays(data.decoded_images(part, 32))
+        np.testing.assert_array_equal(images, whole[indices])
+        assert part_labels == [labels[i] for i in indices] == list(part.labels)
+    assert selection.fingerprint != evaluation.fingerprint != validation.fingerprint
 
 
 def test_a_prepared_folder_at_another_size_is_one_line_naming_the_fix(source, tmp_path):

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import message
 from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import input_pb2
 
 from catdog import contract, images
@@ -120,13 +121,49 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.strip().splitlines()[0][:300]}"
 
 
+LABELS_ASSET = f"assets/{contract.LABELS_FILE}"
+VARIABLES = "variables/variables"  # the prefix of a SavedModel's variables
+
+
+def files_problem(candidate: Path) -> str | None:
+    """What is wrong with the files a load needs, in words naming the file: saved_model.pb that
+    does not parse, variables missing or unreadable (every tensor is read once), no labels
+    asset; None when they are whole."""
+    try:
+        saved_model_pb2.SavedModel().ParseFromString((candidate / "saved_model.pb").read_bytes())
+    except OSError as error:
+        return f"saved_model.pb cannot be read: {error.strerror}"
+    except message.DecodeError:
+        return "saved_model.pb is not a SavedModel (it does not parse as one)"
+    index = candidate / f"{VARIABLES}.index"
+    shards = sorted(p.name for p in (candidate / "variables").glob("variables.data-*"))
+    if not index.is_file():
+        return f"{VARIABLES}.index is missing: the variables cannot be found"
+    if not shards:
+        return f"{VARIABLES}.data-* is missing: the variables' values are not there"
+    try:
+        reader = tf.train.load_checkpoint(str(candidate / VARIABLES))
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as error:  # TensorFlow's reader: DataLossError, OutOfRange, IndexError...
+        named = ", ".join(f"variables/{shard}" for shard in shards)
+        return f"{named} is damaged or truncated ({_first_line(error)})"
+    if not (candidate / LABELS_ASSET).is_file():
+        return (f"{LABELS_ASSET} is missing: the labels asset names the classes, one a line "
+                "(catdog's exporter writes it)")
+    return None
+
+
 def validate(candidate: str | Path, image_file: str | Path) -> dict[str, Any]:
     """Steps 1–4 of the module docstring; the report as a JSON-ready dict."""
     candidate = Path(candidate)
+    problem = files_problem(candidate)
+    if problem:
+        return {"ok": False, "failure": problem}
     try:
-        labels = (candidate / "assets" / contract.LABELS_FILE).read_text().splitlines()
-    except OSError as error:
-        return {"ok": False, "failure": f"the labels asset cannot be read: {error.strerror}"}
+        labels = (candidate / LABELS_ASSET).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        return {"ok": False, "failure": f"{LABELS_ASSET} cannot be read: {error}"}
     try:
         servable = Servable(contract.DEFAULT_MODEL_NAME, 0, candidate)
     except Exception as error:  # whatever TensorFlow's loader raises, reported in one line
@@ -138,7 +175,8 @@ def validate(candidate: str | Path, image_file: str | Path) -> dict[str, Any]:
         try:
             warmed = servable.warm_up()
         except Exception as error:
-            return {"ok": False, "failure": f"a warm-up request failed: {_first_line(error)}"}
+            return {"ok": False, "failure": f"a warm-up request of {contract.WARMUP_FILE} "
+                                            f"failed: {_first_line(error)}"}
         try:
             answers, classes = _answers(servable, Path(image_file),
                                         image_size_of(servable.signature_defs))

@@ -33,25 +33,12 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from catdog.serving.servable import Servable
 from catdog.serving.status import ServingError, invalid
+from catdog.versions import version_folders  # the one scan, shared with the exporter and gate
 
 ModelConfig = model_server_config_pb2.ModelConfig
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 _Status = get_model_status_pb2.ModelVersionStatus
 _OK = status_pb2.StatusProto(error_code=0, error_message="")
-
-
-def version_folders(base_path: Path) -> dict[int, Path] | None:
-    """Integer-named sub-folders (zero padding allowed, as TF Serving parses them); None when
-    the base path itself cannot be found."""
-    try:
-        entries = list(base_path.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    found = {}
-    for path in entries:
-        if path.name.isdigit() and not path.name.startswith(".") and path.is_dir():
-            found.setdefault(int(path.name), path)
-    return found
 
 
 def aspired_versions(config: ModelConfig, available: Iterable[int]) -> set[int]:

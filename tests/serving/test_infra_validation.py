@@ -4,12 +4,15 @@ the signature contract clients rely on, a load as a servable, warm-up, one real 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from catdog import contract
 from catdog.serving import infra_validation
@@ -77,15 +80,52 @@ def test_the_report_carries_each_signatures_answer_for_a_real_image(exported, ve
                                  "classify": list(CLASSES)}
 
 
-def test_damaged_variables_fail_the_load_in_one_line(version, tmp_path, jpegs):
+DATA = "variables/variables.data-00000-of-00001"
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_byte(path: Path) -> None:
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    path.write_bytes(bytes(content))
+
+
+def garble_warmup(version: Path) -> None:
+    """A warm-up record whose request asks for a signature the model does not have."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(
+        request=predict_pb2.PredictRequest()))
+    log.predict_log.request.model_spec.signature_name = "no_such_signature"
+    with tf.io.TFRecordWriter(str(version / contract.WARMUP_FILE)) as writer:
+        writer.write(log.SerializeToString())
+
+
+@pytest.mark.parametrize("damage, failure", [
+    (lambda v: truncate(v / DATA), f"^{DATA} is damaged or truncated \\("),
+    (lambda v: flip_a_byte(v / DATA), f"^{DATA} is damaged or truncated \\(.*[Cc]hecksum"),
+    (lambda v: (v / DATA).unlink(), r"^variables/variables.data-\* is missing"),
+    (lambda v: (v / "variables/variables.index").unlink(),
+     r"^variables/variables.index is missing"),
+    (lambda v: (v / "saved_model.pb").write_bytes(b"not a protobuf"),
+     r"^saved_model.pb is not a SavedModel"),
+    (lambda v: (v / "assets/labels.txt").unlink(), r"^assets/labels.txt is missing: the labels "
+                                                   "asset names the classes"),
+    (garble_warmup, r"^a warm-up request of assets.extra/tf_serving_warmup_requests failed: "),
+], ids=["truncated variables", "a flipped byte", "no variables data", "no variables index",
+        "saved_model.pb garbage", "no labels asset", "a failing warm-up request"])
+def test_each_refusal_is_one_line_naming_the_file_and_what_is_wrong(version, tmp_path, jpegs,
+                                                                     damage, failure):
     damaged = tmp_path / "1"
     shutil.copytree(version, damaged)
-    (data,) = (damaged / "variables").glob("variables.data-*")
-    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    damage(damaged)
     report = infra_validation.validate(damaged, jpegs[0])
     assert not report["ok"]
-    assert report["failure"].startswith("cannot load it as a servable: ")
-    assert "\n" not in report["failure"]
+    assert re.search(failure, report["failure"]), report["failure"]
+    assert "\n" not in report["failure"] and "Traceback" not in report["failure"]
 
 
 @pytest.mark.slow  # a fresh process

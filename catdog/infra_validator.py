@@ -1,0 +1,118 @@
+"""The gate's infra validation, from the outside: runs `catdog.serving.infra_validation` on a
+candidate in a fresh process that imports no training code (as TFX's InfraValidator runs the
+model server beside the pipeline), and compares the answers it reports with the in-process
+model's. Any difference is one line naming the signature and the photo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from catdog import data, evaluation, images, inference
+
+ANSWER_TOLERANCE = 1e-5  # served answers against the in-process model's
+VALIDATOR_TIMEOUT_SECONDS = 600
+# The validator starts in the folder that holds the catdog package: started in the folder that
+# holds a clone named catdog, `-m catdog.serving...` would find the clone's serving/ configs.
+_PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+
+
+def infra_validate(saved_model: Path, photos: evaluation.Photos,
+                   reference: inference.Classifier) -> tuple[str | None, dict[str, Any]]:
+    """Validates the candidate with one real photo of `photos`: (None, report) when it passes,
+    else (one line naming what failed, report)."""
+    logging.info("infra validation of %s", saved_model)
+    with _one_real_image(photos.files, reference.image_size) as image_file:
+        return validate_with(saved_model, image_file, reference)
+
+
+def validate_with(saved_model: Path, image_file: str,
+                  reference: inference.Classifier) -> tuple[str | None, dict[str, Any]]:
+    """Runs the validating process on `image_file` and compares its answers with
+    `reference`'s."""
+    start = time.perf_counter()
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}  # as the serve command runs
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "catdog.serving.infra_validation",
+             str(Path(saved_model).resolve()), str(Path(image_file).resolve())],
+            capture_output=True, text=True, env=env, timeout=VALIDATOR_TIMEOUT_SECONDS,
+            cwd=_PACKAGE_PARENT)
+    except subprocess.TimeoutExpired:
+        return f"it did not answer within {VALIDATOR_TIMEOUT_SECONDS} s", {}
+    report = _last_json_line(child.stdout)
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    if not report.get("ok"):
+        last_words = (child.stderr.strip().splitlines() or ["no output"])[-1]
+        return report.get("failure") or (
+            f"the validating process ended with status {child.returncode}: {last_words}"), report
+    return _answer_problem(report, image_file, reference), report
+
+
+def _last_json_line(text: str) -> dict[str, Any]:
+    """The validator's report: the last line of its output that is a JSON object."""
+    for line in reversed(text.splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def _answer_problem(report: dict[str, Any], image_file: str,
+                    reference: inference.Classifier) -> str | None:
+    """How the served answers differ from the in-process model's, or None."""
+    if report["labels"] != list(reference.class_names):
+        return (f"its labels asset names {report['labels']}, the model was trained on "
+                f"{list(reference.class_names)}")
+    pixels = tf.cast(images.load_image(tf.constant(str(image_file)), reference.image_size),
+                     tf.float32).numpy()[None]
+    expected = reference.predict(pixels)[0]
+    label = reference.class_names[int(expected.argmax())]
+    differences = {}
+    for signature, answer in report["answers"].items():
+        difference = float(np.max(np.abs(np.asarray(answer) - expected)))
+        differences[signature] = difference
+        if not difference <= ANSWER_TOLERANCE:
+            return (f"{signature} answers {np.round(answer, 6).tolist()} for {image_file}, the "
+                    f"in-process model {np.round(expected, 6).tolist()} (differing by "
+                    f"{difference:.2g}, more than {ANSWER_TOLERANCE:g})")
+    classes = report["classes"]
+    for signature in ("serving_default", "predict_pixels"):
+        if classes[signature] != label:
+            return f"{signature} names the class {classes[signature]!r}, expected {label!r}"
+    if classes["classify"] != list(reference.class_names):
+        return f"classify names the classes {classes['classify']}"
+    report["max_difference"] = max(differences.values())
+    return None
+
+
+@contextlib.contextmanager
+def _one_real_image(files: data.ImageFiles, image_size: int) -> Iterator[str]:
+    """A photo file to send through the signatures: the first that exists (prepared shards name
+    their source files, which may be gone: then their first image, written as a PNG)."""
+    found = next((path for path in files.paths if Path(path).is_file()), None)
+    if found:
+        yield found
+        return
+    pixels, _ = next(iter(data.decoded_images(files, image_size)))
+    with tempfile.TemporaryDirectory(prefix="catdog-gate-") as folder:
+        path = Path(folder) / "photo.png"
+        path.write_bytes(tf.io.encode_png(pixels).numpy())
+        yield str(path)

@@ -1,0 +1,126 @@
+"""catdog.versions: the folder TF Serving watches. One scan finds version folders as TF Serving
+does, a rollback moves the newest aside and restores the previous .h5, two writers never
+interleave, a killed publish is finished by the next writer, and answers remembered for a
+version are its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catdog import atomic, versions
+from catdog.errors import CatdogError
+
+from conftest import leftovers
+
+
+def layout_at(root: Path) -> versions.Layout:
+    return versions.Layout(root / "export", "catdog")
+
+
+def version_names(layout: versions.Layout) -> list[str]:
+    return sorted((p.name for p in layout.base.iterdir()), key=lambda n: (len(n), n)) \
+        if layout.base.is_dir() else []
+
+
+def test_the_one_scan_finds_integer_folders_as_tf_serving_does(tmp_path):
+    for name in ("1", "007", "12", ".3.tmp-x", "notes", "4.h5"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "5").write_text("a file, not a version")
+    assert versions.version_folders(tmp_path) == {1: tmp_path / "1", 7: tmp_path / "007",
+                                                  12: tmp_path / "12"}
+    assert versions.versions(tmp_path) == [tmp_path / "12", tmp_path / "007", tmp_path / "1"]
+    assert versions.version_folders(tmp_path / "missing") is None
+    assert versions.newest(tmp_path / "missing") is None
+
+
+# --- publishing, rolling back, the lock: folders only -------------------------------------------
+
+def fake_version(folder: Path, h5: Path | None = None, record: dict | None = None) -> Path:
+    """A folder shaped like a SavedModel version (contents never loaded by these tests)."""
+    folder.mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"pb " + folder.name.encode())
+    if h5:
+        h5.write_bytes(b"h5 of " + str(folder).encode())
+    if record is not None:
+        (folder / versions.GATE_FILE).write_text(json.dumps(record))
+    return folder
+
+
+def published_pair(tmp_path: Path) -> versions.Layout:
+    """Versions 1 and 2 published through the gate, each with its .h5 among the candidates."""
+    layout = layout_at(tmp_path)
+    for n in (1, 2):
+        h5 = layout.candidates / f"{n}.h5"
+        layout.candidates.mkdir(parents=True, exist_ok=True)
+        fake_version(layout.base / str(n), h5, {
+            "candidate": str(layout.candidates / str(n)), "h5": str(h5),
+            "published_version": str(layout.base / str(n))})
+    shutil.copyfile(layout.candidates / "2.h5", layout.h5)
+    return layout
+
+
+def test_rollback_moves_the_newest_aside_and_restores_the_previous_h5(tmp_path):
+    layout = published_pair(tmp_path)
+    version, moved, newest = versions.rollback(layout)
+    assert (version, moved, newest) == (layout.base / "2", layout.candidates / "2",
+                                        layout.base / "1")
+    assert version_names(layout) == ["1"]
+    assert (moved / "saved_model.pb").read_bytes() == b"pb 2"
+    assert layout.h5.read_bytes() == (layout.candidates / "1.h5").read_bytes()
+    record = json.loads((moved / versions.GATE_FILE).read_text())
+    assert record["rolled_back"]["from"] == str(layout.base / "2")
+    # Version 2 is never given to another model: TF Serving may still hold it.
+    assert versions.next_version(layout) == 3
+    assert not leftovers(tmp_path)
+
+
+def test_rolling_back_the_only_version_is_refused(tmp_path):
+    layout = layout_at(tmp_path)
+    fake_version(layout.base / "1")
+    with pytest.raises(CatdogError, match=r"holds 1 version\(s\) \['1'\]; rolling back needs "
+                                          "two"):
+        versions.rollback(layout)
+    assert version_names(layout) == ["1"]
+
+
+def test_a_second_publisher_is_refused_in_one_line_naming_the_first(tmp_path):
+    layout = published_pair(tmp_path)
+    with atomic.exclusive(layout.lock, "the export folder"):
+        with pytest.raises(CatdogError) as refused:
+            versions.rollback(layout)
+    assert f"in use by process {os.getpid()}" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert version_names(layout) == ["1", "2"]
+    versions.rollback(layout)  # the lock went with its holder
+    assert version_names(layout) == ["1"]
+
+
+def test_a_publish_killed_between_its_rename_and_its_h5_is_finished_by_the_next(tmp_path):
+    layout = published_pair(tmp_path)
+    shutil.copyfile(layout.candidates / "1.h5", layout.h5)  # version 2's rename, not its .h5
+    layout.candidates.joinpath("3").mkdir()
+    fake_version(layout.base / "3", layout.candidates / "3.h5", {
+        "h5": str(layout.candidates / "3.h5")})
+    versions.rollback(layout)  # any later publisher settles the .h5 first
+    assert layout.h5.read_bytes() == (layout.candidates / "2.h5").read_bytes()
+
+
+
+
+def test_answers_are_remembered_per_photo_set_and_forgotten_when_the_version_changes(tmp_path):
+    version = fake_version(tmp_path / "1")
+    (version / "variables").mkdir()
+    (version / "variables" / "variables.index").write_bytes(b"index")
+    answers = np.array([[0.25, 0.75], [0.5, 0.5]], np.float32)
+    versions.remember_answers(version, "photos-a", answers)
+    np.testing.assert_array_equal(versions.remembered_answers(version, "photos-a"), answers)
+    assert versions.remembered_answers(version, "photos-b") is None  # another photo set
+    (version / "variables" / "variables.index").write_bytes(b"other variables")
+    assert versions.remembered_answers(version, "photos-a") is None  # other weights
+    assert not leftovers(version)
