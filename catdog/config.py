@@ -86,7 +86,8 @@ class Config:
     evaluation_split: float = _setting(
         0.5, "data", "Fraction of each class of the validation photos kept apart for evaluation "
         "(the gate's blessing, evaluate's figures) when --data_dir has no test/ folder; the rest "
-        "choose the best epoch, so no photo both chooses the model and judges it. Drawn with "
+        "choose the best epoch, so no photo both chooses the model and judges it. Chosen by a "
+        "fixed hash of each photo's class and name: the same photos in every run, whatever "
         "--seed. 0: no evaluation photos (the gate then judges on the selection photos and "
         "says so).", at_least=0.0, at_most=0.9)
     image_size: int = _setting(150, "data", "Side in pixels of the square images the model sees.",

@@ -252,22 +252,48 @@ class Roles:
                 f"{evaluation}")
 
 
-def assign_roles(validation: ImageFiles, test: ImageFiles | None, evaluation_split: float,
-                 seed: int) -> Roles:
-    """The evaluation photos: a test/ folder when there is one, else a seeded, stratified
-    `evaluation_split` of the validation photos (the rest select), else none."""
+def _name_hash(path: str) -> str:
+    """A fixed hash of a photo's class folder and file name (not of where the dataset lies)."""
+    return hashlib.sha256(f"{Path(path).parent.name}/{Path(path).name}".encode()).hexdigest()
+
+
+def hash_split(files: ImageFiles, fraction: float, too_few: str
+               ) -> tuple[ImageFiles, ImageFiles]:
+    """(kept, held out): `fraction` of each class (at least one, never all) held out, chosen by
+    a fixed hash of each photo's class and name: the same photos in every run, whatever its
+    seed, and a photo added later leaves the others where they were."""
+    held_out: set[int] = set()
+    for label in range(len(files.class_names)):
+        members = sorted((i for i, lab in enumerate(files.labels) if lab == label),
+                         key=lambda i: _name_hash(files.paths[i]))
+        count = min(max(1, round(len(members) * fraction)), len(members) - 1)
+        if count < 1:
+            raise CatdogError(f"class '{files.class_names[label]}' has one image; {too_few}")
+        held_out.update(members[:count])
+    kept = [i for i in range(len(files)) if i not in held_out]
+    return files.subset(kept), files.subset(sorted(held_out))
+
+
+def _too_few(evaluation_split: float) -> str:
+    return (f"--evaluation_split={evaluation_split:g} keeps part of each class's validation "
+            f"photos for evaluation alone and needs two or more; add photos or a "
+            f"{EVALUATION_DIR}/ folder, or pass --evaluation_split=0 (the gate then judges on "
+            "the photos that chose the model)")
+
+
+def assign_roles(validation: ImageFiles, test: ImageFiles | None,
+                 evaluation_split: float) -> Roles:
+    """The evaluation photos: a test/ folder when there is one, else `evaluation_split` of each
+    class of the validation photos, chosen by a fixed hash of their names (`hash_split`: every
+    run, whatever its seed, keeps the same photos apart, so a candidate and the baseline it is
+    compared with are judged on photos neither chose), the rest selecting; else none."""
     if test is not None:
         return Roles(validation, test, f"the {EVALUATION_DIR}/ folder")
     if not evaluation_split:
         return Roles(validation, None, "")
-    selection, evaluation = split_files(
-        validation, evaluation_split, seed + 1,
-        f"--evaluation_split={evaluation_split:g} keeps part of each class's validation photos "
-        f"for evaluation alone and needs two or more; add photos or a {EVALUATION_DIR}/ folder, "
-        "or pass --evaluation_split=0 (the gate then judges on the photos that chose the "
-        "model)")
+    selection, evaluation = hash_split(validation, evaluation_split, _too_few(evaluation_split))
     return Roles(selection, evaluation, f"{evaluation_split:g} of the validation photos of "
-                 f"each class, drawn with seed {seed} (--evaluation_split)")
+                 "each class, the same in every run (--evaluation_split)")
 
 
 def find_test(data_dir: str | os.PathLike, class_names: Sequence[str]) -> ImageFiles | None:
@@ -282,13 +308,18 @@ def find_test(data_dir: str | os.PathLike, class_names: Sequence[str]) -> ImageF
     return list_images(folder, class_names)
 
 
-def find_splits(data_dir: str | os.PathLike, validation_split: float,
-                seed: int) -> tuple[ImageFiles, ImageFiles]:
-    """Training and validation files of `data_dir`, from train/ and validation/ or by a split."""
+def _existing(data_dir: str | os.PathLike) -> Path:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CatdogError(f"--data_dir={data_dir} does not exist or is not a folder "
                           "(pass --download to fetch the quick-start dataset)")
+    return data_dir
+
+
+def find_splits(data_dir: str | os.PathLike, validation_split: float,
+                seed: int) -> tuple[ImageFiles, ImageFiles]:
+    """Training and validation files of `data_dir`, from train/ and validation/ or by a split."""
+    data_dir = _existing(data_dir)
     train_dir, validation_dir = data_dir / "train", data_dir / "validation"
     if train_dir.is_dir() and validation_dir.is_dir() and validation_split == 0:
         class_names = class_names_in(train_dir)
@@ -456,15 +487,29 @@ def find_roles(data_dir: str | os.PathLike, validation_split: float, evaluation_
                ) -> tuple[ImageFiles, Roles]:
     """The training files of a dataset folder (class folders or prepared shards) and the roles
     of the others (`assign_roles`), before any image is checked: the same draw whoever asks
-    (training, or `catdog.publish` finding a candidate's photos from its record)."""
-    if is_prepared(data_dir):
-        folder = Path(data_dir)
+    (training, or `catdog.publish` finding a candidate's photos from its record). With
+    --validation_split the evaluation photos are held out of the class folders first, by their
+    names, so that no seed ever trains or selects on them."""
+    folder = Path(data_dir)
+    if is_prepared(folder):
         train, validation = prepared_splits(folder, image_size, record)
         test = prepared_split(folder, read_manifest(folder), EVALUATION_DIR)
-    else:
-        train, validation = find_splits(data_dir, validation_split, seed)
-        test = find_test(data_dir, train.class_names)
-    return train, assign_roles(validation, test, evaluation_split, seed)
+        return train, assign_roles(validation, test, evaluation_split)
+    if validation_split == 0 or evaluation_split == 0:
+        train, validation = find_splits(folder, validation_split, seed)
+        return train, assign_roles(validation, find_test(folder, train.class_names),
+                                   evaluation_split)
+    source = folder / "train" if (_existing(folder) / "train").is_dir() else folder
+    pool = list_images(source, class_names_in(source))
+    test = find_test(folder, pool.class_names)
+    if test is not None:
+        train, validation = split_files(pool, validation_split, seed)
+        return train, Roles(validation, test, f"the {EVALUATION_DIR}/ folder")
+    held = validation_split * evaluation_split
+    rest, evaluation = hash_split(pool, held, _too_few(evaluation_split))
+    train, selection = split_files(rest, (validation_split - held) / (1 - held), seed)
+    return train, Roles(selection, evaluation, f"{held:g} of each class's photos, the same in "
+                        "every run (--validation_split × --evaluation_split)")
 
 
 def prepare_splits(config: Config, checked_record: Path | None = None) -> Splits:
@@ -477,8 +522,9 @@ def prepare_splits(config: Config, checked_record: Path | None = None) -> Splits
     if is_prepared(config.data_dir) and config.validation_split:
         raise CatdogError(f"--data_dir={config.data_dir} is prepared data with its own "
                           "validation split; leave --validation_split at 0")
-    train, roles = find_roles(config.data_dir, config.validation_split, config.evaluation_split,
-                              config.seed, config.image_size, checked_record)
+    train, roles = find_roles(config.data_dir, config.validation_split,
+                              config.evaluation_split, config.seed, config.image_size,
+                              checked_record)
     parts = [train, roles.selection] + ([roles.evaluation] if roles.evaluation else [])
     bad = [] if train.shards else list(dict.fromkeys(
         item for files in parts for item in files.skipped)) + check_images(

@@ -3,7 +3,7 @@
 
 PATH is the exported `.h5` or a SavedModel version folder (the same numbers from both); DIR is a
 dataset folder (train/ and validation/, or prepared shards: its evaluation photos are judged,
-drawn as the model's run drew them) or holds one sub-folder per class, named as the model's
+the ones every run keeps apart) or holds one sub-folder per class, named as the model's
 classes. Photos that trained or selected the model are flagged as such in every report. Writes
 to OUT report.html, report.json, report.md and misclassified.png (catdog/report.py); with
 --baseline, both models side by side (deltas, paired bootstrap, McNemar, disagreements). The
@@ -97,9 +97,9 @@ def main(argv: Sequence[str]) -> None:
     content = evaluate(f.model, f.data_dir, f.output_dir, f.batch_size, f.max_image_pixels,
                        inference.resolve_precision(f.mixed_precision), f.baseline,
                        f.max_explained, f.bootstrap_samples, f.test_time_flip)
-    print(f"accuracy {content['accuracy']:.4f}, ROC AUC {content['roc_auc']:.4f}, log loss "
-          f"{content['log_loss']:.4f}, ECE {content['expected_calibration_error']:.4f} on "
-          f"{content['images']} images{' (each also mirrored)' if f.test_time_flip else ''}; "
+    print(f"accuracy {content['accuracy']:.4f}, ROC AUC {report.figure_text(content['roc_auc'])}"
+          f", log loss {content['log_loss']:.4f}, ECE {content['expected_calibration_error']:.4f}"
+          f" on {content['photos']}{'; each also mirrored' if f.test_time_flip else ''}; "
           f"reports in {f.output_dir} (report.html)")
     if f.baseline:
         difference = content["comparison"]["accuracy_difference"]

@@ -110,16 +110,16 @@ def run_photos(splits: data.Splits, data_dir: str) -> Photos:
 
 
 def folder_photos(data_dir: str, class_names: Sequence[str], image_size: int,
-                  evaluation_split: float, seed: int, chose: Iterable[str] = (),
+                  evaluation_split: float, chose: Iterable[str] = (),
                   max_pixels: int = images.MAX_IMAGE_PIXELS) -> Photos:
     """The photos of `data_dir` to judge on: a dataset folder's evaluation photos (its test/
-    split, else its `evaluation_split` of validation photos drawn with `seed`, else its
+    split, else its `evaluation_split` of validation photos (`data.assign_roles`), else its
     validation photos), or a folder of class sub-folders itself. SELECTION when any of them is
     among `chose`, the photos that trained or selected the model."""
     folder = Path(data_dir)
     if data.is_prepared(folder) or ((folder / "train").is_dir()
                                     and (folder / "validation").is_dir()):
-        _, roles = data.find_roles(folder, 0.0, evaluation_split, seed, image_size)
+        _, roles = data.find_roles(folder, 0.0, evaluation_split, 0, image_size)
         files = roles.evaluation if roles.evaluation is not None else roles.selection
         source = (f"{folder} ({roles.evaluation_source})" if roles.evaluation is not None
                   else f"{folder} (its validation photos)")
@@ -159,8 +159,8 @@ def photos_to_judge(source: dict[str, Any], data_dir: str, class_names: Sequence
     export records (`source`); in the model's classes."""
     if data_dir:
         photos = folder_photos(data_dir, class_names, image_size,
-                               source.get("evaluation_split", 0.0), source.get("seed", 0),
-                               recorded_chosen(source), max_pixels)
+                               source.get("evaluation_split", 0.0), recorded_chosen(source),
+                               max_pixels)
     else:
         photos = recorded_photos(source, max_pixels)
     if list(photos.files.class_names) != list(class_names):

@@ -62,7 +62,11 @@ def area(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """The area under the ROC curve: P(a positive scores above a negative), ties counting half."""
+    """The area under the ROC curve: P(a positive scores above a negative), ties counting half;
+    NaN (undefined) when the photos hold no positive or no negative."""
+    positive = np.asarray(positive, bool)
+    if positive.all() or not positive.any():
+        return math.nan
     fpr, tpr, _ = roc_curve(scores, positive)
     return area(fpr, tpr)
 

@@ -75,8 +75,8 @@ def define_evaluate_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     fv = flag_values
     _define_model_flag(fv)
     flags.DEFINE_string("data_dir", None, "The photos to judge: a dataset folder (its evaluation "
-                        "photos: test/, else the --evaluation_split of validation/ the model's "
-                        "run kept apart) or a folder with one sub-folder of images per class.",
+                        "photos: test/, else the --evaluation_split of validation/ every run "
+                        "keeps apart) or a folder with one sub-folder of images per class.",
                         flag_values=fv)
     flags.DEFINE_string("output_dir", "evaluation",
                         "Where report.html, report.json, report.md and misclassified.png are "

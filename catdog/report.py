@@ -13,8 +13,8 @@
 this module only draws, lays out and writes (each file through `atomic`). The page has no
 script, no external URL and no web font, so it opens offline, from a CI artifact or an e-mail.
 
-Sections (their ids, which the browser test checks): identity, data, headline, confusion,
-curves, calibration, threshold, per-class, errors, and with a baseline, comparison.
+Sections (their ids, which the browser test checks): identity, data, headline, with a baseline
+comparison, then confusion, curves, calibration, threshold, per-class, errors.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from catdog.evaluation import ModelResult  # noqa: E402
 
 SECTIONS = ("identity", "data", "headline", "confusion", "curves", "calibration", "threshold",
             "per-class", "errors")
-COMPARISON = "comparison"
+COMPARISON = "comparison"  # right after the headline, when there is a baseline
 THRESHOLDS = np.linspace(0.0, 1.0, 101)
 GRID_COLUMNS = 8
 THUMBNAIL = 128
@@ -177,8 +177,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _interval(result: ModelResult, name: str) -> str:
+    """A figure with its interval, or "undefined" (ROC AUC with one class among the photos)."""
     low, high = result.intervals[name]
-    return f"{result.metrics[name]:.4f} [{low:.4f}, {high:.4f}]"
+    if not math.isfinite(result.metrics[name]):
+        return "undefined (a class is missing from the photos)"
+    return f"{result.metrics[name]:.4f} [{figure_text(low)}, {figure_text(high)}]"
 
 
 def _gallery(photos: Sequence[Photo]) -> str:
@@ -219,7 +222,7 @@ def render(results: Sequence[ModelResult], labels: np.ndarray, class_names: Sequ
         for result in results]
     headline_rows = [(name, *(_interval(r, key) for r in results))
                      for key, name in _FIGURE_NAMES.items()]
-    per_class_rows = [(name, *(f"{model.metrics['per_class'][name][k]:.4f}" for k in (
+    per_class_rows = [(name, *(figure_text(model.metrics['per_class'][name][k]) for k in (
         "precision", "recall", "f1", "roc_auc")), model.metrics["per_class"][name]["support"])
         for name in class_names]
     skipped = "".join(f"<li>{html.escape(s.path)}: {html.escape(s.reason)}</li>"
@@ -343,7 +346,7 @@ def misclassified_grid(files: data.ImageFiles, probabilities: np.ndarray,
 
 # --- report.md and report.json ------------------------------------------------------------------
 
-def _figure(value: float | None) -> str:
+def figure_text(value: float | None) -> str:
     return "undefined" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
@@ -355,16 +358,16 @@ def markdown_report(content: dict[str, Any]) -> str:
         f" ({len(content['skipped'])} unreadable files skipped); computed in "
         f"{content['precision']}.", "",
         "| metric | value |", "|---|---:|",
-        f"| accuracy | {_figure(content['accuracy'])} |",
-        f"| ROC AUC (one-vs-rest, mean) | {_figure(content['roc_auc'])} |",
-        f"| log loss | {_figure(content['log_loss'])} |",
-        f"| expected calibration error | {_figure(content['expected_calibration_error'])} |",
+        f"| accuracy | {figure_text(content['accuracy'])} |",
+        f"| ROC AUC (one-vs-rest, mean) | {figure_text(content['roc_auc'])} |",
+        f"| log loss | {figure_text(content['log_loss'])} |",
+        f"| expected calibration error | {figure_text(content['expected_calibration_error'])} |",
         "", "| class | precision | recall | F1 | ROC AUC | support |",
         "|---|---:|---:|---:|---:|---:|"]
     for name in names:
         c = content["per_class"][name]
-        lines.append(f"| {name} | {_figure(c['precision'])} | {_figure(c['recall'])} | "
-                     f"{_figure(c['f1'])} | {_figure(c['roc_auc'])} | {c['support']} |")
+        lines.append(f"| {name} | {figure_text(c['precision'])} | {figure_text(c['recall'])} | "
+                     f"{figure_text(c['f1'])} | {figure_text(c['roc_auc'])} | {c['support']} |")
     lines += ["", "Confusion matrix (rows: true class, columns: predicted class):", "",
               "| true \\ predicted | " + " | ".join(names) + " |",
               "|---|" + "---:|" * len(names)]

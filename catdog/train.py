@@ -238,7 +238,7 @@ def _gate(config: Config, candidate: export.Exports, layout: versions.Layout,
     if config.gate_data_dir:
         photos = evaluation.folder_photos(
             config.gate_data_dir, splits.class_names, config.image_size,
-            config.evaluation_split, config.seed, evaluation.chosen_by(splits),
+            config.evaluation_split, evaluation.chosen_by(splits),
             config.max_image_pixels)
     return publish.gate(candidate, layout, photos, reference, publish.GateSettings(
         config.gate_tolerance, config.gate_min_accuracy, config.publish == "always",

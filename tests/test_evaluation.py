@@ -46,18 +46,18 @@ def test_photos_that_also_chose_the_model_are_named_selection_photos(dataset_dir
     assert photos.role == evaluation.SELECTION and "SELECTION photos" in photos.describe()
     # --gate_data_dir pointing at the validation folder of the same run
     chosen = evaluation.chosen_by(splits)
-    folder = evaluation.folder_photos(str(dataset_dir / "validation"), CLASSES, 32, 0.5, 42,
+    folder = evaluation.folder_photos(str(dataset_dir / "validation"), CLASSES, 32, 0.5,
                                       chosen)
     assert folder.role == evaluation.SELECTION
     elsewhere = tmp_path / "elsewhere"
     write_split(elsewhere, 2, seed=5)
-    assert evaluation.folder_photos(str(elsewhere), CLASSES, 32, 0.5, 42,
+    assert evaluation.folder_photos(str(elsewhere), CLASSES, 32, 0.5,
                                     chosen).role == evaluation.EVALUATION
 
 
 def test_a_dataset_folder_is_judged_on_its_evaluation_photos(dataset_dir):
     splits = data.prepare_splits(Config(data_dir=str(dataset_dir), image_size=32))
-    photos = evaluation.folder_photos(str(dataset_dir), CLASSES, 32, 0.5, 42,
+    photos = evaluation.folder_photos(str(dataset_dir), CLASSES, 32, 0.5,
                                       evaluation.chosen_by(splits))
     assert photos.files.paths == splits.evaluation.paths
     assert photos.role == evaluation.EVALUATION

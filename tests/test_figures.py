@@ -147,6 +147,9 @@ def test_an_undefined_figure_has_an_undefined_interval():
     labels = np.zeros(10, int)  # one class only: ROC AUC is undefined
     probabilities = np.tile([0.8, 0.2], (10, 1))
     assert all(np.isnan(figures.bootstrap_intervals(labels, probabilities)["roc_auc"]))
+    metrics = figures.compute_metrics(labels, probabilities, ("cats", "dogs"))
+    assert np.isnan(metrics["roc_auc"]) and np.isnan(metrics["per_class"]["dogs"]["roc_auc"])
+    assert metrics["accuracy"] == 1.0
 
 
 def test_the_bootstrap_interval_holds_the_estimate_and_narrows_with_more_photos():

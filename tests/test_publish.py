@@ -64,7 +64,7 @@ def candidate_from(exported, layout: versions.Layout) -> export.Exports:
 
 def photos_of(dataset_dir: Path) -> evaluation.Photos:
     """The dataset's evaluation photos: half of its validation photos, drawn with seed 0."""
-    return evaluation.folder_photos(str(dataset_dir), CLASSES, 32, 0.5, 0)
+    return evaluation.folder_photos(str(dataset_dir), CLASSES, 32, 0.5)
 
 
 @pytest.mark.slow

@@ -9,11 +9,13 @@ tests/test_report.py`. Without a browser the test is skipped, except in CI (CI=t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from catdog import evaluate, export, report
@@ -87,7 +89,9 @@ def test_the_report_opens_offline_with_every_image_decoded_and_no_console_error(
     seen = look_at(browser, page)
     assert seen["errors"] == []
     assert len(seen["widths"]) >= 6 and all(width > 0 for width in seen["widths"])
-    assert seen["sections"] == [*report.SECTIONS, report.COMPARISON]
+    headline = report.SECTIONS.index("headline") + 1  # the comparison comes right after it
+    assert seen["sections"] == [*report.SECTIONS[:headline], report.COMPARISON,
+                                *report.SECTIONS[headline:]]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     height = browser.execute_script("return document.body.scrollHeight")
     browser.set_window_size(1200, height + 100)
@@ -103,3 +107,28 @@ def test_the_checks_catch_a_broken_image_and_a_console_error(browser, tmp_path):
     assert seen["widths"] == [0]
     assert any("undefinedFunction" in error for error in seen["errors"])
     assert seen["sections"] == ["x"]
+
+
+def test_an_undefined_figure_is_null_in_json_and_undefined_on_the_page(tmp_path):
+    """Photos of one class only: ROC AUC is undefined. report.json (strict JSON, no NaN token)
+    holds null; the page and report.md say undefined; the figures that are defined keep
+    intervals that hold them."""
+    from catdog import data, evaluation
+
+    from conftest import write_split
+
+    folder = write_split(tmp_path / "photos", 4, seed=2)
+    files = data.list_images(folder, ("cats", "dogs")).subset(range(4))  # the cats only
+    answers = np.tile([0.7, 0.3], (4, 1))
+    result = evaluation.model_result("model", tmp_path / "model.h5", ("cats", "dogs"), answers,
+                                     np.array(files.labels))
+    content = report.write_reports(tmp_path / "out", result, evaluation.Photos(files, "photos"))
+    written = (tmp_path / "out" / "report.json").read_text()
+    assert "NaN" not in written and json.loads(written)["roc_auc"] is None
+    assert content["accuracy"] == 1.0
+    low, high = content["intervals"]["accuracy"]
+    assert low <= 1.0 <= high
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "undefined" in page and ">nan" not in page.lower()
+    assert "| ROC AUC (one-vs-rest, mean) | undefined |" in (tmp_path / "out" / "report.md"
+                                                            ).read_text()
