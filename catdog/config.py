@@ -44,6 +44,7 @@ MIN_IMAGE_SIZE = 32  # VGG16's five 2×2 poolings need at least 32 px
 # --feature_views=0 with augmentation on: chosen from benchmarks/training.py's seed-job table
 # (benchmarks/README.md), the smallest K within a point of the full augmented path.
 DEFAULT_FEATURE_VIEWS = 2
+DEFAULT_EVALUATION_SPLIT = 0.5  # also what evaluate assumes of an export that records none
 HELP_GROUPS = ("data", "model", "training", "scale", "export")
 
 _NOT_EMPTY: Check = (bool, "must not be empty")
@@ -84,12 +85,12 @@ class Config:
         0.0, "data", "Fraction of each class held out for validation when --data_dir has no "
         "validation/ folder; 0 means use validation/.", at_least=0.0, at_most=0.9)
     evaluation_split: float = _setting(
-        0.5, "data", "Fraction of each class of the validation photos kept apart for evaluation "
-        "(the gate's blessing, evaluate's figures) when --data_dir has no test/ folder; the rest "
-        "choose the best epoch, so no photo both chooses the model and judges it. Chosen by a "
-        "fixed hash of each photo's class and name: the same photos in every run, whatever "
-        "--seed. 0: no evaluation photos (the gate then judges on the selection photos and "
-        "says so).", at_least=0.0, at_most=0.9)
+        DEFAULT_EVALUATION_SPLIT, "data", "Fraction of each class of the validation photos kept "
+        "apart for evaluation (the gate's blessing, evaluate's figures) when --data_dir has no "
+        "test/ folder; the rest choose the best epoch, so no photo both chooses the model and "
+        "judges it. Chosen by a fixed hash of each photo's class and name: the same photos in "
+        "every run, whatever --seed. 0: no evaluation photos (the gate then judges on the "
+        "selection photos and says so).", at_least=0.0, at_most=0.9)
     image_size: int = _setting(150, "data", "Side in pixels of the square images the model sees.",
                                at_least=MIN_IMAGE_SIZE, at_most=1024)
     on_bad_image: OnBadImage = _setting(

@@ -22,6 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from catdog import data, figures, gradcam, images, inference, versions
+from catdog.config import DEFAULT_EVALUATION_SPLIT
 from catdog.errors import CatdogError
 from catdog.terminal import ProgressLine
 
@@ -154,13 +155,13 @@ def recorded_photos(source: dict[str, Any], max_pixels: int = images.MAX_IMAGE_P
 def photos_to_judge(source: dict[str, Any], data_dir: str, class_names: Sequence[str],
                     image_size: int, max_pixels: int = images.MAX_IMAGE_PIXELS) -> Photos:
     """The photos `catdog.publish` and `catdog.evaluate` judge an export on: those of
-    `data_dir` (a dataset folder's evaluation photos, drawn as the export's run drew them, or
-    a folder of class sub-folders: `folder_photos`), else the evaluation photos of the run its
-    export records (`source`); in the model's classes."""
+    `data_dir` (a dataset folder's evaluation photos, the ones every run with the export's
+    --evaluation_split keeps apart, or a folder of class sub-folders: `folder_photos`), else
+    the evaluation photos of the run its export records (`source`); in the model's classes."""
     if data_dir:
-        photos = folder_photos(data_dir, class_names, image_size,
-                               source.get("evaluation_split", 0.0), recorded_chosen(source),
-                               max_pixels)
+        split = source.get("evaluation_split", DEFAULT_EVALUATION_SPLIT)
+        photos = folder_photos(data_dir, class_names, image_size, split,
+                               recorded_chosen(source), max_pixels)
     else:
         photos = recorded_photos(source, max_pixels)
     if list(photos.files.class_names) != list(class_names):

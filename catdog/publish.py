@@ -40,6 +40,7 @@ PUBLISHED, KEPT, HELD_BACK, REFUSED = "published", "kept", "held_back", "refused
 # What each outcome exits with, so a CI/CD script tells "trained, not better" (3) and "does
 # not load or answer" (4) from success (0) and from errors (2: bad flags, a folder in use...).
 EXIT_STATUS = {PUBLISHED: 0, KEPT: 0, HELD_BACK: 3, REFUSED: 4}
+HEAT_MAPS = 16  # Grad-CAM maps in the candidate's report (evaluate --max_explained draws more)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +163,7 @@ def _blessed(candidate: export.Exports, layout: versions.Layout, photos: evaluat
         record["baseline"] = {"version": str(base_version), **base.metrics}
     folder = saved_model.parent / f"{saved_model.name}.evaluation"
     maps = evaluation.heat_maps(candidate.h5 if candidate.h5.is_file() else saved_model,
-                                photos.files, answers, evaluation.MAX_SHOWN,
-                                settings.max_image_pixels)
+                                photos.files, answers, HEAT_MAPS, settings.max_image_pixels)
     report.write_reports(folder, model, photos, base, maps)
     record["evaluation"] = str(folder)
     passed, why = _bless(model.metrics, base.metrics if base else None,
