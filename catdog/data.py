@@ -222,10 +222,22 @@ def split_files(files: ImageFiles, fraction: float, seed: int,
     """(kept, held out): `fraction` of each class (at least one file) held out by a seeded
     draw, each part in the files' own order; `too_few` says what to do about a class of one."""
     rng = random.Random(seed)
+
+    def shuffled(members: list[int]) -> list[int]:
+        rng.shuffle(members)
+        return members
+
+    return _held_out_of_each_class(files, fraction, too_few, shuffled)
+
+
+def _held_out_of_each_class(files: ImageFiles, fraction: float, too_few: str,
+                            order: Callable[[list[int]], list[int]]
+                            ) -> tuple[ImageFiles, ImageFiles]:
+    """(kept, held out): the first `fraction` (at least one, never all) of each class's files
+    in the `order` given to their indices."""
     held_out: set[int] = set()
     for label in range(len(files.class_names)):
-        members = [i for i, lab in enumerate(files.labels) if lab == label]
-        rng.shuffle(members)
+        members = order([i for i, lab in enumerate(files.labels) if lab == label])
         count = min(max(1, round(len(members) * fraction)), len(members) - 1)
         if count < 1:
             raise CatdogError(f"class '{files.class_names[label]}' has one image; {too_few}")
@@ -262,16 +274,9 @@ def hash_split(files: ImageFiles, fraction: float, too_few: str
     """(kept, held out): `fraction` of each class (at least one, never all) held out, chosen by
     a fixed hash of each photo's class and name: the same photos in every run, whatever its
     seed, and a photo added later leaves the others where they were."""
-    held_out: set[int] = set()
-    for label in range(len(files.class_names)):
-        members = sorted((i for i, lab in enumerate(files.labels) if lab == label),
-                         key=lambda i: _name_hash(files.paths[i]))
-        count = min(max(1, round(len(members) * fraction)), len(members) - 1)
-        if count < 1:
-            raise CatdogError(f"class '{files.class_names[label]}' has one image; {too_few}")
-        held_out.update(members[:count])
-    kept = [i for i in range(len(files)) if i not in held_out]
-    return files.subset(kept), files.subset(sorted(held_out))
+    return _held_out_of_each_class(
+        files, fraction, too_few, lambda members: sorted(
+            members, key=lambda i: _name_hash(files.paths[i])))
 
 
 def _too_few(evaluation_split: float) -> str:

@@ -17,8 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from catdog import atomic
 from catdog.config import Config
 from catdog.errors import CatdogError
@@ -40,7 +38,6 @@ class RunDir:
         self.root = Path(root)
         self.checkpoints = self.root / "checkpoints"
         self.best_checkpoint = self.checkpoints / "best"
-        self.best_probabilities = self.best_checkpoint / "validation_probabilities.npz"
         self.logs = self.root / "logs"
         self.tensorboard = self.root / "tensorboard"
         self.metrics_csv = self.root / "metrics.csv"
@@ -114,20 +111,6 @@ class RunDir:
                 writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
-
-    def write_best_probabilities(self, epoch: int, probabilities: np.ndarray) -> None:
-        """Keeps the best epoch's validation probabilities beside its checkpoint."""
-        with atomic.atomic_file(self.best_probabilities) as tmp:
-            np.savez(tmp, epoch=epoch, probabilities=probabilities)
-
-    def best_probabilities_of(self, epoch: int) -> np.ndarray | None:
-        """The validation probabilities kept for `epoch`, or None (none kept, another epoch's,
-        or unreadable)."""
-        try:
-            with np.load(self.best_probabilities) as kept:
-                return kept["probabilities"] if int(kept["epoch"]) == epoch else None
-        except (OSError, ValueError, KeyError):
-            return None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomically(self.summary_json, summary)
