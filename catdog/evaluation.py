@@ -224,7 +224,10 @@ def version_answers(version: Path, files: data.ImageFiles, batch_size: int,
     logging.info("evaluating %s on %d photos", what, len(files))
     probabilities = predict_files(inference.load_classifier(version), files, batch_size,
                                   max_pixels)
-    versions.remember_answers(version, key, probabilities)
+    try:
+        versions.remember_answers(version, key, probabilities)
+    except CatdogError as error:  # a read-only version folder: answers computed, not kept
+        logging.warning("%s; its answers will be computed again next time", error)
     return probabilities
 
 

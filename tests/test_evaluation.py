@@ -9,8 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from catdog import data, evaluation, inference
+from catdog import data, evaluation, inference, versions
 from catdog.config import Config
+from catdog.errors import CatdogError
 
 from conftest import CLASSES, write_split
 
@@ -99,3 +100,18 @@ def test_a_versions_answers_are_computed_once_per_photo_set(exported, dataset_di
     os.utime(files.paths[0], ns=(0, os.stat(files.paths[0]).st_mtime_ns + 10**9))
     with pytest.raises(AssertionError, match="was loaded again"):  # a changed photo set
         evaluation.version_answers(version, files, 5)
+
+
+def test_a_version_that_cannot_keep_its_answers_still_answers_and_says_so(
+        exported, dataset_dir, monkeypatch, caplog):
+    def read_only(version, photo_set, probabilities):
+        raise CatdogError(f"cannot write {version}/answers: Read-only file system")
+
+    monkeypatch.setattr(versions, "remember_answers", read_only)
+    files = data.list_images(dataset_dir / "validation", CLASSES)
+    with caplog.at_level("WARNING", logger="absl"):
+        answers = evaluation.version_answers(exported[2] / "1", files, batch_size=6)
+    assert answers.shape == (len(files), 2)  # not taken for a version that cannot be loaded
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.endswith("Read-only file system; its answers will be computed again next "
+                            "time")
