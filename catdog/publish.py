@@ -152,11 +152,11 @@ def _blessed(candidate: export.Exports, layout: versions.Layout, photos: evaluat
             layout.base, photos.files, settings.batch_size, settings.max_image_pixels))
     held = f"it stays a candidate (to publish it anyway: python -m catdog.publish " \
            f"--candidate={saved_model} --model_base_path={layout.base} --force)"
-    if base_version is not None and inference.labels_of(base_version) != list(names):
+    base_names = inference.labels_of(base_version) if base_version is not None else names
+    if list(base_names) != list(names):
         return Decision(HELD_BACK, (
             f"held back {saved_model}: the published version {base_version} knows classes "
-            f"{inference.labels_of(base_version)}, the candidate {list(names)}; {held}"),
-            str(saved_model), record=record)
+            f"{base_names}, the candidate {list(names)}; {held}"), str(saved_model), record=record)
     base = None
     if base_version is not None:
         base = evaluation.model_result("baseline", base_version, names, base_answers, labels)
