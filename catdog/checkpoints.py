@@ -15,6 +15,7 @@ from absl import logging
 
 from catdog import atomic
 from catdog.errors import CatdogError
+from catdog.faults import crash_point
 from catdog.run_dir import RunDir
 
 
@@ -77,6 +78,7 @@ class Checkpoints:
             _save(self.best_manager, epoch)
             self.progress.best_val_accuracy.assign(val_accuracy)
             self.progress.best_epoch.assign(epoch)
+            crash_point("checkpoints.best_saved")
         self.progress.finished_epochs.assign(epoch)
         _save(self.last_manager, epoch)
 

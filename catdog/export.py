@@ -26,6 +26,7 @@ from absl import logging
 
 from catdog import atomic, contract, images, signatures, versions
 from catdog.errors import CatdogError
+from catdog.faults import crash_point
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ def export_h5(model: keras.Model, class_names: Sequence[str], path: Path,
             f.attrs[contract.H5_CLASS_NAMES_ATTR] = json.dumps(list(class_names))
             if source:
                 f.attrs[contract.H5_SOURCE_ATTR] = json.dumps(source)
+        crash_point("export.h5_written")
     return path
 
 
@@ -80,6 +82,7 @@ def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Pat
         signatures.write_warmup_requests(tmp, model_name or base.name, model.input_shape[1])
         if source:
             (tmp / contract.SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
+        crash_point("export.saved_model_written")
     if keep_versions:
         versions.prune(base, keep_versions)
     return final
@@ -123,6 +126,7 @@ def _export_candidate(model: keras.Model, class_names: Sequence[str],
                                      max_image_pixels=max_image_pixels, source=source,
                                      model_name=layout.model_name)
     h5 = versions.candidate_h5(saved_model)
+    crash_point("export.saved_model_renamed")
     if not h5.exists():  # a candidate written by a run killed before its .h5
         export_h5(model, class_names, h5, source)
     return Exports(h5=h5, saved_model=saved_model)

@@ -25,6 +25,7 @@ from absl import logging
 
 from catdog import atomic, data
 from catdog.errors import CatdogError
+from catdog.faults import crash_point
 from catdog.images import MAX_IMAGE_PIXELS
 
 
@@ -74,14 +75,17 @@ def _write(output: Path, data_dir: str | os.PathLike, image_size: int,
            shard_images: int) -> dict[str, Any]:
     """The folder of shards and its manifest, all or nothing."""
     with atomic.atomic_dir(output) as tmp:
+        written = {}
+        for name, files in splits.items():
+            written[name] = _write_split(tmp / name, files, image_size, max_pixels, shard_images)
+            crash_point("prepare.split_written")
         manifest = {
             "format": data.PREPARED_FORMAT, "image_size": image_size,
             "class_names": list(class_names), "source": str(Path(data_dir).resolve()),
             "skipped": [{"path": item.path, "reason": item.reason} for item in bad],
-            "splits": {name: _write_split(tmp / name, files, image_size, max_pixels,
-                                          shard_images)
-                       for name, files in splits.items()}}
+            "splits": written}
         (tmp / data.PREPARED_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        crash_point("prepare.manifest_written")
     return manifest
 
 

@@ -35,6 +35,7 @@ from catdog import model as model_lib
 from catdog.checkpoints import Checkpoints, Progress
 from catdog.config import Config
 from catdog.errors import CatdogError
+from catdog.faults import crash_point
 from catdog.inputs import EpochInputs, ServiceStalled
 from catdog.run_dir import RunDir
 from catdog.steps import Trainer
@@ -162,6 +163,7 @@ def _fit(config: Config, distribution: distribute.Distribution, run: RunDir,
         logging.info("Epoch %d/%d", epoch, config.total_epochs)
         row = _train_epoch(trainer, inputs, epoch)
         _record_epoch(row, run, summary_writers)
+        crash_point("train.epoch_recorded")
         history.append(row)
         progress.train_seconds.assign_add(row["seconds"])
         progress.train_images.assign_add(len(splits.train))

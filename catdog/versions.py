@@ -29,6 +29,7 @@ import numpy as np
 
 from catdog import atomic, contract
 from catdog.errors import CatdogError
+from catdog.faults import crash_point
 
 GATE_FILE = "gate.json"
 ANSWERS_DIR = "answers"
@@ -199,8 +200,14 @@ def settle_h5(layout: Layout) -> None:
         return
     if layout.h5.is_file() and filecmp.cmp(h5, layout.h5, shallow=False):
         return
-    with atomic.atomic_file(layout.h5) as tmp:
-        shutil.copyfile(h5, tmp)
+    with atomic.atomic_file(layout.h5) as tmp, open(h5, "rb") as source, \
+            open(tmp, "wb") as target:
+        target.write(source.read(h5.stat().st_size // 2))
+        target.flush()
+        crash_point("publish.h5_half_copied")
+        shutil.copyfileobj(source, target)
+        target.flush()
+        crash_point("publish.h5_copied")
 
 
 def push(candidate: Path, layout: Layout, record: dict[str, Any]) -> Path:
@@ -209,7 +216,9 @@ def push(candidate: Path, layout: Layout, record: dict[str, Any]) -> Path:
     the export folder's lock."""
     version = layout.base / str(next_version(layout))
     write_gate_record(candidate, {**record, "published_version": str(version)})
+    crash_point("publish.record_written")
     atomic.move(candidate, version)
+    crash_point("publish.moved")
     settle_h5(layout)
     return version
 
@@ -232,6 +241,7 @@ def rollback(layout: Layout) -> tuple[Path, Path, Path]:
             # not published through the gate, or its candidate number was taken since
             target = layout.candidates / str(next_number(layout.candidates))
         atomic.move(rolled, target)
+        crash_point("rollback.moved")
         write_gate_record(target, {**record, "candidate": str(target), "rolled_back": {
             "from": str(rolled), "time": now(), "newest_now": str(previous)}})
         settle_h5(layout)

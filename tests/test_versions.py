@@ -1,6 +1,7 @@
 """catdog.versions: the folder TF Serving watches. One scan finds version folders as TF Serving
 does, a rollback moves the newest aside and restores the previous .h5, two writers never
-interleave, a killed publish is finished by the next writer, and answers remembered for a
+interleave, a publish or rollback killed at any of its crash points leaves whole versions and
+is finished by the next writer, and answers remembered for a
 version are its own."""
 
 from __future__ import annotations
@@ -8,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from catdog import atomic, versions
+from catdog import atomic, faults, versions
 from catdog.errors import CatdogError
 
 from conftest import leftovers
@@ -111,6 +115,77 @@ def test_a_publish_killed_between_its_rename_and_its_h5_is_finished_by_the_next(
     assert layout.h5.read_bytes() == (layout.candidates / "2.h5").read_bytes()
 
 
+PUSH = """
+import sys
+from pathlib import Path
+from catdog import versions
+layout = versions.Layout(Path(sys.argv[1]), "catdog")
+if sys.argv[2] == "push":
+    with layout.holding_lock():  # as the gate holds it
+        versions.push(layout.candidates / "2", layout, {"h5": str(layout.candidates / "2.h5")})
+else:
+    versions.rollback(layout)
+"""
+
+
+def killed_writer(layout: versions.Layout, job: str, point: str) -> int:
+    """`versions.push` of candidate 2 (or a rollback) in a process of its own, killed at the
+    named crash point; its exit status."""
+    return subprocess.run([sys.executable, "-c", PUSH, str(layout.export_dir), job],
+                          env={**os.environ, faults.CRASH_AT: point}, timeout=60).returncode
+
+
+def one_version_and_a_candidate(tmp_path: Path) -> versions.Layout:
+    """Version 1 published with its .h5; candidate 2 and its .h5 (1 MB, so a copy has a
+    middle) waiting."""
+    layout = layout_at(tmp_path)
+    layout.candidates.mkdir(parents=True)
+    for n, folder in ((1, layout.base / "1"), (2, layout.candidates / "2")):
+        h5 = layout.candidates / f"{n}.h5"
+        fake_version(folder, record={"h5": str(h5), "candidate": str(layout.candidates / str(n))})
+        (folder / "variables").mkdir()
+        (folder / "variables" / "variables.index").write_bytes(b"index %d" % n)
+        h5.write_bytes(np.random.default_rng(n).bytes(1 << 20))
+    shutil.copyfile(layout.candidates / "1.h5", layout.h5)
+    return layout
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("point", [p for p in faults.POINTS if p.startswith("publish.")])
+def test_a_push_killed_at_each_point_leaves_whole_versions_and_the_next_writer_finishes(
+        tmp_path, point):
+    layout = one_version_and_a_candidate(tmp_path)
+    candidate = folder_files(layout.candidates / "2")
+    h5s = {(layout.candidates / f"{n}.h5").read_bytes(): n for n in (1, 2)}
+    assert killed_writer(layout, "push", point) == -signal.SIGKILL
+    names = version_names(layout)
+    assert names in (["1"], ["1", "2"]), names
+    if names == ["1", "2"]:  # moved whole: every file the candidate had, and its record
+        published = folder_files(layout.base / "2")
+        assert {k: v for k, v in published.items() if k != versions.GATE_FILE} == \
+            {k: v for k, v in candidate.items() if k != versions.GATE_FILE}
+    assert h5s.get(layout.h5.read_bytes()) in (1, 2)  # the published .h5: one whole file
+    assert versions.next_version(layout) == 3  # number 2 is never given to another model
+    with layout.holding_lock():
+        versions.settle_h5(layout)  # what the next publisher or rollback does first
+    newest = versions.newest(layout.base).name
+    assert h5s[layout.h5.read_bytes()] == int(newest)
+    assert not leftovers(layout.export_dir, layout.base, layout.candidates)
+
+
+def test_a_rollback_killed_after_its_move_is_finished_by_the_next_writer(tmp_path):
+    layout = one_version_and_a_candidate(tmp_path)
+    versions.push(layout.candidates / "2", layout, {"h5": str(layout.candidates / "2.h5")})
+    assert killed_writer(layout, "rollback", "rollback.moved") == -signal.SIGKILL
+    assert version_names(layout) == ["1"]
+    assert versions.next_version(layout) == 3  # 2 may still be held by TF Serving
+    with layout.holding_lock():
+        versions.settle_h5(layout)
+    assert layout.h5.read_bytes() == (layout.candidates / "1.h5").read_bytes()
+    assert not leftovers(layout.export_dir, layout.base, layout.candidates)
 
 
 def test_answers_are_remembered_per_photo_set_and_forgotten_when_the_version_changes(tmp_path):
