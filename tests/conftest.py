@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -159,6 +160,22 @@ def exported(tmp_path_factory):
     return model, exports.h5, exports.saved_model.parent
 
 
+def copy_version(exported, base: Path, keep_versions: int = 0) -> Path:
+    """`exported`'s SavedModel as `base`'s next version, as an export writes it (appearing whole,
+    by one rename) but copied rather than exported again; `keep_versions` prunes all but the
+    newest, as --keep_versions does. Answers or a gate record kept in the original are not
+    copied."""
+    from catdog import atomic, versions
+
+    version = base / str(versions.next_number(base))
+    with atomic.atomic_dir(version) as tmp:
+        shutil.copytree(exported[2] / "1", tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            versions.ANSWERS_DIR, versions.GATE_FILE))
+    if keep_versions:
+        versions.prune(base, keep_versions)
+    return version
+
+
 @pytest.fixture(scope="session")
 def local_server(exported):
     """`exported` served in this process on free ports, requests capped at 256 KB."""
@@ -261,28 +278,15 @@ def pixels():
 # --- `python -m catdog.serve` in its own process, for the hostile-request tests (REST, gRPC) ---
 
 @pytest.fixture(scope="session")
-def model_base(tmp_path_factory):
-    """A small catdog export of its own, for the server process the hostile tests attack."""
-    import keras
-
-    from catdog import export
-    from catdog import model as model_lib
-
-    keras.utils.set_random_seed(0)
-    model = model_lib.build_classifier(len(CLASSES), 32, "none")
-    root = tmp_path_factory.mktemp("faults")
-    return export.export_all(model, CLASSES, root, "catdog").saved_model.parent
-
-
-@pytest.fixture(scope="session")
-def serve_process(model_base):
-    """`python -m catdog.serve` in its own process. Its environment asks for TensorFlow's oneDNN
-    kernels, which abort a process on some malformed inputs (a rank-2 `pixels`, below): the serve
-    command must run without them all the same."""
+def serve_process(exported):
+    """`python -m catdog.serve` of `exported` in its own process, for the hostile-request tests.
+    Its environment asks for TensorFlow's oneDNN kernels, which abort a process on some
+    malformed inputs (a rank-2 `pixels`, below): the serve command must run without them all the
+    same."""
     grpc_port, rest_port = free_ports(2)
     process = subprocess.Popen(
         [sys.executable, "-m", "catdog.serve", "--model_name=catdog",
-         f"--model_base_path={model_base}",
+         f"--model_base_path={exported[2]}",
          f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--max_request_bytes=4194304",
          "--max_request_instances=64", "--max_rest_connections=8"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

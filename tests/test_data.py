@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from catdog import data, images
+from catdog import data, data_cli, images
 from catdog.config import Config
 from catdog.errors import CatdogError
 
@@ -326,6 +326,7 @@ def test_training_run_downloads_a_missing_data_dir(tmp_path, served_zip):
     assert splits.class_names == CLASSES and len(splits.train) == 4
 
 
+@pytest.mark.slow  # the verb's wiring; what it runs: the tests above, in-process
 def test_download_cli(tmp_path, served_zip):
     url, sha256 = served_zip
     target = tmp_path / "cats_and_dogs_filtered"
@@ -379,12 +380,11 @@ def test_fifos_and_device_links_are_skipped_with_a_reason_never_read(tmp_path):
     assert "a device, not a regular file" in bad["zero.jpg"]
 
 
-def test_a_bomb_is_refused_by_data_check_and_by_training(tmp_path):
+def test_a_bomb_is_refused_by_data_check_and_by_training(tmp_path, capsys):
     root = _one_class_tree(tmp_path / "data")
     (root / "cats" / "bomb.png").write_bytes(png_bomb())
-    result = run_catdog("data", "check", str(root))
-    assert result.returncode == 1
-    assert "bomb.png: image declares 529000000 pixels" in result.stdout
+    assert data_cli.check(str(root), images.MAX_IMAGE_PIXELS) == 1  # `catdog.data check`
+    assert "bomb.png: image declares 529000000 pixels" in capsys.readouterr().out
     config = Config(data_dir=str(root), validation_split=0.5, evaluation_split=0,
                     on_bad_image="skip")
     splits = data.prepare_splits(config)

@@ -15,13 +15,10 @@ from conftest import CLASSES, lock_held_by_another_process
 
 def test_versions_count_up_and_no_temporary_folder_remains(classifier, tmp_path):
     base = tmp_path / "catdog"
-    (base / "7").mkdir(parents=True)
-    (base / "notes").mkdir()
-    assert export.export_saved_model(classifier, CLASSES, base).name == "8"
-    assert export.export_saved_model(classifier, CLASSES, base).name == "9"
-    assert sorted(p.name for p in base.iterdir()) == ["7", "8", "9", "notes"]
-    assert export.export_saved_model(classifier, CLASSES, base, keep_versions=2).name == "10"
-    assert sorted(p.name for p in base.iterdir()) == ["10", "9", "notes"]
+    for name in ("7", "8", "notes"):
+        (base / name).mkdir(parents=True)
+    assert export.export_saved_model(classifier, CLASSES, base, keep_versions=2).name == "9"
+    assert sorted(p.name for p in base.iterdir()) == ["8", "9", "notes"]
 
 
 def test_failed_export_leaves_earlier_exports_untouched(classifier, tmp_path, monkeypatch):
@@ -69,27 +66,31 @@ def test_h5_opens_with_plain_keras_in_a_process_without_catdog(classifier, tmp_p
                                classifier(pixels, training=False).numpy(), atol=1e-5)
 
 
-def test_exports_are_readable_by_other_users(classifier, tmp_path):
-    """0644 files and 0755 folders under umask 022, so TF Serving running as another user reads
-    them (mkstemp and mkdtemp alone would give 0600 and 0700)."""
+@pytest.fixture(scope="module")
+def exported_under_umask_022(classifier, tmp_path_factory) -> export.Exports:
     umask = os.umask(0o022)
     try:
-        exports = export.export_all(classifier, CLASSES, tmp_path, "catdog")
+        return export.export_all(classifier, CLASSES, tmp_path_factory.mktemp("umask"), "catdog")
     finally:
         os.umask(umask)
+
+
+def test_exports_are_readable_by_other_users(exported_under_umask_022):
+    """0644 files and 0755 folders under umask 022, so TF Serving running as another user reads
+    them (mkstemp and mkdtemp alone would give 0600 and 0700)."""
+    exports = exported_under_umask_022
     assert exports.h5.stat().st_mode & 0o777 == 0o644
     for path in [exports.saved_model, *exports.saved_model.rglob("*")]:
         assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
 
 
-def test_the_saved_model_stores_each_weight_once(classifier, tmp_path):
+def test_the_saved_model_stores_each_weight_once(classifier, exported_under_umask_022):
     """The SavedModel's variables are no bigger than the model's weights (116 MB for a 58 MB
     VGG16 when the export archive tracked the model besides its endpoints)."""
-    exports = export.export_all(classifier, CLASSES, tmp_path, "catdog")
+    exports = exported_under_umask_022
     weights = sum(int(np.prod(v.shape)) * 4 for v in classifier.weights)
     stored = sum(p.stat().st_size for p in (exports.saved_model / "variables").iterdir())
     assert weights <= stored < 1.05 * weights
-
 
 
 def test_no_candidate_is_written_while_another_process_holds_the_export_folder(classifier,

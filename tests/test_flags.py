@@ -70,6 +70,7 @@ def test_seed_flagfile_keeps_the_seed_settings():
         "imagenet", "horizontal", 0.2, 0.0)
 
 
+@pytest.mark.slow  # the command's wiring; the parse itself: test_cli.py, in-process
 def test_cli_stops_before_any_work_on_a_bad_flag(tmp_path):
     result = run_catdog("train", "--batch_size=0", f"--run_dir={tmp_path / 'run'}")
     assert result.returncode != 0

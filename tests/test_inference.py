@@ -17,10 +17,10 @@ def test_h5_round_trip_keeps_predictions_and_class_names(classifier, pixels, tmp
     assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]
 
 
-def test_both_exports_classify_alike_with_their_class_names(classifier, pixels, tmp_path):
-    exports = export.export_all(classifier, CLASSES, tmp_path, "catdog")
-    expected = classifier(pixels, training=False).numpy()
-    for path in (exports.h5, exports.saved_model):
+def test_both_exports_classify_alike_with_their_class_names(exported, pixels):
+    model, h5, base = exported
+    expected = model(pixels, training=False).numpy()
+    for path in (h5, base / "1"):
         loaded = inference.load_classifier(path)
         assert (loaded.class_names, loaded.image_size) == (list(CLASSES), 32), path
         np.testing.assert_allclose(loaded.predict(pixels), expected, atol=1e-5)
@@ -45,14 +45,14 @@ def test_a_h5_model_can_compute_in_bfloat16_with_nearly_the_same_answers(classif
     np.testing.assert_allclose(approximate, reference, atol=0.02)
 
 
-@pytest.mark.slow  # two exports and three loads; predict --explain uses it in the default tier
-def test_a_saved_model_version_rebuilds_as_the_keras_model_it_was(classifier, pixels, tmp_path):
+@pytest.mark.slow  # three loads; predict --explain uses it in the default tier
+def test_a_saved_model_version_rebuilds_as_the_keras_model_it_was(exported, pixels):
     """Grad-CAM needs layers: the SavedModel's own variables go back into catdog's
     architecture, and the rebuilt model answers as predict_pixels does."""
-    exports = export.export_all(classifier, CLASSES, tmp_path, "catdog")
-    rebuilt, class_names = inference.load_keras_model(exports.saved_model)
+    _, h5, base = exported
+    rebuilt, class_names = inference.load_keras_model(base / "1")
     assert class_names == list(CLASSES)
-    served = inference.load_classifier(exports.saved_model).predict(pixels)
+    served = inference.load_classifier(base / "1").predict(pixels)
     np.testing.assert_allclose(rebuilt(pixels, training=False).numpy(), served, atol=1e-6)
-    h5_model, _ = inference.load_keras_model(exports.h5)
+    h5_model, _ = inference.load_keras_model(h5)
     np.testing.assert_allclose(h5_model(pixels, training=False).numpy(), served, atol=1e-5)

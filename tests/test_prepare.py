@@ -3,14 +3,23 @@ the same pixels in the same order, and training on them equal to training on the
 
 import hashlib
 import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from catdog import data, prepare, train
+from catdog import data, data_cli, faults, prepare, train
 from catdog.config import Config
 from catdog.errors import CatdogError
+from catdog.images import MAX_IMAGE_PIXELS
 
 from conftest import lock_held_by_another_process, run_catdog, write_split
 
@@ -22,13 +31,25 @@ def source(dataset_dir):
     return dataset_dir
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(source, prepared folder, manifest): `source`'s photos prepared once at 32 px, 5 a shard,
+    for the tests that only read them (a test that changes them works on a copy)."""
+    root = tmp_path_factory.mktemp("prepare")
+    source = write_split(root / "dataset" / "train", 16, seed=1).parent
+    write_split(source / "validation", 6, seed=2)
+    (source / "train" / "cats" / "broken.jpg").write_bytes(b"not a jpeg")
+    manifest = prepare.prepare(source, root / "prepared", 32, shard_images=5)
+    return source, root / "prepared", manifest
+
+
 def as_arrays(dataset):
     pairs = [(image.numpy(), int(label)) for image, label in dataset]
     return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
 
 
-def test_the_manifest_counts_lists_and_fingerprints_what_was_written(source, tmp_path):
-    manifest = prepare.prepare(source, tmp_path / "prepared", 32, shard_images=5)
+def test_the_manifest_counts_lists_and_fingerprints_what_was_written(prepared):
+    _, folder, manifest = prepared
     assert [item["path"].endswith("broken.jpg") for item in manifest["skipped"]] == [True]
     assert manifest["class_names"] == ["cats", "dogs"] and manifest["image_size"] == 32
     train = manifest["splits"]["train"]
@@ -37,16 +58,16 @@ def test_the_manifest_counts_lists_and_fingerprints_what_was_written(source, tmp
     assert not any(path.endswith("broken.jpg") for path in train["files"])
     assert [s["images"] for s in train["shards"]] == [5, 5, 5, 5, 4, 4, 4]
     for shard in train["shards"]:
-        written = (tmp_path / "prepared" / "train" / shard["file"]).read_bytes()
+        written = (folder / "train" / shard["file"]).read_bytes()
         assert hashlib.sha256(written).hexdigest() == shard["sha256"]
-    assert json.loads((tmp_path / "prepared" / "manifest.json").read_text()) == manifest
+    assert json.loads((folder / "manifest.json").read_text()) == manifest
 
 
-def test_shards_give_back_the_same_pixels_in_the_same_order(source, tmp_path):
-    prepare.prepare(source, tmp_path / "prepared", 32, shard_images=5)
+def test_shards_give_back_the_same_pixels_in_the_same_order(prepared):
+    source, folder, _ = prepared
     from_jpegs, _ = data.find_splits(source, 0.0, seed=0)
     from_jpegs = from_jpegs.without({p for p in from_jpegs.paths if p.endswith("broken.jpg")})
-    from_shards, _ = data.prepared_splits(tmp_path / "prepared", 32)
+    from_shards, _ = data.prepared_splits(folder, 32)
     assert from_shards.paths == from_jpegs.paths and len(from_shards.shards) == 7
     decoded = data.decoded_images(from_shards, 32)
     assert int(decoded.cardinality()) == 32  # what sizes each epoch's shuffle
@@ -70,9 +91,8 @@ def test_prepared_photos_keep_their_roles_and_the_same_pixels_as_the_folder(sour
     assert from_shards.evaluation_source == "the test/ folder"
 
 
-def test_a_part_of_prepared_shards_reads_only_its_photos(source, tmp_path):
-    prepare.prepare(source, tmp_path / "prepared", 32, shard_images=5)
-    _, validation = data.prepared_splits(tmp_path / "prepared", 32)
+def test_a_part_of_prepared_shards_reads_only_its_photos(prepared):
+    _, validation = data.prepared_splits(prepared[1], 32)
     selection, evaluation = data.split_files(validation, 0.5, seed=1)
     whole, labels = as_arrays(data.decoded_images(validation, 32))
     for part in (selection, evaluation):
@@ -83,17 +103,16 @@ def test_a_part_of_prepared_shards_reads_only_its_photos(source, tmp_path):
     assert selection.fingerprint != evaluation.fingerprint != validation.fingerprint
 
 
-def test_a_prepared_folder_at_another_size_is_one_line_naming_the_fix(source, tmp_path):
-    prepare.prepare(source, tmp_path / "prepared", 32)
+def test_a_prepared_folder_at_another_size_is_one_line_naming_the_fix(prepared):
     with pytest.raises(CatdogError, match=r"prepared at 32 px; train with --image_size=32, or "
                                           r"prepare it again with --image_size=48"):
-        data.prepare_splits(Config(data_dir=str(tmp_path / "prepared"), image_size=48))
+        data.prepare_splits(Config(data_dir=str(prepared[1]), image_size=48))
 
 
-def test_a_rewritten_shard_is_refused_in_one_line_before_training(source, tmp_path,
+def test_a_rewritten_shard_is_refused_in_one_line_before_training(prepared, tmp_path,
                                                                   monkeypatch):
-    prepared = tmp_path / "prepared"
-    manifest = prepare.prepare(source, prepared, 32, shard_images=5)
+    _, original, manifest = prepared
+    prepared = shutil.copytree(original, tmp_path / "prepared")
     record = tmp_path / "record.json"
     data.prepared_splits(prepared, 32, record)
     reads = []
@@ -118,20 +137,20 @@ def test_a_rewritten_shard_is_refused_in_one_line_before_training(source, tmp_pa
     shard.unlink()
     with pytest.raises(CatdogError, match=f"^shard {shard} is missing or unreadable"):
         data.prepared_splits(prepared, 32)
-    checked = run_catdog("data", "check", f"--data_dir={prepared}")
-    assert checked.returncode == 2 and f"shard {shard} is missing" in checked.stderr
+    with pytest.raises(CatdogError, match=f"^shard {shard} is missing or unreadable"):
+        data_cli.check(str(prepared), MAX_IMAGE_PIXELS)  # `python -m catdog.data check`
 
 
-def test_data_check_takes_data_dir_and_recognises_a_prepared_folder(source, tmp_path):
-    manifest = prepare.prepare(source, tmp_path / "prepared", 32, shard_images=5)
+def test_data_check_recognises_a_prepared_folder(prepared, capsys):
+    """`python -m catdog.data check` (its wiring: tests/test_data.py) on a prepared folder."""
+    source, folder, manifest = prepared
     shards = sum(len(manifest["splits"][s]["shards"]) for s in ("train", "validation"))
-    result = run_catdog("data", "check", f"--data_dir={tmp_path / 'prepared'}")
-    assert result.returncode == 0
-    assert result.stdout == (f"{tmp_path / 'prepared'} is prepared data: its {shards} shards "
-                             "match the sha256s in manifest.json\n")
-    by_flag = run_catdog("data", "check", f"--data_dir={source}")
-    assert by_flag.returncode == 1
-    assert by_flag.stdout.startswith(str(source / "train" / "cats" / "broken.jpg") + ": ")
+    assert data_cli.check(str(folder), MAX_IMAGE_PIXELS) == 0
+    assert capsys.readouterr().out == (f"{folder} is prepared data: its {shards} "
+                                       "shards match the sha256s in manifest.json\n")
+    assert data_cli.check(str(source), MAX_IMAGE_PIXELS) == 1
+    assert capsys.readouterr().out.startswith(str(source / "train" / "cats" / "broken.jpg") +
+                                              ": ")
 
 
 def test_a_prepare_clears_what_killed_prepares_of_its_folder_left(source, tmp_path):
@@ -144,6 +163,46 @@ def test_a_prepare_clears_what_killed_prepares_of_its_folder_left(source, tmp_pa
     prepare.prepare(source, tmp_path / "prepared", 32)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
         ".other.tmp-1", ".prepared.prepare.lock"]
+
+
+def prepare_killed(source, output, point: str | None = None,
+                   seconds: float = 300) -> tuple[int, float]:
+    """`python -m catdog.data prepare` killed at the named crash point (or SIGKILLed after
+    `seconds`): its exit status and how long it ran."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "catdog.data", "prepare", f"--data_dir={source}",
+         f"--output_dir={output}", "--image_size=32", "--shard_images=5"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, faults.CRASH_AT: point or ""})
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+    return process.wait(), time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_a_prepare_killed_at_each_point_or_at_a_random_moment_leaves_no_folder(source,
+                                                                              tmp_path):
+    """Killed at each crash point once, then at one seeded random moment (a check that the points
+    are all there is): --output_dir does not exist, and the next prepare writes it whole."""
+    output = tmp_path / "prepared"
+    longest = 0.0
+    for point in [p for p in faults.POINTS if p.startswith("prepare.")]:
+        status, seconds = prepare_killed(source, output, point)
+        assert status == -signal.SIGKILL, point
+        assert not output.exists(), point
+        longest = max(longest, seconds)  # the last point is at the end of the work
+    prepare_killed(source, output, seconds=random.Random(5).uniform(0, longest))
+    killed_whole = output.exists()
+    if killed_whole:  # the kill came after the rename: the folder is whole
+        assert data.verify_shards(output, data.read_manifest(output)) > 0
+    else:
+        prepare.prepare(source, output, 32, shard_images=5)
+    assert sorted(p.name for p in tmp_path.iterdir() if "prepared" in p.name) == [
+        ".prepared.prepare.lock", "prepared"]
+    assert json.loads((output / data.PREPARED_MANIFEST).read_text())["image_size"] == 32
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(source, tmp_path, monkeypatch):

@@ -1,11 +1,14 @@
 """The READMEs' examples run as written. Every shell (```sh) and Python (```python) block of
 README.md, serving/README.md, export/README.md and benchmarks/README.md runs in a sandbox that
 looks like a checkout after a first training run (photos, cat.jpg, dog.jpg, a published version
-and a candidate, all made here, small), with only these substitutions: training runs one epoch
-on random weights, servers and the tf.data service listen on free ports, and the README's
-`/path/to/...` placeholders name the sandbox's files. A block that cannot run here says why in
-a visible `<!-- not run: ... -->` comment just above it. Commands must not hide in indented
-blocks, which this test does not read."""
+and a candidate, all made here, small), with only these substitutions: training runs one head
+and one fine-tuning epoch on random weights at 32 px (`--image_size=150` reads 32, so the
+prepared folder matches) on 8 training and 4 validation photos a class (2 select, 2 evaluate),
+servers and the tf.data service listen on free ports, and the README's `/path/to/...`
+placeholders name the sandbox's files. The sandbox is made once per test session; each block
+gets a copy of it made of hard links. A block that cannot run here says why in a visible
+`<!-- not run: ... -->` comment just above it. Commands must not hide in indented blocks, which
+this test does not read."""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ COMMAND = re.compile(r"^(python|pip|curl|docker|kubectl|TF_CONFIG|tensorboard|ru
 # What a training or data command gets appended, so that it runs in seconds on the sandbox
 # (later flags override a flagfile's and the command line's own).
 SMALL = {
-    "catdog.train": ["--weights=none", "--epochs=1", "--fine_tune_epochs=1"],
+    "catdog.train": ["--weights=none", "--epochs=1", "--fine_tune_epochs=1", "--image_size=32"],
 }
 # A command whose documented outcomes include a status other than 0: the gate's "held back"
 # (3) is an answer, not a failure, for a training run or a publish of a random-weights model.
@@ -184,6 +187,7 @@ def _substituted(text: str, sandbox: Path, ports: list[int]) -> str:
         "5050": str(dispatcher), "5051": str(worker),
         "candidates/catdog/3": f"candidates/catdog/{candidate.name}",
         "/path/to/cats_and_dogs_filtered": "data/cats_and_dogs_filtered",
+        "--image_size=150": "--image_size=32",
     }.items():
         text = text.replace(old, new)
     return text

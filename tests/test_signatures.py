@@ -7,16 +7,15 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from catdog import export
 from catdog.images import image_example
 
 from conftest import CLASSES
 
 
 @pytest.fixture(scope="module")
-def saved_model(classifier, tmp_path_factory):
-    base = tmp_path_factory.mktemp("export") / "catdog"
-    return export.export_saved_model(classifier, CLASSES, base)
+def saved_model(exported):
+    """The session's export (conftest.py): version 1 of `exported[0]`."""
+    return exported[2] / "1"
 
 
 def encoded_images(pixels):
@@ -42,10 +41,10 @@ def test_saved_model_has_the_three_serving_signatures(saved_model):
     assert (saved_model / "assets" / "labels.txt").read_text() == "cats\ndogs\n"
 
 
-def test_signatures_agree_with_the_model_on_pixels_bytes_and_examples(classifier, saved_model,
+def test_signatures_agree_with_the_model_on_pixels_bytes_and_examples(exported, saved_model,
                                                                       pixels):
     signatures = tf.saved_model.load(str(saved_model)).signatures
-    expected = classifier(pixels).numpy()
+    expected = exported[0](pixels).numpy()
     by_pixels = signatures["predict_pixels"](pixels=tf.constant(pixels))
     np.testing.assert_allclose(by_pixels["probabilities"], expected, atol=1e-6)
     np.testing.assert_array_equal(by_pixels["class_ids"], expected.argmax(axis=1))

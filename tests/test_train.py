@@ -1,7 +1,9 @@
 """catdog.train end to end: exports that reload in a fresh process, run files, resuming after a
-kill, SIGKILL at seeded random moments, Ctrl-C and SIGTERM, and a rerun after the export."""
+kill, SIGKILL at each crash point and at a seeded random moment, Ctrl-C and SIGTERM, and a rerun
+after the export."""
 
 import json
+import os
 import random
 import re
 import signal
@@ -14,8 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from catdog import train
+from catdog import faults, train
 from catdog.config import Config
+from catdog.errors import CatdogError
 
 from conftest import fast_config, leftovers, run_catdog, run_python
 
@@ -240,12 +243,10 @@ def test_a_second_run_on_a_live_run_folder_is_refused_in_one_line(dataset_dir_mo
 def test_weights_are_checked_before_the_data(tmp_path):
     not_weights = tmp_path / "weights.h5"
     not_weights.write_text("not an HDF5 file")
-    result = run_catdog("train", f"--data_dir={tmp_path / 'missing'}",
-                        f"--weights={not_weights}", "--image_size=32",
-                        f"--run_dir={tmp_path / 'run'}")
-    assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: --weights={not_weights} is not a VGG16"), result.stderr
+    config = Config(data_dir=str(tmp_path / "missing"), weights=str(not_weights), image_size=32,
+                    run_dir=str(tmp_path / "run"))
+    with pytest.raises(CatdogError, match=f"^--weights={not_weights} is not a VGG16"):
+        train.train(config)
 
 
 def test_a_rerun_after_the_export_writes_no_identical_version(dataset_dir_module, tmp_path):
@@ -258,25 +259,42 @@ def test_a_rerun_after_the_export_writes_no_identical_version(dataset_dir_module
     assert result.exports.saved_model == candidates / "1"
 
 
+TRAINING_POINTS = [p for p in faults.POINTS if p.startswith(("train.", "checkpoints.", "export."))]
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_the_rerun_finishes_cleanly(dataset_dir_module, tmp_path):
-    """Three kills (seed 0) at random times within a run; each rerun resumes; the last ends with
-    every epoch, one export version and no temporaries."""
-    rng = random.Random(0)
+def test_sigkill_at_each_crash_point_then_at_a_random_moment_and_the_rerun_finishes_cleanly(
+        dataset_dir_module, tmp_path):
+    """The same command killed at each crash point of training and export once, in the order a
+    run reaches them, each start resuming what the last left; then once at a seeded random
+    moment (a check that the points are all there is). The last start ends with every epoch,
+    one version and no temporaries."""
     args = [sys.executable, "-m", "catdog.train", f"--data_dir={dataset_dir_module}",
-            "--weights=none", "--image_size=32", "--batch_size=8", "--epochs=4", "--flip=none",
+            "--weights=none", "--image_size=32", "--batch_size=8", "--epochs=2", "--flip=none",
             "--rotation=0", "--zoom=0", "--cache_features", f"--run_dir={tmp_path / 'run'}",
             f"--export_dir={tmp_path / 'export'}"]
-    for _ in range(3):
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4.0, 14.0))  # a random moment, not a synchronisation
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    final = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert final.returncode == 0, final.stderr[-2000:]
+
+    def start(point: str = "", seconds: float = 600) -> tuple[int, float]:
+        began = time.perf_counter()
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env={**os.environ, faults.CRASH_AT: point})
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+        return process.wait(), time.perf_counter() - began
+
+    longest = 0.0
+    for point in TRAINING_POINTS:
+        status, seconds = start(point)
+        assert status == -signal.SIGKILL, f"{point} was not reached"
+        longest = max(longest, seconds)
+    start(seconds=random.Random(0).uniform(0, longest))
+    status, _ = start()
+    assert status == 0
     metrics = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2", "3", "4"]
-    assert len([p for p in (tmp_path / "export" / "catdog").iterdir()]) == 1
+    assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2"]
+    assert [p.name for p in (tmp_path / "export" / "catdog").iterdir()] == ["1"]
     assert not leftovers(tmp_path)
 
 

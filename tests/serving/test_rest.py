@@ -30,7 +30,14 @@ import grpc
 import pytest
 import tensorflow as tf
 
-from conftest import CLASSES, TINY_PNG, assert_still_serving, free_ports, post, request_with
+from conftest import (
+    CLASSES,
+    TINY_PNG,
+    assert_still_serving,
+    free_ports,
+    post,
+    request_with,
+)
 from tfserving_models import TWO_VERSIONS, recorded_metadata, rest
 
 
@@ -271,14 +278,14 @@ def test_idle_and_half_sent_connections_hold_no_request_slot_and_are_bounded(ser
 
 @pytest.mark.slow
 @pytest.mark.parametrize("slow_sockets", [64, 256])
-def test_slow_senders_cannot_shut_rest_out(model_base, slow_sockets):
+def test_slow_senders_cannot_shut_rest_out(exported, slow_sockets):
     """Slowloris: sockets that send a request one byte at a time, against the default
     --max_rest_connections=64. Normal REST clients meanwhile fail no request, and every slow
     socket is disconnected once --rest_request_timeout_seconds has passed."""
     grpc_port, rest_port = free_ports(2)
     process = subprocess.Popen(
         [sys.executable, "-m", "catdog.serve", "--model_name=catdog",
-         f"--model_base_path={model_base}", f"--port={grpc_port}",
+         f"--model_base_path={exported[2]}", f"--port={grpc_port}",
          f"--rest_api_port={rest_port}", "--rest_request_timeout_seconds=3"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     slow = []

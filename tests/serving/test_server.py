@@ -1,4 +1,4 @@
-"""catdog.serving.server: the serve and client command lines."""
+"""catdog.serving.server: the serve and client command lines, and what stops a server starting."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from catdog.errors import CatdogError
+from catdog.serving.options import ServerOptions
+from catdog.serving.server import start_server
 
 from conftest import CLASSES, free_ports, run_catdog
 
@@ -37,10 +41,11 @@ def test_serve_and_client_command_lines(exported, jpegs, tmp_path):
 
 
 def test_serve_refuses_a_base_path_without_versions(tmp_path):
-    result = run_catdog("serve", f"--model_base_path={tmp_path}", "--port=0", "--rest_api_port=0")
-    assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == (
-        f"error: --model_base_path={tmp_path}: {tmp_path} holds no loadable version (an "
+    with pytest.raises(CatdogError) as refused:
+        start_server(options=ServerOptions(model_base_path=str(tmp_path), port=0,
+                                           rest_api_port=0))
+    assert str(refused.value) == (
+        f"--model_base_path={tmp_path}: {tmp_path} holds no loadable version (an "
         "integer-named folder with saved_model.pb)")
 
 
@@ -48,12 +53,13 @@ def test_serve_names_the_base_path_of_a_config_that_it_looked_at(tmp_path):
     """The shipped models.config names the container's path; started locally, the error says
     which path was looked at and which config is the local one."""
     config = Path(__file__).resolve().parents[2] / "serving" / "models.config"
-    result = run_catdog("serve", f"--model_config_file={config}", "--port=0",
-                        "--rest_api_port=0", "--allow_version_labels_for_unavailable_models")
-    assert result.returncode == 2
-    line = result.stderr.splitlines()[-1]
-    assert line.startswith(f"error: --model_config_file={config}: /models/catdog does not exist")
-    assert "serving/models.local.config" in line
+    with pytest.raises(CatdogError) as refused:
+        start_server(options=ServerOptions(model_config_file=str(config), port=0,
+                                           rest_api_port=0,
+                                           allow_version_labels_for_unavailable_models=True))
+    line = str(refused.value)
+    assert line.startswith(f"--model_config_file={config}: /models/catdog does not exist")
+    assert "serving/models.local.config" in line and "\n" not in line
 
 
 def test_grpc_over_a_unix_socket_with_channel_arguments(tfs_models, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import functools
 import json
 import shutil
 import threading
@@ -13,33 +14,29 @@ import time
 from pathlib import Path
 
 import grpc
-import keras
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from catdog import export
-from catdog import model as model_lib
 from catdog.errors import CatdogError
 from catdog.serving.client import Client
 from catdog.serving.options import ServerOptions
 from catdog.serving.server import start_server
 from catdog.serving.status import ServingError
 
-from conftest import CLASSES, TINY_PNG
+from conftest import CLASSES, TINY_PNG, copy_version
 from tfserving_models import TWO_VERSIONS, rest, verify_predict
 
 
-def test_a_new_version_is_picked_up(exported, tmp_path, jpegs):
-    model, _, _ = exported
+def test_a_new_version_is_picked_up(add_version, tmp_path, jpegs):
     base = tmp_path / "catdog"
-    export.export_saved_model(model, CLASSES, base)
+    add_version(base)
     server = start_server("catdog", base, port=0, rest_api_port=None,
                           file_system_poll_wait_seconds=60)
     try:
         client = Client(f"grpc://127.0.0.1:{server.grpc_port}", "catdog")
         assert client.status()[0]["version"] == 1
-        export.export_saved_model(model, CLASSES, base)
+        add_version(base)
         server.core.refresh()  # what the poller does every --file_system_poll_wait_seconds
         assert client.status()[0]["version"] == 2
         assert client.predict(jpegs[:1])[0].label in CLASSES
@@ -47,7 +44,7 @@ def test_a_new_version_is_picked_up(exported, tmp_path, jpegs):
         server.stop()
 
 
-def test_shipped_models_config_serves_its_label_after_one_run(exported, tmp_path, jpegs):
+def test_shipped_models_config_serves_its_label_after_one_run(add_version, tmp_path, jpegs):
     """serving/models.config as shipped (its base path moved here) over what one training run
     publishes, version 1, with the flag docker-compose.yml passes: it answers on its `stable`
     label. Without the flag the first config's labels stop the start even with version 1 on
@@ -55,9 +52,8 @@ def test_shipped_models_config_serves_its_label_after_one_run(exported, tmp_path
     AddModelsViaModelConfigList loads anything). With the canary label its comment describes
     and a second version, status lists both newest first and a label does not narrow it
     (get_model_status_impl.cc)."""
-    model = exported[0]
     base = tmp_path / "catdog"
-    export.export_saved_model(model, CLASSES, base)
+    add_version(base)
     shipped = (Path(__file__).resolve().parents[2] / "serving" / "models.config").read_text()
     config = tmp_path / "models.config"
     config.write_text(shipped.replace('"/models/catdog"', f'"{base}"'))
@@ -80,7 +76,7 @@ def test_shipped_models_config_serves_its_label_after_one_run(exported, tmp_path
     config.write_text("\n".join(
         line.replace("# ", "", 1) if line.strip().startswith(commented_out) else line
         for line in config.read_text().splitlines()))
-    export.export_saved_model(model, CLASSES, base)
+    add_version(base)
     server = start_server(options=as_compose_runs_it)
     try:
         url = f"http://127.0.0.1:{server.rest_port}"
@@ -93,22 +89,19 @@ def test_shipped_models_config_serves_its_label_after_one_run(exported, tmp_path
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def small_model():
-    keras.utils.set_random_seed(1)
-    return model_lib.build_classifier(len(CLASSES), 32, "none")
+@pytest.fixture
+def add_version(exported):
+    """Adds a version to a base path as an export does (conftest.copy_version)."""
+    return functools.partial(copy_version, exported)
 
 
 def _served(server, name: str = "catdog") -> list[int]:
     return sorted(server.core.manager(name).loaded_versions())
 
 
-def test_a_half_copied_version_is_served_once_complete(small_model, tmp_path):
-    import shutil
-
-
+def test_a_half_copied_version_is_served_once_complete(add_version, tmp_path):
     base = tmp_path / "catdog"
-    first = export.export_saved_model(small_model, CLASSES, base)
+    first = add_version(base)
     server = start_server("catdog", base, port=0, rest_api_port=None,
                           file_system_poll_wait_seconds=3600)
     try:
@@ -129,18 +122,18 @@ def test_a_half_copied_version_is_served_once_complete(small_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_version_swaps_under_load_fail_no_request(small_model, tmp_path):
+def test_version_swaps_under_load_fail_no_request(add_version, tmp_path):
     """6 clients (gRPC and REST) while two new versions replace the served one
     (--keep_versions=1 deletes the old folder): zero failed requests."""
 
     base = tmp_path / "catdog"
-    export.export_saved_model(small_model, CLASSES, base)
+    add_version(base)
     server = start_server("catdog", base, port=0, rest_api_port=0,
                           file_system_poll_wait_seconds=0.2)
     try:
         with _under_load(server, pairs=3) as (failures, counts):
             for version in (2, 3):
-                export.export_saved_model(small_model, CLASSES, base, keep_versions=1)
+                add_version(base, keep_versions=1)
                 deadline = time.monotonic() + 60
                 while _served(server) != [version]:
                     assert time.monotonic() < deadline, _served(server)
@@ -151,20 +144,19 @@ def test_version_swaps_under_load_fail_no_request(small_model, tmp_path):
     assert sum(counts) > 0
 
 
-def test_a_retired_version_runs_the_requests_that_found_it(small_model, tmp_path):
+def test_a_retired_version_runs_the_requests_that_found_it(add_version, tmp_path):
     """A request holding version 1 when version 2 replaces it still runs on version 1; the old
     version is closed only after that request ends."""
     import numpy as np
     from tensorflow_serving.apis import model_pb2
 
-
     base = tmp_path / "catdog"
-    export.export_saved_model(small_model, CLASSES, base)
+    add_version(base)
     server = start_server("catdog", base, port=0, rest_api_port=None,
                           file_system_poll_wait_seconds=3600)
     try:
         with server.core.use(model_pb2.ModelSpec(name="catdog")) as old:
-            export.export_saved_model(small_model, CLASSES, base, keep_versions=1)
+            add_version(base, keep_versions=1)
             server.core.refresh()
             assert _served(server) == [2] and old.version == 1
             outputs = old.predict("serving_default",
@@ -242,17 +234,17 @@ def _status_error(server, **spec) -> tuple[grpc.StatusCode, str]:
     return error.value.code(), error.value.details()
 
 
-def test_status_lists_versions_newest_first_and_keeps_unloaded_ones_as_end(small_model,
+def test_status_lists_versions_newest_first_and_keeps_unloaded_ones_as_end(add_version,
                                                                            tmp_path):
     """VersionMapDescendingOrder and UpdatingStates (servable_state_monitor_test.cc), through
     AllVersionsSuccess and SingleVersionSuccess (get_model_status_impl_test.cc): a version the
     policy retired stays in the list, END with an OK status."""
     base = tmp_path / "catdog"
-    export.export_saved_model(small_model, CLASSES, base)
+    add_version(base)
     server = start_server("catdog", base, port=0, rest_api_port=None,
                           file_system_poll_wait_seconds=3600)
     try:
-        export.export_saved_model(small_model, CLASSES, base)
+        add_version(base)
         server.core.refresh()
         deadline = time.monotonic() + 30
         while _status(server) != [(2, "AVAILABLE", ""), (1, "END", "")]:
@@ -287,10 +279,10 @@ def _config(text: str):
 
 
 @pytest.fixture
-def two_version_base(small_model, tmp_path) -> Path:
+def two_version_base(add_version, tmp_path) -> Path:
     base = tmp_path / "catdog"
     for _ in range(2):
-        export.export_saved_model(small_model, CLASSES, base)
+        add_version(base)
     return base
 
 
@@ -413,8 +405,6 @@ def test_a_bad_config_file_is_logged_once_and_the_previous_config_serves(two_ver
             time.sleep(0.05)
     finally:
         server.stop()
-
-
 
 
 def test_a_base_path_that_vanishes_or_holds_a_corrupt_version_keeps_serving(two_version_base,
