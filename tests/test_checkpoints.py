@@ -116,7 +116,8 @@ def test_a_full_disk_is_one_line_leaves_no_temporaries_and_the_rerun_succeeds(
     export_dir = disk / "export" if full == "export_dir" else elsewhere / "export"
     args = ["train", f"--data_dir={dataset_dir_module}", "--weights=none", "--image_size=32",
             "--batch_size=8", "--epochs=2", "--flip=none", "--rotation=0", "--zoom=0",
-            "--cache_features", f"--run_dir={run_dir}", f"--export_dir={export_dir}"]
+            "--cache_features", "--publish=never", f"--run_dir={run_dir}",
+            f"--export_dir={export_dir}"]
     result = run_catdog(*args)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -126,5 +127,5 @@ def test_a_full_disk_is_one_line_leaves_no_temporaries_and_the_rerun_succeeds(
     grow("2g")
     rerun = run_catdog(*args)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert (export_dir / "catdog" / "1" / "saved_model.pb").exists()
+    assert (export_dir / "candidates" / "catdog" / "1" / "saved_model.pb").exists()
     assert not leftovers(disk, elsewhere)

@@ -13,7 +13,7 @@ from conftest import run_catdog
 def test_a_run_shows_catdogs_lines_unless_verbose(dataset_dir, tmp_path):
     args = ["train", f"--data_dir={dataset_dir}", "--weights=none", "--image_size=32",
             "--batch_size=8", "--epochs=1", "--flip=none", "--rotation=0", "--zoom=0",
-            "--cache_features", f"--export_dir={tmp_path / 'export'}"]
+            "--cache_features", "--publish=never", f"--export_dir={tmp_path / 'export'}"]
     quiet = run_catdog(*args, f"--run_dir={tmp_path / 'quiet'}")
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "Epoch 1/1" in quiet.stderr  # catdog's own progress line

@@ -78,24 +78,33 @@ class Service:
     def __init__(self, work_dir: Path):
         self.work_dir = work_dir
         self.port, *self.worker_ports = free_ports(3)
-        self.dispatcher = self._start("dispatcher", f"--port={self.port}",
+        # All three start at once (a worker retries until its dispatcher answers), each waited
+        # for by its start line.
+        self.dispatcher = self._spawn("dispatcher", f"--port={self.port}",
                                       f"--work_dir={work_dir}", "--worker_timeout_seconds=2")
-        self.workers = [self._start("worker", f"--dispatcher=localhost:{self.port}",
+        self.workers = [self._spawn("worker", f"--dispatcher=localhost:{self.port}",
                                     f"--port={port}") for port in self.worker_ports]
+        for role, process in (("dispatcher", self.dispatcher),
+                              *(("worker", worker) for worker in self.workers)):
+            self._started(role, process)
 
     @property
     def target(self) -> str:
         return f"grpc://localhost:{self.port}"
 
-    def _start(self, role: str, *args: str) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-m", "catdog.data_service", role, *args],
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    @staticmethod
+    def _spawn(role: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "catdog.data_service", role, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    @staticmethod
+    def _started(role: str, process: subprocess.Popen) -> None:
         assert process.stdout.readline().startswith(f"tf.data service {role}")
-        return process
 
     def restart_dispatcher(self) -> None:
-        self.dispatcher = self._start("dispatcher", f"--port={self.port}",
+        self.dispatcher = self._spawn("dispatcher", f"--port={self.port}",
                                       f"--work_dir={self.work_dir}", "--worker_timeout_seconds=2")
+        self._started("dispatcher", self.dispatcher)
 
     def stop(self) -> None:
         for process in [*self.workers, self.dispatcher]:
@@ -177,13 +186,15 @@ def test_a_lost_dispatcher_stops_the_run_in_one_line_within_the_bound(
 @pytest.mark.slow
 def test_a_restarted_dispatcher_resumes_its_jobs_and_the_run_goes_on(
         fault_service, dataset_dir, tmp_path):
-    process, _ = _train_until(fault_service, dataset_dir, tmp_path, timeout=120)
+    """Killed during epoch 2 of 4 (epochs of a few seconds): epochs 3 and 4 need the restarted
+    dispatcher's jobs."""
+    process, _ = _train_until(fault_service, dataset_dir, tmp_path, timeout=120, epochs=4)
     fault_service.dispatcher.kill()
     fault_service.dispatcher.wait(timeout=30)
     fault_service.restart_dispatcher()  # the same port and journal
     status, rest = _rest_of_output(process, 600)
     assert status == 0, rest
-    assert "Epoch 30/30" in rest and "Traceback" not in rest
+    assert "Epoch 4/4" in rest and "Traceback" not in rest
 
 
 @pytest.mark.slow

@@ -2,13 +2,13 @@
 README.md, serving/README.md, export/README.md and benchmarks/README.md runs in a sandbox that
 looks like a checkout after a first training run (photos, cat.jpg, dog.jpg, a published version
 and a candidate, all made here, small), with only these substitutions: training runs one head
-and one fine-tuning epoch on random weights at 32 px (`--image_size=150` reads 32, so the
-prepared folder matches) on 8 training and 4 validation photos a class (2 select, 2 evaluate),
-servers and the tf.data service listen on free ports, and the README's `/path/to/...`
-placeholders name the sandbox's files. The sandbox is made once per test session; each block
-gets a copy of it made of hard links. A block that cannot run here says why in a visible
-`<!-- not run: ... -->` comment just above it. Commands must not hide in indented blocks, which
-this test does not read."""
+and one fine-tuning epoch on random weights at 32 px (`--image_size=150` and the Python
+example's 150 read 32, so prepared folders and pixels match) on 8 training and 4 validation
+photos a class (2 select, 2 evaluate), servers and the tf.data service listen on free ports,
+and the README's `/path/to/...` placeholders name the sandbox's files. The sandbox is made once
+per test session; each block gets a copy of it made of hard links. A block that cannot run
+here says why in a visible `<!-- not run: ... -->` comment just above it. Commands must not
+hide in indented blocks, which this test does not read."""
 
 from __future__ import annotations
 
@@ -188,6 +188,7 @@ def _substituted(text: str, sandbox: Path, ports: list[int]) -> str:
         "candidates/catdog/3": f"candidates/catdog/{candidate.name}",
         "/path/to/cats_and_dogs_filtered": "data/cats_and_dogs_filtered",
         "--image_size=150": "--image_size=32",
+        '"cat.jpg"), 150)': '"cat.jpg"), 32)',
     }.items():
         text = text.replace(old, new)
     return text
