@@ -186,8 +186,8 @@ def test_a_lost_dispatcher_stops_the_run_in_one_line_within_the_bound(
 @pytest.mark.slow
 def test_a_restarted_dispatcher_resumes_its_jobs_and_the_run_goes_on(
         fault_service, dataset_dir, tmp_path):
-    """Killed during epoch 2 of 4 (epochs of a few seconds): epochs 3 and 4 need the restarted
-    dispatcher's jobs."""
+    """The dispatcher is killed during epoch 2 of 4 (epochs of a few seconds): epochs 3 and 4
+    need the restarted dispatcher's jobs."""
     process, _ = _train_until(fault_service, dataset_dir, tmp_path, timeout=120, epochs=4)
     fault_service.dispatcher.kill()
     fault_service.dispatcher.wait(timeout=30)
