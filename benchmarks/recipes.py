@@ -18,16 +18,16 @@ winner's evaluation figure is the honest one; the others are shown for reference
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 
 import flops  # benchmarks/ is on sys.path when this file runs as a script
+import machine
 import seed_job
 import tensorflow as tf
 from absl import app, flags
 
-from catdog import distribute, evaluate, train
+from catdog import evaluate, train
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/datasets/cats_vs_dogs",
                                 "Dataset with train/ and validation/ class folders.")
@@ -122,12 +122,8 @@ def main(argv):
     with tempfile.TemporaryDirectory() as root:
         rows = {name: run_recipe(root, index, RECIPES[name][1])
                 for index, name in enumerate(chosen)}
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), "?")
-    print(f"\n{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, TensorFlow "
-          f"{tf.__version__}, weights {_WEIGHTS.value}; bfloat16 flags: "
-          f"{', '.join(f for f in distribute.BFLOAT16_CPU_FLAGS if f in distribute.cpu_flags())}"
-          "\n")
+    print(f"\n{time.strftime('%Y-%m-%d')}, {machine.cpu_description()}, TensorFlow "
+          f"{tf.__version__}, weights {_WEIGHTS.value}\n")
     print("| recipe | flags added to configs/seed.flags | views | precision | best epoch | "
           "selection accuracy (chooses) | evaluation accuracy [95% BCa] | log loss | ECE | "
           "wall time | of it, feature pass | VGG16 TFLOP | with --test_time_flip "

@@ -15,13 +15,13 @@ the gate evaluated the baseline or found its answers kept.
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import machine  # benchmarks/ is on sys.path when this file runs as a script
 from absl import app, flags
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/datasets/cats_vs_dogs", "Photos.")
@@ -32,13 +32,6 @@ _WORK_DIR = flags.DEFINE_string("work_dir", "", "Where runs and exports go (defa
                                 "temporary folder, removed at the end).")
 _EXTRA = flags.DEFINE_list("extra", [], "More training flags for both runs, e.g. "
                            "--extra=--epochs=2,--image_size=64 (without spaces).")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def train_once(work: Path, name: str, seed: int) -> dict:
@@ -72,7 +65,7 @@ def main(argv):
         work = Path(_WORK_DIR.value or scratch)
         first = train_once(work, "first", 42)
         second = train_once(work, "second", 43)
-    print(f"{cpu_model()}; {_FLAGFILE.value} {' '.join(_EXTRA.value)}")
+    print(f"{machine.cpu_description()}; {_FLAGFILE.value} {' '.join(_EXTRA.value)}")
     print("| run | wall s | export s | gate s | export + gate / first run's wall | baseline "
           "answers | decision |")
     print("|---|---:|---:|---:|---:|---|---|")

@@ -20,13 +20,12 @@ photo of --data_dir it prints:
 from __future__ import annotations
 
 import itertools
-import os
-import platform
 import tempfile
 import time
 
 import input_pipeline  # benchmarks/ is on sys.path when this file runs as a script
 import keras
+import machine
 import seed_job as seed_job_lib
 import tensorflow as tf
 from absl import app, flags
@@ -78,13 +77,6 @@ def seed_job(config: Config) -> tuple[float, float, str]:
             result.summary["distribution"]["precision"])
 
 
-def cpu_description() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), platform.processor())
-    native = [f for f in distribute.BFLOAT16_CPU_FLAGS if f in distribute.cpu_flags()]
-    return f"{model}, {os.cpu_count()} cores, bfloat16 flags: {', '.join(native) or 'none'}"
-
-
 def main(argv):
     del argv
     with tempfile.TemporaryDirectory() as root:
@@ -119,7 +111,8 @@ def main(argv):
                      seed_config(root, "plain", "--flip=none", "--zoom=0", "--cache_features")))
         results = [(name, *seed_job(config)) for name, config in runs]
 
-    print(f"\n{time.strftime('%Y-%m-%d')}, {cpu_description()}, TensorFlow {tf.__version__}; "
+    print(f"\n{time.strftime('%Y-%m-%d')}, {machine.cpu_description()}, "
+          f"TensorFlow {tf.__version__}; "
           f"{probe.image_size} px, batch {probe.batch_size}, {len(files)} training and "
           f"{len(validation)} validation images, weights {_WEIGHTS.value}\n")
     print("| VGG16 images/s | float32 | mixed_bfloat16 | ratio |")

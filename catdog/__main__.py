@@ -8,7 +8,8 @@ import sys
 from catdog import cli
 
 TOOLS = {"train": "train and export a model", "evaluate": "report on an exported model",
-         "predict": "label image files", "publish": "gate a candidate into the served folder",
+         "predict": "label image files", "batch": "label millions of photos on Apache Beam",
+         "publish": "gate a candidate into the served folder",
          "serve": "the TF Serving-compatible server", "client": "query a server (gRPC or REST)",
          "data": "check, download or prepare images",
          "data_service": "a tf.data service dispatcher or worker"}

@@ -118,6 +118,31 @@ def define_predict_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                         flag_values=fv)
 
 
+def define_batch_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `python -m catdog.batch`; Beam's own pipeline options follow `--`."""
+    fv = flag_values
+    define_max_image_pixels(fv)
+    flags.DEFINE_string("model", None, "A SavedModel version folder (export/catdog/3, or "
+                        "gs://…/catdog/3), or a local base path meaning its newest version "
+                        "(export/catdog).", flag_values=fv)
+    flags.DEFINE_string("input", None, "The photos: a folder (every image under it, "
+                        "recursively) or a glob ('photos/**/*.jpg', 'gs://bucket/photos/**'); "
+                        "only image files are read.", flag_values=fv)
+    flags.DEFINE_string("output", None, "Prefix of the output files, e.g. out/labels → "
+                        "out/labels-00000-of-00001.jsonl.", flag_values=fv)
+    flags.DEFINE_enum("format", "jsonl", ("jsonl", "parquet", "tfrecord"),
+                      "jsonl: predict --format=jsonl's records; parquet: the same as columns; "
+                      "tfrecord: TF Serving PredictionLogs, as TFX's BulkInferrer writes them "
+                      "(each embeds its image; error records go to <output>*.errors.jsonl).",
+                      flag_values=fv)
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass (Beam's largest batch).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("model_name", "", "The model name in PredictionLogs (default: the "
+                        "base path's folder name, e.g. catdog).", flag_values=fv)
+    for name in ("model", "input", "output"):
+        flags.mark_flag_as_required(name, flag_values=fv)
+
+
 def define_publish_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `python -m catdog.publish`; the gate's settings are Config's fields, so they
     read and check as they do for `python -m catdog.train`."""

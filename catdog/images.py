@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
@@ -98,14 +99,27 @@ def _declared_pixels(encoded: tf.Tensor, head: tf.Tensor) -> tf.Tensor:
     ], default=lambda: tf.constant(0, tf.int64))
 
 
+TOO_MANY_PIXELS = "image declares {} pixels, more than the limit of {} (--max_image_pixels)"
+
+
+def pixel_limit_problem(encoded: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """decode_image's refusal of an image whose header declares more than `max_pixels`, from
+    the header alone (no decoding), or None; a header too broken to read is the decoder's to
+    refuse."""
+    try:
+        pixels = int(declared_pixels(tf.constant(encoded)))
+    except tf.errors.OpError:
+        return None
+    return TOO_MANY_PIXELS.format(pixels, max_pixels) if pixels > max_pixels else None
+
+
 def decode_image(encoded: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
     """JPEG/PNG/BMP/GIF/WebP bytes → uint8 RGB [H, W, 3] (grayscale expanded, alpha dropped);
     an image declaring more than `max_pixels` is an InvalidArgumentError naming the limit."""
     head = _header(encoded)
     pixels = _declared_pixels(encoded, head)
     within = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.format(
-        "image declares {} pixels, more than the limit of {} (--max_image_pixels)",
-        (pixels, max_pixels))])
+        TOO_MANY_PIXELS, (pixels, max_pixels))])
     with tf.control_dependencies([within]):
         image = tf.cond(
             _still_webp_with_alpha(head),
@@ -150,15 +164,30 @@ def read_checked_image(path: str, image_size: int | None = None,
     if not path.lower().endswith(IMAGE_EXTENSIONS):
         return None, (f"unsupported extension '{Path(path).suffix}' "
                       f"(expected one of {', '.join(IMAGE_EXTENSIONS)})")
+    image, problem = _decoded(lambda: tf.io.read_file(path), max_pixels, native_reasons)
+    if problem or image_size is None:
+        return image, problem
+    return resize_image(image, image_size), None
+
+
+def decode_checked(encoded: bytes, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS,
+                   native_reasons: bool = True) -> tuple[tf.Tensor | None, str | None]:
+    """read_checked_image for bytes read elsewhere than from a local file (catdog.batch): the
+    image resized to `image_size`², or why these bytes are not an image catdog reads."""
+    image, problem = _decoded(lambda: tf.constant(encoded), max_pixels, native_reasons)
+    return (None, problem) if problem else (resize_image(image, image_size), None)
+
+
+def _decoded(encoded: Callable[[], tf.Tensor], max_pixels: int, native_reasons: bool
+             ) -> tuple[tf.Tensor | None, str | None]:
     set_aside = stderr_set_aside() if native_reasons else contextlib.nullcontext([])
     try:
         with set_aside as native_lines:
-            image = decode_image(tf.io.read_file(path), max_pixels)
+            return decode_image(encoded(), max_pixels), None
     except tf.errors.OpError as error:
         reasons = [m.group(1) for m in map(_LIBJPEG_LINE.search, native_lines) if m]
         problem = short_tf_error(error)
         return None, f"{reasons[-1]} ({problem})" if reasons else problem
-    return (image if image_size is None else resize_image(image, image_size)), None
 
 
 _LIBJPEG_LINE = re.compile(r"jpeg_mem\.cc:\d+\] (.*)")

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import keras
@@ -99,6 +100,15 @@ def identity_of(path: str | os.PathLike) -> dict[str, str]:
     return {"path": str(path), "version": version, "source": run,
             "precision": source.get("precision", "float32"),
             "image_size": source.get("image_size", "")}
+
+
+def answer_record(path: str, class_names: Sequence[str], probabilities: np.ndarray
+                  ) -> dict[str, Any]:
+    """One photo's answer as `predict --format=jsonl` and `batch` write it: path, label,
+    probability (the label's), and every class's probability."""
+    best = int(np.argmax(probabilities))
+    return {"path": path, "label": class_names[best], "probability": float(probabilities[best]),
+            "probabilities": dict(zip(class_names, map(float, probabilities)))}
 
 
 @dataclasses.dataclass(frozen=True)

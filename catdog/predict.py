@@ -41,11 +41,7 @@ def predict_paths(classifier: inference.Classifier, paths: Sequence[str], batch_
             if path in errors:
                 yield {"path": path, "error": errors[path]}
                 continue
-            row = next(probabilities)
-            best = int(row.argmax())
-            yield {"path": path, "label": classifier.class_names[best],
-                   "probability": float(row[best]),
-                   "probabilities": dict(zip(classifier.class_names, map(float, row)))}
+            yield inference.answer_record(path, classifier.class_names, next(probabilities))
 
 
 EXPLAINED_SIDE = 512  # the longest side of a written heat-map overlay

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import TextIO
@@ -87,7 +88,16 @@ def stderr_set_aside() -> Iterator[list[str]]:
     """Points the process's stderr (file descriptor 2, where TensorFlow's C++ code writes) at a
     temporary file while the body runs; the yielded list then holds the lines written. For
     native lines that would otherwise reach the screen beside catdog's own: TensorFlow's
-    start-up notices, libjpeg's reason for a broken JPEG."""
+    start-up notices, libjpeg's reason for a broken JPEG. A process has one stderr, so threads
+    take turns (a Beam worker decodes in several)."""
+    with _STDERR_TURN:
+        yield from _set_aside()
+
+
+_STDERR_TURN = threading.RLock()
+
+
+def _set_aside() -> Iterator[list[str]]:
     sys.stderr.flush()
     saved = os.dup(2)
     written: list[str] = []

@@ -63,7 +63,7 @@ def test_building_a_config_loads_no_tensorflow():
     assert "tensorflow" not in loaded
 
 
-TOOLS = {"catdog.train", "catdog.evaluate", "catdog.predict", "catdog.publish",
+TOOLS = {"catdog.train", "catdog.evaluate", "catdog.predict", "catdog.batch", "catdog.publish",
          "catdog.data_cli", "catdog.serve", "catdog.client"}
 
 
