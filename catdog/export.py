@@ -64,7 +64,7 @@ def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Pat
     is returned instead of writing an identical new version."""
     atomic.remove_leftovers(base)
     newest = versions.newest(base)
-    if source and newest and versions.source_of(newest) == source:
+    if source and newest and _same_state(versions.source_of(newest), source):
         logging.info("%s already holds this model (%s)", newest, source)
         return newest
     final = base / str(versions.next_number(base))
@@ -100,6 +100,15 @@ def export_all(model: keras.Model, class_names: Sequence[str], export_dir: str |
         h5=export_h5(model, class_names, layout.h5),
         saved_model=export_saved_model(model, class_names, layout.base, keep_versions,
                                        max_image_pixels))
+
+
+MEASURED = ("precision_choice",)  # a source's figures measured at export, different each time
+
+
+def _same_state(recorded: dict, source: dict) -> bool:
+    """Whether two export records describe the same trained state (measurements aside)."""
+    return ({k: v for k, v in recorded.items() if k not in MEASURED}
+            == {k: v for k, v in source.items() if k not in MEASURED})
 
 
 def export_candidate(model: keras.Model, class_names: Sequence[str],

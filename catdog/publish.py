@@ -14,8 +14,8 @@ A candidate (`<export_dir>/candidates/<model_name>/<K>/`, catdog/versions.py) go
    comparison, never the infra validation;
 3. the push (`versions.push`): one rename into the base path, then the .h5.
 
-The decision, both models' figures and the photos go to `gate.json` in the candidate's folder,
-the evaluation reports to `<K>.evaluation/` beside it (catdog/report.py).
+The decision, both models' figures, the photos and the export's precision choice go to
+`gate.json` in the candidate's folder, the reports to `<K>.evaluation/` (catdog/report.py).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from catdog.errors import CatdogError
 from catdog.infra_validator import infra_validate
 
 PUBLISHED, KEPT, HELD_BACK, REFUSED = "published", "kept", "held_back", "refused"
-# What each outcome exits with, so a CI/CD script tells "trained, not better" (3) and "does
-# not load or answer" (4) from success (0) and from errors (2: bad flags, a folder in use...).
+# Exit statuses: a CI/CD script tells "trained, not better" (3) and "does not load or answer"
+# (4) from success (0) and from errors (2: bad flags, a folder in use...).
 EXIT_STATUS = {PUBLISHED: 0, KEPT: 0, HELD_BACK: 3, REFUSED: 4}
 HEAT_MAPS = 16  # Grad-CAM maps in the candidate's report (evaluate --max_explained draws more)
 
@@ -119,7 +119,8 @@ def gate(candidate: export.Exports, layout: versions.Layout, photos: evaluation.
                   "photo_role": photos.role, "photo_count": len(photos.files),
                   "photos_described": photos.describe(),
                   "skipped_photos": [dataclasses.asdict(b) for b in photos.skipped],
-                  "settings": dataclasses.asdict(settings), "time": versions.now()}
+                  "settings": dataclasses.asdict(settings), "time": versions.now(),
+                  "export_precision": versions.source_of(saved_model).get("precision_choice")}
         failure, record["infra_validation"] = infra_validate(saved_model, photos, reference)
         if failure:
             decision = Decision(REFUSED, f"refused {saved_model}: infra validation failed: "
@@ -143,8 +144,7 @@ def _blessed(candidate: export.Exports, layout: versions.Layout, photos: evaluat
     names, labels, saved_model = reference.class_names, np.array(photos.files.labels), \
         Path(candidate.saved_model)
     answers = evaluation.version_answers(saved_model, photos.files, settings.batch_size,
-                                         settings.max_image_pixels,
-                                         "the candidate (its SavedModel)")
+                                         settings.max_image_pixels, "the candidate's SavedModel")
     model = evaluation.model_result("model", saved_model, names, answers, labels)
     record["candidate_figures"], record["baseline"] = model.metrics, None
     base_version, base_answers, record["damaged_versions"] = (

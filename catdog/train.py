@@ -30,7 +30,17 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from catdog import atomic, data, distribute, evaluation, export, inference, publish, versions
+from catdog import (
+    atomic,
+    data,
+    distribute,
+    evaluation,
+    export,
+    export_precision,
+    inference,
+    publish,
+    versions,
+)
 from catdog import model as model_lib
 from catdog.checkpoints import Checkpoints, Progress
 from catdog.config import Config
@@ -179,13 +189,18 @@ def _release(config: Config, distribution: distribute.Distribution, run: RunDir,
     """Exports the best epoch as a candidate and puts it through the gate (--publish), judged
     on the evaluation photos; writes the run's summary."""
     progress, splits = fitted.progress, fitted.splits
-    policy = "float32" if config.export_precision == "float32" else distribution.precision
-    export_model = model_lib.in_policy(fitted.trainer.model, policy)
     layout = versions.Layout(Path(config.export_dir), config.model_name)
     start = time.perf_counter()
+    precision = export_precision.choose(
+        config.export_precision, distribution.precision, fitted.trainer.model,
+        evaluation.run_photos(splits, config.data_dir), config.gate_tolerance,
+        config.max_image_pixels, config.batch_size)
+    logging.info("the exports compute in %s (%s)", precision.policy, precision.reason)
+    export_model = model_lib.in_policy(fitted.trainer.model, precision.policy)
     candidate = export.export_candidate(
         export_model, splits.class_names, layout, config.max_image_pixels,
-        source=_source(config, int(progress.best_epoch), int(progress.finished_epochs), policy))
+        source=_source(config, int(progress.best_epoch), int(progress.finished_epochs),
+                       precision))
     logging.info("exported %s and %s", candidate.saved_model, candidate.h5)
     release_seconds = {"export": time.perf_counter() - start}
     decision = _gate(config, candidate, layout, export_model, splits, distribution.is_chief)
@@ -213,13 +228,14 @@ def _finished_before(config: Config, summary: dict[str, Any]) -> TrainResult:
                        finished_before=True)
 
 
-def _source(config: Config, best_epoch: int, finished_epochs: int, policy: str
-            ) -> dict[str, Any]:
+def _source(config: Config, best_epoch: int, finished_epochs: int,
+            precision: export_precision.PrecisionChoice) -> dict[str, Any]:
     """What a version records of the run behind it: enough to find the run and its photos in
     their roles (`catdog.publish` judges it on the evaluation photos), and to tell a rerun's
     identical export."""
     return {"run_dir": str(Path(config.run_dir).resolve()), "epoch": best_epoch,
-            "finished_epochs": finished_epochs, "precision": policy,
+            "finished_epochs": finished_epochs, "precision": precision.policy,
+            "precision_choice": precision.to_dict(),
             "data_dir": str(Path(config.data_dir).resolve()),
             "validation_split": config.validation_split,
             "evaluation_split": config.evaluation_split, "seed": config.seed,
