@@ -63,6 +63,14 @@ def test_shipped_flagfiles_parse():
         parse(f"--flagfile=configs/{name}.flags")
 
 
+def test_the_flagfiles_the_readmes_train_and_serve_publish_under_catdog():
+    """serving/README.md trains with best.flags (README.md with quickstart.flags) and serves
+    --model_name=catdog --model_base_path=export/catdog: that is where their models go."""
+    for name in ("quickstart", "best"):
+        config = catdog_flags.config_from_flags(parse(f"--flagfile=configs/{name}.flags"))
+        assert (config.model_name, config.export_dir) == ("catdog", "export"), name
+
+
 def test_seed_flagfile_keeps_the_seed_settings():
     config = catdog_flags.config_from_flags(parse("--flagfile=configs/seed.flags"))
     assert (config.image_size, config.batch_size, config.epochs) == (150, 16, 10)
