@@ -189,28 +189,16 @@ def recorded_chosen(source: dict[str, Any]) -> tuple[str, ...]:
 
 # --- answers -----------------------------------------------------------------------------------
 
-def decoded(files: data.ImageFiles, image_size: int,
-            max_pixels: int = images.MAX_IMAGE_PIXELS) -> tf.data.Dataset:
-    """The photos decoded and resized now, held in memory (a tf.data cache, filled), for a
-    model of `image_size` to answer later (the gate decodes while infra validation runs)."""
-    dataset = data.decoded_images(files, image_size, max_pixels)
-    for _ in dataset:
-        pass
-    return dataset
-
-
 def predict_files(classifier: inference.Classifier, files: data.ImageFiles, batch_size: int,
                   max_pixels: int = images.MAX_IMAGE_PIXELS,
-                  test_time_flip: bool = False,
-                  decoded_files: tf.data.Dataset | None = None) -> np.ndarray:
+                  test_time_flip: bool = False) -> np.ndarray:
     """Probabilities [N, C] for every file, in order, with a progress line; with
     `test_time_flip`, the mean of the answers for each photo and its left-right mirror (a
-    second forward pass per photo). `decoded_files`: the files already decoded (`decoded`)."""
+    second forward pass per photo)."""
     probabilities = [np.zeros((0, len(classifier.class_names)), np.float32)]
     if not len(files):
         return probabilities[0]
-    decoded = (decoded_files if decoded_files is not None
-               else data.decoded_images(files, classifier.image_size, max_pixels))
+    decoded = data.decoded_images(files, classifier.image_size, max_pixels)
     with ProgressLine(len(files), "image") as progress:
         for pixels, _ in data.batches(decoded, batch_size):
             pixels = pixels.numpy()
@@ -223,12 +211,10 @@ def predict_files(classifier: inference.Classifier, files: data.ImageFiles, batc
 
 
 def version_answers(version: Path, files: data.ImageFiles, batch_size: int,
-                    max_pixels: int = images.MAX_IMAGE_PIXELS, what: str = "",
-                    decoded_files: tf.data.Dataset | None = None) -> np.ndarray:
+                    max_pixels: int = images.MAX_IMAGE_PIXELS, what: str = "") -> np.ndarray:
     """A SavedModel version's probabilities for `files` through its `predict_pixels` signature
     (the graph TF Serving runs), computed the first time only: they are kept in the version's
-    folder per photo set (`versions.remember_answers`), and move with it. `decoded_files`: the
-    files already decoded at the version's image size."""
+    folder per photo set (`versions.remember_answers`), and move with it."""
     key, what = photo_set(files), what or str(version)
     kept = versions.remembered_answers(version, key)
     if kept is not None and len(kept) == len(files):
@@ -237,7 +223,7 @@ def version_answers(version: Path, files: data.ImageFiles, batch_size: int,
         return kept
     logging.info("evaluating %s on %d photos", what, len(files))
     probabilities = predict_files(inference.load_classifier(version), files, batch_size,
-                                  max_pixels, decoded_files=decoded_files)
+                                  max_pixels)
     try:
         versions.remember_answers(version, key, probabilities)
     except CatdogError as error:  # a read-only version folder: answers computed, not kept

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,54 +35,37 @@ VALIDATOR_TIMEOUT_SECONDS = 600
 _PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 
 
-@contextlib.contextmanager
-def validating(saved_model: Path, photos: evaluation.Photos, reference: inference.Classifier
-               ) -> Iterator[Callable[[], tuple[str | None, dict[str, Any]]]]:
-    """Starts validating the candidate with one real photo of `photos` in its own process and
-    yields the function that waits for the verdict: (None, report) when it passes, else (one
-    line naming what failed, report). The caller works meanwhile (the gate decodes the
-    evaluation photos); a process still running when the block ends is killed."""
-    logging.info("infra validation of %s", saved_model)
-    with _one_real_image(photos.files, reference.image_size) as image_file:
-        start = time.perf_counter()
-        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}  # as the serve command runs
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        child = subprocess.Popen(
-            [sys.executable, "-m", "catdog.serving.infra_validation",
-             str(Path(saved_model).resolve()), str(Path(image_file).resolve())],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            cwd=_PACKAGE_PARENT)
-        try:
-            yield lambda: _verdict(child, start, Path(saved_model), image_file, reference)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.communicate()
-
-
 def infra_validate(saved_model: Path, photos: evaluation.Photos,
                    reference: inference.Classifier) -> tuple[str | None, dict[str, Any]]:
-    """`validating`, waited for at once."""
-    with validating(saved_model, photos, reference) as verdict:
-        return verdict()
+    """Validates the candidate with one real photo of `photos`: (None, report) when it passes,
+    else (one line naming what failed, report)."""
+    logging.info("infra validation of %s", saved_model)
+    with _one_real_image(photos.files, reference.image_size) as image_file:
+        return validate_with(saved_model, image_file, reference)
 
 
-def _verdict(child: subprocess.Popen, start: float, saved_model: Path, image_file: str,
-             reference: inference.Classifier) -> tuple[str | None, dict[str, Any]]:
-    """Waits for the validating process and compares the answers it reports with
+def validate_with(saved_model: Path, image_file: str,
+                  reference: inference.Classifier) -> tuple[str | None, dict[str, Any]]:
+    """Runs the validating process on `image_file` and compares its answers with
     `reference`'s."""
+    start = time.perf_counter()
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}  # as the serve command runs
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        stdout, stderr = child.communicate(
-            timeout=max(VALIDATOR_TIMEOUT_SECONDS - (time.perf_counter() - start), 0))
+        child = subprocess.run(
+            [sys.executable, "-m", "catdog.serving.infra_validation",
+             str(Path(saved_model).resolve()), str(Path(image_file).resolve())],
+            capture_output=True, text=True, env=env, timeout=VALIDATOR_TIMEOUT_SECONDS,
+            cwd=_PACKAGE_PARENT)
     except subprocess.TimeoutExpired:
         return f"it did not answer within {VALIDATOR_TIMEOUT_SECONDS} s", {}
-    report = _last_json_line(stdout)
+    report = _last_json_line(child.stdout)
     report["seconds"] = round(time.perf_counter() - start, 2)
     if not report.get("ok"):
-        last_words = (stderr.strip().splitlines() or ["no output"])[-1]
+        last_words = (child.stderr.strip().splitlines() or ["no output"])[-1]
         return report.get("failure") or (
             f"the validating process ended with status {child.returncode}: {last_words}"), report
-    precision = versions.source_of(saved_model).get("precision", "float32")
+    precision = versions.source_of(Path(saved_model)).get("precision", "float32")
     return _answer_problem(report, image_file, reference, precision), report
 
 

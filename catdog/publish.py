@@ -4,13 +4,14 @@ runs it on any candidate; `python -m catdog.train` runs it after every training 
 
 A candidate (`<export_dir>/candidates/<model_name>/<K>/`, catdog/versions.py) goes through:
 1. infra validation (catdog/infra_validator.py): loaded, warmed and asked as the server would,
-   in a process of its own (the photos are decoded meanwhile); a failure refuses it (exit 4);
+   in a process of its own; any failure refuses it (exit status 4) in one line;
 2. blessing, on photos that chose nothing (catdog/evaluation.py; the selection photos only when
-   a run kept none, said on screen, in gate.json and report.html), with the answers of the
-   SavedModel that will be served; each version keeps its answers, so the baseline (the newest
-   published version that loads) is evaluated once in its life. It passes when its accuracy
-   is at least the baseline's minus --gate_tolerance (and --gate_min_accuracy); otherwise it
-   is held back (exit status 3). --force skips the comparison, never the infra validation;
+   a run kept none, said on screen, in gate.json and report.html). The candidate's answers come
+   from the SavedModel that will be served; each version's answers are kept in its folder, so
+   the baseline (the newest published version that loads) is evaluated once in its life. It
+   passes when its accuracy is at least the baseline's minus --gate_tolerance (and at least
+   --gate_min_accuracy); otherwise it is held back (exit status 3). --force skips the
+   comparison, never the infra validation;
 3. the push (`versions.push`): one rename into the base path, then the .h5.
 
 The decision, both models' figures, the photos and the export's precision choice go to
@@ -29,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from catdog import atomic, evaluation, export, images, inference, report, versions
 from catdog.errors import CatdogError
-from catdog.infra_validator import validating
+from catdog.infra_validator import infra_validate
 
 PUBLISHED, KEPT, HELD_BACK, REFUSED = "published", "kept", "held_back", "refused"
 # Exit statuses: a CI/CD script tells "trained, not better" (3) and "does not load or answer"
@@ -100,7 +100,10 @@ def gate(candidate: export.Exports, layout: versions.Layout, photos: evaluation.
     """Infra validation, blessing and the push (module docstring) of one candidate;
     `reference` is the candidate in-process (the trained Keras model, or its .h5)."""
     start = time.perf_counter()
-    saved_model = Path(candidate.saved_model)  # a SavedModel folder (publish_candidate checks)
+    saved_model = Path(candidate.saved_model)
+    if not (saved_model / "saved_model.pb").is_file():
+        raise CatdogError(f"--candidate={saved_model} is not a SavedModel folder (one holding "
+                          "saved_model.pb)")
     if saved_model.parent == layout.base:
         raise CatdogError(f"{saved_model} is already published under {layout.base}")
     if not len(photos.files):
@@ -118,15 +121,12 @@ def gate(candidate: export.Exports, layout: versions.Layout, photos: evaluation.
                   "skipped_photos": [dataclasses.asdict(b) for b in photos.skipped],
                   "settings": dataclasses.asdict(settings), "time": versions.now(),
                   "export_precision": versions.source_of(saved_model).get("precision_choice")}
-        with validating(saved_model, photos, reference) as verdict:  # in a process of its own
-            decoded = evaluation.decoded(photos.files, reference.image_size,
-                                         settings.max_image_pixels)  # meanwhile
-            failure, record["infra_validation"] = verdict()
+        failure, record["infra_validation"] = infra_validate(saved_model, photos, reference)
         if failure:
             decision = Decision(REFUSED, f"refused {saved_model}: infra validation failed: "
                                 f"{failure}", str(saved_model), record=record)
         else:
-            decision = _blessed(candidate, layout, photos, decoded, reference, settings, record)
+            decision = _blessed(candidate, layout, photos, reference, settings, record)
         decision.record["seconds"] = round(time.perf_counter() - start, 2)
         if decision.outcome != PUBLISHED:
             versions.write_gate_record(saved_model, decision.to_dict())
@@ -139,12 +139,12 @@ def gate(candidate: export.Exports, layout: versions.Layout, photos: evaluation.
 
 
 def _blessed(candidate: export.Exports, layout: versions.Layout, photos: evaluation.Photos,
-             decoded: tf.data.Dataset, reference: inference.Classifier, settings: GateSettings,
+             reference: inference.Classifier, settings: GateSettings,
              record: dict[str, Any]) -> Decision:
-    names, labels = reference.class_names, np.array(photos.files.labels)
-    saved_model = Path(candidate.saved_model)
-    answers = evaluation.version_answers(saved_model, photos.files, settings.batch_size, what=(
-        "the candidate's SavedModel"), decoded_files=decoded)
+    names, labels, saved_model = reference.class_names, np.array(photos.files.labels), \
+        Path(candidate.saved_model)
+    answers = evaluation.version_answers(saved_model, photos.files, settings.batch_size,
+                                         settings.max_image_pixels, "the candidate's SavedModel")
     model = evaluation.model_result("model", saved_model, names, answers, labels)
     record["candidate_figures"], record["baseline"] = model.metrics, None
     base_version, base_answers, record["damaged_versions"] = (
