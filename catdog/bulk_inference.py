@@ -49,7 +49,6 @@ from catdog import contract, images, inference, versions
 from catdog.errors import CatdogError
 from catdog.image_formats import IMAGE_EXTENSIONS
 
-FORMATS = ("jsonl", "parquet", "tfrecord")
 NAMESPACE = "catdog"  # Beam metrics: labelled, failed, skipped
 SUFFIXES = {"jsonl": ".jsonl", "parquet": ".parquet", "tfrecord": ".tfrecord"}
 ERRORS_SUFFIX = ".errors.jsonl"  # --format=tfrecord: error records, beside the PredictionLogs
@@ -234,10 +233,6 @@ def input_patterns(given: str) -> list[str]:
             for joints in itertools.product(("/**/", "/"), repeat=len(parts) - 1)]
 
 
-def is_image_path(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
-
-
 class _KeepImages(beam.DoFn):
     """Matched files → their paths, images only; the others are counted as skipped."""
 
@@ -245,7 +240,7 @@ class _KeepImages(beam.DoFn):
         self._skipped = Metrics.counter(NAMESPACE, "skipped")
 
     def process(self, metadata: Any) -> Iterator[str]:
-        if is_image_path(metadata.path):
+        if metadata.path.lower().endswith(IMAGE_EXTENSIONS):
             yield metadata.path
         else:
             self._skipped.inc()
@@ -363,6 +358,9 @@ def run_labelling(options: beam.options.pipeline_options.PipelineOptions,
     pipeline = beam.Pipeline(options=options)
     label_photos(pipeline, patterns, version, class_names, output, output_format, batch_size,
                  max_pixels, model_name)
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as error:  # a runner reports a failed step as its own exception type
+        raise CatdogError(f"the labelling pipeline failed: {_first_line(error)}") from None
     return counts(result)

@@ -13,6 +13,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from catdog import bulk_inference, image_formats, images, inference, predict
+from catdog.errors import CatdogError
 
 from conftest import run_catdog
 
@@ -103,3 +104,11 @@ def test_prediction_logs_parse_and_errors_go_beside_them(exported, photos, predi
         assert probabilities.tolist() == pytest.approx(list(expected.values()), abs=1e-5)
     (errors,) = glob.glob(str(tmp_path / "logs-*.errors.jsonl"))
     assert [json.loads(line) for line in open(errors)] == [predicted[str(photos / "broken.jpg")]]
+
+
+def test_a_pipeline_that_fails_says_so_in_one_line(exported, photos, tmp_path):
+    (tmp_path / "file").write_text("a file where the output's folder should be")
+    with pytest.raises(CatdogError, match=r"^the labelling pipeline failed: .*file"):
+        bulk_inference.run_labelling(
+            bulk_inference.pipeline_options([]), [f"{photos}/*.jpg"], str(exported[2] / "1"),
+            str(tmp_path / "file" / "labels"), "jsonl", 8, images.MAX_IMAGE_PIXELS, "catdog")
