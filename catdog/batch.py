@@ -13,6 +13,7 @@ from __future__ import annotations
 import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
 
 # isort: split
+import logging as std_logging
 import os
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ def main(argv: Sequence[str]) -> int:
                               f"{INSTALL}") from None
         raise
     f = flags.FLAGS
+    if not f["verbosity"].present:  # a failed step is catdog's one line, not Beam's log too
+        std_logging.getLogger("apache_beam").setLevel(std_logging.CRITICAL)
     options = bulk_inference.pipeline_options(argv[1:])
     version = bulk_inference.resolve_version(f.model)
     patterns = bulk_inference.input_patterns(f.input)

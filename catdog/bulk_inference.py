@@ -48,6 +48,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from catdog import contract, images, inference, versions
 from catdog.errors import CatdogError
 from catdog.image_formats import IMAGE_EXTENSIONS
+from catdog.terminal import stderr_set_aside
 
 NAMESPACE = "catdog"  # Beam metrics: labelled, failed, skipped
 SUFFIXES = {"jsonl": ".jsonl", "parquet": ".parquet", "tfrecord": ".tfrecord"}
@@ -111,8 +112,9 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, ServedModel]):
     def run_inference(self, batch: Sequence[bytes], model: ServedModel,
                       inference_args: dict[str, Any] | None = None
                       ) -> Iterable[PredictionResult]:
-        try:
-            rows = _rows(model.answer_encoded(batch))
+        try:  # libjpeg's native complaints, as predict treats them: in the photo's error record
+            with stderr_set_aside():
+                rows = _rows(model.answer_encoded(batch))
         except tf.errors.InvalidArgumentError:
             rows = self._one_by_one(batch, model)
         return [PredictionResult(encoded, row, self._version)

@@ -107,7 +107,8 @@ def pixel_limit_problem(encoded: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> s
     the header alone (no decoding), or None; a header too broken to read is the decoder's to
     refuse."""
     try:
-        pixels = int(declared_pixels(tf.constant(encoded)))
+        with stderr_set_aside():  # libjpeg's complaint about a broken header: the decoder's
+            pixels = int(declared_pixels(tf.constant(encoded)))
     except tf.errors.OpError:
         return None
     return TOO_MANY_PIXELS.format(pixels, max_pixels) if pixels > max_pixels else None
