@@ -130,8 +130,10 @@ def template(tmp_path_factory) -> Path:
 
 def _make_template(root: Path) -> None:
     """A folder like a checkout after a few training runs: configs/, serving/, photos,
-    published versions 1 and 2 (export/catdog/<N>, export/catdog.h5) and a candidate, all
-    three the same model (the same seed and photos; the last run with --publish=never)."""
+    published versions 1 and 2 (export/catdog/<N>, export/catdog.h5) and a candidate
+    (export/candidates/catdog/3 and its .h5), all three the same model: one training run
+    publishes version 1, and version 2 and the candidate are copies of it (three runs with the
+    same seed and photos made the same model, at three times the cost)."""
     root.mkdir(parents=True)
     for folder in ("configs", "serving", "deploy"):
         shutil.copytree(ROOT / folder, root / folder)
@@ -144,14 +146,14 @@ def _make_template(root: Path) -> None:
     for path in (root / "photos").rglob("*.jpg"):
         path.rename(root / "photos" / path.name)
     env = _environment(root, free_ports(4))
-    first = ("python -m catdog.train --data_dir=data/cats_and_dogs_filtered --flip=none "
-             "--zoom=0 --cache_features --run_dir=runs/first")
-    for command in (first, first.replace("runs/first", "runs/second"),
-                    first.replace("runs/first", "runs/third") + " --publish=never"):
-        result = _run(command, root, env)
-        assert result.returncode == 0, result.stderr[-3000:]
+    result = _run("python -m catdog.train --data_dir=data/cats_and_dogs_filtered --flip=none "
+                  "--zoom=0 --cache_features --run_dir=runs/first", root, env)
+    assert result.returncode == 0, result.stderr[-3000:]
     shutil.rmtree(root / "runs")
-    assert (root / "export" / "catdog" / "2").is_dir() and (root / "export" / "catdog.h5").is_file()
+    base, candidates = root / "export" / "catdog", root / "export" / "candidates" / "catdog"
+    shutil.copytree(base / "1", base / "2")
+    shutil.copytree(base / "1", candidates / "3", ignore=shutil.ignore_patterns("gate.json"))
+    shutil.copy2(root / "export" / "catdog.h5", candidates / "3.h5")
 
 
 def _link_or_copy(source: str, target: str) -> None:

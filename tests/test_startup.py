@@ -64,7 +64,8 @@ def test_version_from_the_clones_parent_folder(tmp_path):
 def test_a_quickstart_run_from_the_clones_parent_folder_shows_only_catdogs_lines(
         tmp_path, dataset_dir):
     """TF_CPP_MIN_LOG_LEVEL=2, the usual advice, and the clone found as a namespace package:
-    the run, its gate's validating process included, shows no TensorFlow line and publishes."""
+    the run, its gate's validating process included, shows catdog's lines only (no TensorFlow
+    or Keras line; not a terminal, so no redraws or colour) and publishes."""
     result = _from_the_clones_parent(
         tmp_path, "catdog.train", "--flagfile=configs/quickstart.flags",
         f"--data_dir={dataset_dir}", "--weights=none", "--image_size=32", "--epochs=1",
@@ -73,3 +74,11 @@ def test_a_quickstart_run_from_the_clones_parent_folder_shows_only_catdogs_lines
     assert result.returncode == 0, result.stderr[-3000:]
     assert "published" in result.stdout
     assert not any(noise in result.stderr for noise in TENSORFLOW_NOISE), result.stderr
+    assert "Epoch 1/1" in result.stderr  # catdog's own progress line
+    assert result.stderr.index("computing VGG16 features for 32 train images") < \
+        result.stderr.index("Epoch 1/1")  # the feature pass comes first, with its own bar
+    for noise in ("functional_saver", "legacy", "saving_api.py"):  # TensorFlow's and Keras'
+        assert noise not in result.stderr, noise
+    for stream in (result.stdout, result.stderr):
+        assert "\r" not in stream and "\x1b" not in stream and "\b" not in stream
+    assert result.stderr.count("val_loss") == 1  # the epoch's metrics, once

@@ -167,14 +167,14 @@ def kill_and_resume(tmp_path: Path, flags: list[str], kill_at_epoch: int, epochs
 @pytest.mark.slow
 def test_a_killed_run_resumes_after_its_last_finished_epoch(dataset_dir, tmp_path):
     kill_and_resume(tmp_path, [
-        f"--data_dir={dataset_dir}", "--weights=none", "--image_size=48", "--batch_size=4",
+        f"--data_dir={dataset_dir}", "--weights=none", "--image_size=32", "--batch_size=8",
         "--epochs=3", "--rotation=0.1", "--zoom=0.2", "--seed=3"], kill_at_epoch=2, epochs=3)
 
 
-@pytest.mark.slow  # three training runs, about 45 s
+@pytest.mark.slow  # three training runs
 def test_fine_tuning_resumes_mid_phase_and_matches_an_uninterrupted_run(dataset_dir, tmp_path):
     _, resumed = kill_and_resume(tmp_path, [
-        f"--data_dir={dataset_dir}", "--weights=none", "--image_size=48", "--batch_size=4",
+        f"--data_dir={dataset_dir}", "--weights=none", "--image_size=32", "--batch_size=8",
         "--epochs=1", "--fine_tune_from=block5_conv1", "--fine_tune_epochs=2", "--flip=none",
         "--zoom=0", "--cache_features", "--seed=4"], kill_at_epoch=3, epochs=3)
     assert [row["phase"] for row in resumed["epochs"]] == ["head", "fine_tune", "fine_tune"]
