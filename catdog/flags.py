@@ -135,7 +135,7 @@ def define_batch_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       "tfrecord: TF Serving PredictionLogs, as TFX's BulkInferrer writes them "
                       "(each embeds its image; error records go to <output>*.errors.jsonl).",
                       flag_values=fv)
-    flags.DEFINE_integer("batch_size", 32, "Images per forward pass (Beam's largest batch).",
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass (every Beam batch).",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_string("model_name", "", "The model name in PredictionLogs (default: the "
                         "base path's folder name, e.g. catdog).", flag_values=fv)
