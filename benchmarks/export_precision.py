@@ -1,8 +1,8 @@
 """Is a bfloat16 export worth serving? The same trained weights exported in float32 and in
 mixed_bfloat16, compared on a dataset's evaluation photos: how far their answers are apart,
 whether their labels and accuracy differ, and how fast each answers, with TensorFlow's oneDNN
-kernels on (as `catdog.evaluate` and the gate run) and off (as `catdog.serve` runs, and as TF
-Serving's standard build computes, without oneDNN).
+kernels on (as `catdog.evaluate` and the gate run) and off (as `catdog.serve` runs, and TF
+Serving when started with TF_ENABLE_ONEDNN_OPTS=0).
 
     python benchmarks/export_precision.py --model=runs/quickstart/export/catdog.h5 \
         --data_dir=../shared/datasets/cats_vs_dogs

@@ -10,8 +10,9 @@
               in the candidate's record, so gate.json carries it.
 
 The sample is answered by the trained weights under both policies in this process, with
-TensorFlow's own kernels (oneDNN where it is on): what `catdog.evaluate`, the gate and a
-TensorFlow built with oneDNN run; TF Serving's standard build computes without oneDNN.
+TensorFlow's kernels as this process has them (oneDNN where it is on, TensorFlow's default on
+x86 Linux): what `catdog.evaluate` and the gate run. A server without oneDNN (`catdog.serve`;
+TF Serving started with TF_ENABLE_ONEDNN_OPTS=0) runs a bfloat16 export slower than float32.
 """
 
 from __future__ import annotations
