@@ -247,3 +247,13 @@ def test_the_command_labels_a_folder_as_predict_reads_it(fake_rest, tmp_path, ca
     assert [line.split("\t")[0] for line in out.splitlines()] == [
         str(folder / ".hidden.jpg"), str(folder / "1.PNG"), str(folder / "b" / "2.jpg")]
     assert "skipped 1 file(s)" in err and "notes.txt" in err
+
+
+def test_the_client_is_importable_from_where_it_used_to_live():
+    """User scripts written before the serving wing moved it: `from catdog.client import
+    Client` (catdog/client.py re-exports the library names)."""
+    from catdog import client as old_home
+    from catdog.serving import client
+
+    for name in ("Client", "Prediction", "GrpcTransport", "RestTransport"):
+        assert getattr(old_home, name) is getattr(client, name)
