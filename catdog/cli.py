@@ -173,5 +173,16 @@ def parse_flags_or_exit(argv: Sequence[str],
         message = re.sub(r"invalid literal for int\(\) with base 10: .*", "must be an integer",
                          message)
         message = re.sub(r"could not convert string to float: .*", "must be a number", message)
+        for absl_words, ours in _ABSL_REWORDED:
+            message = re.sub(absl_words, ours, message)
         print(f"error: {message} (--help lists the flags)", file=sys.stderr)
         sys.exit(2)
+
+
+# absl's wording of three mistakes → a line naming the thing at fault, without absl's prefixes.
+_ABSL_REWORDED = (
+    (r"^flag --(\w+)=None: Flag --\1 must have a value other than None\.$", r"--\1 is required"),
+    (r"^ERROR:: Unable to open flagfile: \[Errno \d+\] (.*): '(.*)'$",
+     r"cannot read the flagfile \2: \1"),
+    (r"^flags (?:\w+=[^,:]*, )*\w+=[^,:]*: ", ""),  # a validator of several flags: their values
+)

@@ -116,6 +116,31 @@ def test_every_tool_and_the_package_print_the_installed_version(tool):
     assert package.stdout == result.stdout
 
 
+def test_absls_wording_becomes_a_line_naming_the_mistake(tmp_path, capsys):
+    from absl import flags
+
+    from catdog import cli
+
+    flag_values = flags.FlagValues()
+    flags.DEFINE_string("model", None, "A model.", flag_values=flag_values)
+    flags.DEFINE_string("base", "", "A base path.", flag_values=flag_values)
+    flags.mark_flag_as_required("model", flag_values=flag_values)
+    flags.register_multi_flags_validator(
+        ["model", "base"], lambda v: v["base"] != "bad",
+        "--base must be a folder of versions", flag_values=flag_values)
+    for argv, line in (
+            ([], "error: --model is required (--help lists the flags)"),
+            ([f"--flagfile={tmp_path / 'nope.flags'}"],
+             f"error: cannot read the flagfile {tmp_path / 'nope.flags'}: No such file or "
+             "directory (--help lists the flags)"),
+            (["--model=m", "--base=bad"],
+             "error: --base must be a folder of versions (--help lists the flags)")):
+        with pytest.raises(SystemExit):
+            cli.parse_flags_or_exit(["tool", *argv], flag_values)
+        assert capsys.readouterr().err.splitlines() == [line]
+        flag_values.unparse_flags()
+
+
 @pytest.mark.parametrize("arg, line", [
     ("--batch_size=0", "error: flag --batch_size=0: must be at least 1 (--help lists the flags)"),
     ("--epochs=abc", "error: flag --epochs=abc: must be an integer (--help lists the flags)"),
