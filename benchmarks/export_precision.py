@@ -34,11 +34,9 @@ _TIME_ONLY = flags.DEFINE_string("time_only", "", "(internal) time this SavedMod
 POLICIES = ("float32", "mixed_bfloat16")
 
 
-def evaluation_files():
-    from catdog import evaluation, inference
+def evaluation_files(class_names, image_size: int):
+    from catdog import evaluation
 
-    model, class_names = inference.load_h5(_MODEL.value)
-    image_size = model.input_shape[1]
     return evaluation.folder_photos(_DATA_DIR.value, class_names, image_size,
                                     _EVALUATION_SPLIT.value).files
 
@@ -82,13 +80,13 @@ def main(argv: list[str]) -> None:
 
     from catdog import data, inference
 
-    files = evaluation_files()
+    model, class_names = inference.load_h5(_MODEL.value)
+    files = evaluation_files(class_names, model.input_shape[1])
     if _TIME_ONLY.value:
         few = data.ImageFiles(files.paths[:_SPEED_PHOTOS.value],
                               files.labels[:_SPEED_PHOTOS.value], files.class_names)
         print(json.dumps({"images_per_second": answers(Path(_TIME_ONLY.value), few)[1]}))
         return
-    model, class_names = inference.load_h5(_MODEL.value)
     root = Path(tempfile.mkdtemp(prefix="catdog-precision-"))
     found = {}
     for policy in POLICIES:
