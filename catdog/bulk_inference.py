@@ -46,7 +46,7 @@ from apache_beam.ml.inference.base import (
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from catdog import contract, images, inference, versions
-from catdog.errors import CatdogError
+from catdog.errors import CatdogError, first_line
 from catdog.image_formats import IMAGE_EXTENSIONS
 from catdog.terminal import stderr_set_aside
 
@@ -155,7 +155,7 @@ class ReadPhoto(beam.DoFn):
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 encoded = f.read()
         except Exception as error:  # each file system (local, GCS, S3, HDFS) raises its own
-            yield _failed(self._failed, path, f"cannot read: {_first_line(error)}")
+            yield _failed(self._failed, path, f"cannot read: {first_line(error)}")
             return
         problem = images.pixel_limit_problem(encoded, self._max_pixels)
         yield _failed(self._failed, path, problem) if problem else (path, encoded)
@@ -302,10 +302,6 @@ def counts(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     return found
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 LOCAL_RUNNER = "FnApiRunner"  # needs no download (DirectRunner first fetches Prism's binary)
 
 
@@ -345,7 +341,7 @@ def check_input(given: str, patterns: Sequence[str]) -> None:
         found = [m.metadata_list for m in FileSystems.match(list(patterns),
                                                              limits=[1] * len(patterns))]
     except Exception as error:  # Beam wraps each file system's own errors in BeamIOError
-        raise CatdogError(f"--input={given}: {_first_line(error)}") from None
+        raise CatdogError(f"--input={given}: {first_line(error)}") from None
     if not any(found):
         raise CatdogError(f"--input={given} matches no files (a folder, or a glob such as "
                           "'photos/**/*.jpg')")
@@ -364,5 +360,5 @@ def run_labelling(options: beam.options.pipeline_options.PipelineOptions,
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as error:  # a runner reports a failed step as its own exception type
-        raise CatdogError(f"the labelling pipeline failed: {_first_line(error)}") from None
+        raise CatdogError(f"the labelling pipeline failed: {first_line(error)}") from None
     return counts(result)

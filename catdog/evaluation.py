@@ -23,7 +23,7 @@ from absl import logging
 
 from catdog import data, figures, gradcam, images, inference, versions
 from catdog.config import DEFAULT_EVALUATION_SPLIT
-from catdog.errors import CatdogError
+from catdog.errors import CatdogError, first_line
 from catdog.terminal import ProgressLine
 
 EVALUATION, SELECTION = "evaluation", "selection"  # the roles photos can judge a model in
@@ -243,7 +243,7 @@ def baseline_answers(base: Path, files: data.ImageFiles, batch_size: int,
             return version, version_answers(version, files, batch_size, max_pixels,
                                             f"version {version.name}"), damaged
         except Exception as error:  # any loader failure makes the version unusable
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            reason = first_line(error)[:200]
             logging.warning("published version %s cannot be loaded (%s); comparing with the "
                             "next older one", version, reason)
             damaged.append({"version": version.name, "reason": reason})

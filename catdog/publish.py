@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 
 from catdog import atomic, evaluation, export, images, inference, report, versions
-from catdog.errors import CatdogError
+from catdog.errors import CatdogError, first_line
 from catdog.infra_validator import infra_validate
 
 PUBLISHED, KEPT, HELD_BACK, REFUSED = "published", "kept", "held_back", "refused"
@@ -204,7 +204,7 @@ def publish_candidate(candidate_dir: str, base_path: str, data_dir: str = "",
     try:
         reference = inference.load_classifier(h5 if h5.is_file() else saved_model)
     except Exception as error:  # whatever the loader raises: refused, in one line
-        cause = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        cause = first_line(error)[:300]
         decision = Decision(REFUSED, f"refused {saved_model}: it cannot be loaded in-process "
                             f"({type(error).__name__}: {cause})", str(saved_model))
         versions.write_gate_record(saved_model, decision.to_dict())
