@@ -1,14 +1,18 @@
 """The gate's infra validation, from the outside: runs `catdog.serving.infra_validation` on a
-candidate in a fresh process that imports no training code (as TFX's InfraValidator runs the
-model server beside the pipeline), and compares the answers it reports with the in-process
-model's. Any difference is one line naming the signature and the photo.
+candidate in a fresh process that imports no training code, in a scratch working folder and,
+where Linux lets a user make one, a network namespace of its own with no network (as TFX's
+InfraValidator runs the model server in a container beside the pipeline), and compares the
+answers it reports with the in-process model's. Any difference is one line naming the signature
+and the photo.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,8 +34,9 @@ from catdog import data, evaluation, images, inference, versions
 # weights, preprocessing or labels) is far further apart.
 ANSWER_TOLERANCE = {"float32": 1e-5, "mixed_float16": 0.01, "mixed_bfloat16": 0.05}
 VALIDATOR_TIMEOUT_SECONDS = 600
-# The validator starts in the folder that holds the catdog package: started in the folder that
-# holds a clone named catdog, `-m catdog.serving...` would find the clone's serving/ configs.
+# The validator finds catdog where this process did (the folder holding the package comes first
+# on its path): from a scratch folder, or one holding a clone named catdog, `-m catdog...`
+# would otherwise find nothing, or the clone's serving/ configs.
 _PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 
 
@@ -49,14 +54,17 @@ def validate_with(saved_model: Path, image_file: str,
     """Runs the validating process on `image_file` and compares its answers with
     `reference`'s."""
     start = time.perf_counter()
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}  # as the serve command runs
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0",  # as the serve command runs
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_PARENT),
+                                                       os.environ.get("PYTHONPATH")]))}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        child = subprocess.run(
-            [sys.executable, "-m", "catdog.serving.infra_validation",
-             str(Path(saved_model).resolve()), str(Path(image_file).resolve())],
-            capture_output=True, text=True, env=env, timeout=VALIDATOR_TIMEOUT_SECONDS,
-            cwd=_PACKAGE_PARENT)
+        with tempfile.TemporaryDirectory(prefix="catdog-infra-validation-") as scratch:
+            child = subprocess.run(
+                [*without_network(), sys.executable, "-m", "catdog.serving.infra_validation",
+                 str(Path(saved_model).resolve()), str(Path(image_file).resolve())],
+                capture_output=True, text=True, env=env, timeout=VALIDATOR_TIMEOUT_SECONDS,
+                cwd=scratch)
     except subprocess.TimeoutExpired:
         return f"it did not answer within {VALIDATOR_TIMEOUT_SECONDS} s", {}
     report = _last_json_line(child.stdout)
@@ -67,6 +75,21 @@ def validate_with(saved_model: Path, image_file: str,
             f"the validating process ended with status {child.returncode}: {last_words}"), report
     precision = versions.source_of(Path(saved_model)).get("precision", "float32")
     return _answer_problem(report, image_file, reference, precision), report
+
+
+@functools.cache
+def without_network() -> tuple[str, ...]:
+    """The command prefix that runs a child in a network namespace of its own (`unshare --net`,
+    as an unprivileged user through a user namespace), where it has no network; empty, with
+    one line saying so, where this machine does not allow it."""
+    command = ("unshare", "--net", "--map-root-user")
+    if shutil.which("unshare"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            if subprocess.run([*command, "true"], capture_output=True, timeout=10).returncode == 0:
+                return command
+    logging.warning("this machine lets no user make a network namespace (unshare --net "
+                    "--map-root-user failed): infra validation runs with the network")
+    return ()
 
 
 def _last_json_line(text: str) -> dict[str, Any]:

@@ -145,6 +145,30 @@ def png_bomb(width: int = 23000, height: int = 23000) -> bytes:
 
 # --- served models shared by the serving tests -------------------------------------------------
 
+def save_module(folder: Path, body) -> Path:
+    """A SavedModel (not catdog's) whose serving_default runs `body(image_bytes)` and returns
+    their lengths: a graph with ops of one's choosing."""
+    import tensorflow as tf
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve(self, image_bytes):
+            body(image_bytes)
+            return {"probabilities": tf.cast(tf.strings.length(image_bytes), tf.float32)}
+
+    module = Module()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    return folder
+
+
+def writes(target: Path):
+    """A body for `save_module` that writes its first input to `target`."""
+    import tensorflow as tf
+
+    return lambda image_bytes: tf.io.write_file(str(target), image_bytes[0])
+
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """A small classifier and its exports: (model, h5 path, SavedModel base path)."""
@@ -236,9 +260,9 @@ def tfs_server(tfs_models):
     monitoring = tfs_models / "monitoring.config"
     monitoring.write_text(
         'prometheus_config: { enable: true, path: "/monitoring/prometheus/metrics" }')
-    server = start_server(options=ServerOptions(
+    server = start_server(options=ServerOptions(  # TF Serving's models: not catdog's ops
         port=0, rest_api_port=0, model_config_file=str(config),
-        monitoring_config_file=str(monitoring)))
+        monitoring_config_file=str(monitoring), verify_graph_ops=False))
     server.core.reload_config(text_format.Parse(
         CONFIG.format(two=TWO_VERSIONS, root=tfs_models, labels=LABELS),
         model_server_config_pb2.ModelServerConfig()))

@@ -10,7 +10,7 @@ import pytest
 
 from catdog import inference, infra_validator
 
-from conftest import CLASSES
+from conftest import CLASSES, save_module, writes
 
 ANSWER = [0.25, 0.75]
 
@@ -72,3 +72,34 @@ def test_a_bfloat16_export_may_round_its_answers_but_not_misname_them(jpegs):
     apart = infra_validator._answer_problem(report([0.4, 0.6]), str(jpegs[0]), reference(),
                                             "mixed_bfloat16")
     assert apart.endswith("(differing by 0.15, more than 0.05 for a mixed_bfloat16 export)")
+
+
+def test_a_candidate_that_writes_files_is_refused_and_writes_nothing(tmp_path, jpegs):
+    """The whole gate side: the validating process reads the graph, refuses it in one line
+    naming the op, and none of its ops runs."""
+    target = tmp_path / "written-by-the-candidate"
+    candidate = save_module(tmp_path / "candidate", writes(target))
+    problem, _ = infra_validator.validate_with(candidate, str(jpegs[0]), reference())
+    assert problem.startswith("the graph holds op WriteFile in function __inference_serve_")
+    assert "\n" not in problem and not target.exists()
+
+
+def test_the_validating_process_has_no_network(tmp_path):
+    """Where this machine lets a user make a network namespace, the child cannot reach even a
+    port listening on this host's loopback."""
+    import socket
+    import subprocess
+    import sys
+
+    prefix = infra_validator.without_network()
+    if not prefix:
+        pytest.skip("this machine lets no user make a network namespace")
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        port = listening.getsockname()[1]
+        reach = (f"import socket\ntry:\n socket.create_connection(('127.0.0.1', {port}), 2)\n"
+                 " print('reached')\nexcept OSError as e:\n print('unreachable')")
+        child = subprocess.run([*prefix, sys.executable, "-c", reach], capture_output=True,
+                               text=True, timeout=60)
+        here = subprocess.run([sys.executable, "-c", reach], capture_output=True, text=True,
+                              timeout=60)
+    assert (child.stdout.strip(), here.stdout.strip()) == ("unreachable", "reached")

@@ -2,6 +2,8 @@
 `python -m catdog.serving.infra_validation CANDIDATE_DIR IMAGE_FILE` (run by `catdog.publish`).
 
 In a process of its own that imports nothing of catdog's training code, it
+0. reads the graph before anything of it runs: an op catdog's exporter never writes (file I/O,
+   Python, custom ops) refuses the candidate unloaded (`graph_ops.op_problem`);
 1. checks the signature contract clients rely on: signature keys and method names, input and
    output aliases with their dtypes and shapes, and the labels asset (`contract_problems`);
 2. loads the version as the server loads a servable (`Servable`: MetaGraphDef into a session);
@@ -36,6 +38,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import input_pb2
 
 from catdog import contract, images
+from catdog.serving import graph_ops
 from catdog.serving.servable import Servable
 
 _PR_SET_PDEATHSIG = 1
@@ -157,7 +160,7 @@ def files_problem(candidate: Path) -> str | None:
 def validate(candidate: str | Path, image_file: str | Path) -> dict[str, Any]:
     """Steps 1–4 of the module docstring; the report as a JSON-ready dict."""
     candidate = Path(candidate)
-    problem = files_problem(candidate)
+    problem = graph_ops.op_problem(candidate) or files_problem(candidate)
     if problem:
         return {"ok": False, "failure": problem}
     try:

@@ -83,6 +83,11 @@ class ServerOptions:
         "", "A BatchingParameters text proto (with --enable_batching).", check=_TEXT_PROTO_FILE)
     rest_api_timeout_in_ms: int = fields.setting(
         0, "Session run timeout of a request; 0 means none.", at_least=0)
+    verify_graph_ops: bool = fields.setting(
+        True, "Load only SavedModels whose graph holds no op catdog's exporter never writes "
+        "(file I/O, Python, custom ops): a version that does is refused at load with one line "
+        "naming the op. Turn off (--noverify_graph_ops) to serve your own non-catdog models; "
+        "TF Serving has no such check.")
     grpc_max_threads: int = fields.setting(
         16, "Threads serving gRPC requests at once.", at_least=1)
 

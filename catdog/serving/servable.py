@@ -28,7 +28,7 @@ from tensorflow_serving.apis import (
 )
 
 from catdog import contract
-from catdog.serving import tensors
+from catdog.serving import graph_ops, tensors
 from catdog.serving.batching import Batcher, BatchingOptions
 from catdog.serving.status import ServingError, invalid
 
@@ -42,8 +42,12 @@ class Servable:
 
     def __init__(self, name: str, version: int, path: Path,
                  batcher_options: BatchingOptions | None = None, timeout_ms: int = 0,
-                 method_name_check: bool = False):
+                 method_name_check: bool = False, verify_graph_ops: bool = False):
         self.name, self.version, self.path = name, version, Path(path)
+        if verify_graph_ops:  # before anything of the graph runs (catdog.serve's default)
+            problem = graph_ops.op_problem(path)
+            if problem:
+                raise ValueError(f"refused (--verify_graph_ops): {problem}")
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         # TF Serving's own loading path (a MetaGraphDef into a session); TensorFlow logs it as

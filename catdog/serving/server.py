@@ -43,7 +43,7 @@ from catdog.serving.config_files import (
 from catdog.serving.metrics import Metrics
 from catdog.serving.options import ServerOptions
 from catdog.serving.rest import RestHandler, RestServer
-from catdog.serving.server_core import ServerCore, single_model_config
+from catdog.serving.server_core import ModelManager, ServerCore, single_model_config
 from catdog.serving.status import ServingError
 
 
@@ -97,7 +97,8 @@ def _servable_options(options: ServerOptions) -> dict:
             raise CatdogError(f"--batching_parameters_file={options.batching_parameters_file}: "
                               f"{error}") from None
     return {"batcher_options": batching, "timeout_ms": options.rest_api_timeout_in_ms,
-            "method_name_check": options.enable_signature_method_name_check}
+            "method_name_check": options.enable_signature_method_name_check,
+            "verify_graph_ops": options.verify_graph_ops}
 
 
 def _monitoring_path(options: ServerOptions) -> str | None:
@@ -136,6 +137,9 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
     options = dataclasses.replace(options, **overrides)
     config = _model_server_config(options)
     monitoring_path = _monitoring_path(options)
+    if not options.verify_graph_ops:
+        logging.warning("graph ops not verified (--noverify_graph_ops): a version's graph may "
+                        "run any op it holds, file reads and writes and Python included")
     try:
         core = ServerCore(config, _servable_options(options),
                           options.allow_version_labels_for_unavailable_models)
@@ -147,8 +151,7 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
         raise CatdogError(f"{where}: {error.message}{hint}") from None
     if not any(m.loaded_versions() for m in core.models()):
         core.stop()
-        raise CatdogError(_nothing_to_serve(options, [Path(m.config.base_path)
-                                                      for m in core.models()]))
+        raise CatdogError(_nothing_to_serve(options, core.models()))
     core.every(options.file_system_poll_wait_seconds, core.refresh, "version-poller")
     if options.model_config_file:
         _watch_config_file(core, options.model_config_file,
@@ -227,18 +230,28 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         message=options_lib.NO_MODELS, flag_values=flag_values)
 
 
-def _nothing_to_serve(options: ServerOptions, base_paths: list[Path]) -> str:
-    """Why the server cannot start: each base path it looked at, and what it found there."""
+def _nothing_to_serve(options: ServerOptions, models: list[ModelManager]) -> str:
+    """Why the server cannot start: each base path it looked at, and what it found there (the
+    newest version's load failure, when a version was there but did not load)."""
     where = (f"--model_config_file={options.model_config_file}" if options.model_config_file
              else f"--model_base_path={options.model_base_path}")
-    found = [f"{path.resolve()} does not exist" if not path.exists() else
-             f"{path.resolve()} holds no loadable version (an integer-named folder with "
-             "saved_model.pb)" for path in base_paths]
+    base_paths = [Path(model.config.base_path) for model in models]
+    found = [_found_at(Path(model.config.base_path), model.failures()) for model in models]
     hint = ("; a model config's base_path is a path on the machine the server runs on "
             "(serving/models.config names the container's /models/...; "
             "serving/models.local.config names ./export/...)"
             if options.model_config_file and not all(p.exists() for p in base_paths) else "")
     return f"{where}: {'; '.join(found)}{hint}"
+
+
+def _found_at(base_path: Path, failures: dict[int, str]) -> str:
+    if not base_path.exists():
+        return f"{base_path.resolve()} does not exist"
+    if failures:
+        newest = max(failures)
+        return f"{base_path.resolve()} version {newest} did not load: {failures[newest]}"
+    return (f"{base_path.resolve()} holds no loadable version (an integer-named folder with "
+            "saved_model.pb)")
 
 
 def version_text() -> str:

@@ -188,6 +188,10 @@ class ModelManager:
         else:
             threading.Thread(target=close, name="unload", daemon=True).start()
 
+    def failures(self) -> dict[int, str]:
+        """The versions that failed to load on the last poll, with why (one line each)."""
+        return dict(self._failed)
+
     def loaded_versions(self) -> set[int]:
         with self._lock:
             return set(self._loaded)

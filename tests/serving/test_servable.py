@@ -100,7 +100,7 @@ def test_good_model_config(tfs_stubs, model_name, expected, specify_output):
 
 
 def _serve_one(base: Path):
-    return start_server("default", base, port=0, rest_api_port=None)
+    return start_server("default", base, port=0, rest_api_port=None, verify_graph_ops=False)
 
 
 def test_tf_saved_model_save(tmp_path):

@@ -73,7 +73,7 @@ def test_grpc_over_a_unix_socket_with_channel_arguments(tfs_models, tmp_path):
 
     socket_path = tmp_path / "tf-serving.sock"
     server = start_server(None, tfs_models / "half_plus_two", port=0, rest_api_port=None,
-                          grpc_socket_path=str(socket_path),
+                          verify_graph_ops=False, grpc_socket_path=str(socket_path),
                           grpc_channel_arguments="grpc.max_connection_age_ms=2000,"
                                                  "grpc.so_reuseaddr=1")
     try:
