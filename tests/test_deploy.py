@@ -76,7 +76,7 @@ def test_tf_serving_runs_as_docker_compose_runs_it():
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     flags_given = dict(arg.lstrip("-").split("=", 1) for arg in container["args"])
     assert ports == {"grpc": int(flags_given["port"]), "http": int(flags_given["rest_api_port"])}
-    assert [f"{p}:{p}" for p in ports.values()] == service["ports"]
+    assert [f"127.0.0.1:{p}:{p}" for p in ports.values()] == service["ports"]  # loopback only
 
 
 def test_mounts_match_the_paths_the_configs_name():
@@ -88,7 +88,17 @@ def test_mounts_match_the_paths_the_configs_name():
         folder, name = os.path.split(flags_given[flag])
         assert folder == mounts["config"] and name in config_files, flag
     base_paths = re.findall(r'base_path: "([^"]+)"', find("ConfigMap")["data"]["models.config"])
-    assert base_paths and all(p.startswith(mounts["models"] + "/") for p in base_paths)
+    assert base_paths == [mounts["models"]]  # the published base path alone, not candidates/
+    (models,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    assert models["readOnly"] and models["subPath"] == os.path.basename(base_paths[0])
+
+
+def test_compose_mounts_only_the_published_base_path_read_only():
+    compose = yaml.safe_load((ROOT / "serving" / "docker-compose.yml").read_text())
+    base_paths = re.findall(r'base_path: "([^"]+)"', (ROOT / "serving" / "models.config")
+                            .read_text())
+    mounts = [v for v in compose["services"]["serving"]["volumes"] if v.startswith("../export")]
+    assert mounts == [f"../export/{os.path.basename(p)}:{p}:ro" for p in base_paths]
 
 
 def test_probes_ask_the_model_status_route_of_the_served_model():

@@ -38,6 +38,10 @@ class ServerOptions:
     model_base_path: str = fields.setting(
         f"export/{contract.DEFAULT_MODEL_NAME}",
         "Folder holding integer-named SavedModel versions.")
+    model_base_path_root: str = fields.setting(
+        "", "If set, every base path a model config may name (--model_base_path, "
+        "--model_config_file, HandleReloadConfigRequest) must lie in this folder; others are "
+        "refused with INVALID_ARGUMENT. A publish gate's candidate folder is refused always.")
     port: int = fields.setting(contract.DEFAULT_GRPC_PORT, "gRPC port.", at_least=0,
                                at_most=65535)
     grpc_socket_path: str = fields.setting(

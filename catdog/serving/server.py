@@ -142,7 +142,8 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
                         "run any op it holds, file reads and writes and Python included")
     try:
         core = ServerCore(config, _servable_options(options),
-                          options.allow_version_labels_for_unavailable_models)
+                          options.allow_version_labels_for_unavailable_models,
+                          options.model_base_path_root)
     except ServingError as error:  # TF Serving refuses to start on it too
         where = f"--model_config_file={options.model_config_file}" \
             if options.model_config_file else f"--model_base_path={options.model_base_path}"

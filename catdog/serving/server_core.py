@@ -16,7 +16,13 @@
   models and be replaced while serving. A config TF Serving would refuse (not a model list, a
   model listed twice, a label on a version that is not AVAILABLE) is refused with TF Serving's
   status and the previous config stays in force. New models and versions are loaded before the
-  new config is published, so a label moves only once its version serves.
+  new config is published, so a label moves only once its version serves. A model whose base
+  path moves serves its loaded versions until the new path has loadable ones (a missing or
+  broken new path is a poll error, logged and told in the versions' status).
+- Beyond TF Serving: a config may not name a publish gate's candidate folder
+  (`<export>/candidates/...`: versions the gate has not published), nor, with
+  --model_base_path_root, any folder outside that root (INVALID_ARGUMENT), so neither a config
+  file nor a reload RPC can serve what did not pass the gate.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from absl import logging
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from catdog import contract
 from catdog.serving.servable import Servable
 from catdog.serving.status import ServingError, invalid
 from catdog.versions import version_folders  # the one scan, shared with the exporter and gate
@@ -64,12 +71,14 @@ class StateMonitor:
         self._owners: dict[tuple[str, int], object] = {}
 
     def set(self, name: str, version: int, state: int, error: str = "",
-            owner: object = None) -> None:
-        """Records a version's new state. An unload by a manager that no longer owns the
-        version (its model moved to a new base path, whose manager loaded it again) is not
-        recorded over the new manager's state."""
-        status = _OK if not error else status_pb2.StatusProto(
-            error_code=grpc.StatusCode.UNKNOWN.value[0], error_message=error)
+            owner: object = None, note: str = "") -> None:
+        """Records a version's new state (`error`: why it failed; `note`: a poll error told
+        beside an OK status, e.g. a missing base path while the version keeps serving). An
+        unload by a manager that no longer owns the version (its model moved to a new base
+        path, whose manager loaded it again) is not recorded over the new manager's state."""
+        status = status_pb2.StatusProto(error_message=note) if not error else \
+            status_pb2.StatusProto(error_code=grpc.StatusCode.UNKNOWN.value[0],
+                                   error_message=error)
         with self._lock:
             if state in (_Status.UNLOADING, _Status.END) and not error and \
                     self._owners.get((name, version), owner) is not owner:
@@ -124,17 +133,16 @@ class ModelManager:
     def _refresh(self, retire: bool) -> None:
         folders = version_folders(Path(self.config.base_path))
         if folders is None:  # FileSystemStoragePathSource emits nothing for a missing base path
-            if not self._base_missing:
-                logging.error("Could not find base path %s for servable %s; serving what is "
-                              "loaded until it is back", self.config.base_path, self.name)
-            self._base_missing = True
+            self._note_base_path(f"Could not find base path {self.config.base_path} for "
+                                 f"servable {self.name}; serving the loaded versions")
             return
-        if self._base_missing:
-            logging.info("base path %s of %s is back", self.config.base_path, self.name)
-            self._base_missing = False
+        self._note_base_path("")
         wanted = aspired_versions(self.config, folders)
         self._failed = {v: m for v, m in self._failed.items() if v in wanted}
-        for version in sorted(wanted - set(self._loaded), reverse=True):
+        with self._lock:  # a version loaded from another base path (the config moved) is new
+            current = {v for v, servable in self._loaded.items()
+                       if servable.path == folders.get(v)}
+        for version in sorted(wanted - current, reverse=True):
             self._load(version, folders[version])
         if not retire:
             return
@@ -150,8 +158,26 @@ class ModelManager:
             logging.log_first_n(logging.WARNING, "No versions of servable %s found under base "
                                 "path %s", 1, self.name, self.config.base_path)
 
+    def _note_base_path(self, problem: str) -> None:
+        """Logs a missing base path once (and its return), and tells it in the status of every
+        version still serving, as TF Serving logs the poll error and keeps serving them."""
+        if bool(problem) == self._base_missing:
+            return
+        self._base_missing = bool(problem)
+        if problem:
+            logging.error("%s until it is back", problem)
+        else:
+            logging.info("base path %s of %s is back", self.config.base_path, self.name)
+        for version in self.loaded_versions():
+            self._monitor.set(self.name, version, _Status.AVAILABLE, owner=self, note=problem)
+
     def _load(self, version: int, path: Path) -> None:
-        self._monitor.set(self.name, version, _Status.LOADING, owner=self)
+        """Loads and warms up a version; one that fails is retried on the next poll. A version
+        of the same number loaded from the old base path serves until this one replaces it,
+        and its state stays AVAILABLE meanwhile."""
+        replacing = version in self.loaded_versions()
+        if not replacing:
+            self._monitor.set(self.name, version, _Status.LOADING, owner=self)
         servable = None
         try:
             servable = Servable(self.name, version, path, **self._options)
@@ -164,14 +190,22 @@ class ModelManager:
                 logging.error("could not load %s version %d from %s: %s (will retry)",
                               self.name, version, path, message)
             self._failed[version] = message
-            self._monitor.set(self.name, version, _Status.END, message, owner=self)
+            if replacing:
+                self._monitor.set(self.name, version, _Status.AVAILABLE, owner=self,
+                                  note=f"{path} did not load ({message}); serving the version "
+                                       "loaded before")
+            else:
+                self._monitor.set(self.name, version, _Status.END, message, owner=self)
             return
         self._failed.pop(version, None)
         with self._lock:
+            replaced = self._loaded.get(version)  # the same number from the old base path
             self._loaded[version] = servable
         self._monitor.set(self.name, version, _Status.AVAILABLE, owner=self)
         logging.info("serving %s version %d from %s (warmed up with %d requests)", self.name,
                      version, path, warmed)
+        if replaced is not None:
+            threading.Thread(target=replaced.close, name="unload", daemon=True).start()
 
     def _unload(self, servable: Servable, wait: bool = False) -> None:
         """UNLOADING until its running requests finish, then END (in the background unless
@@ -239,6 +273,23 @@ class ModelManager:
             self._unload(servable, wait=True)
 
 
+def check_base_paths(config: ModelServerConfig, root: str = "") -> None:
+    """Refuses (INVALID_ARGUMENT) a model whose base path lies in a publish gate's candidate
+    folder, or outside `root` when one is given."""
+    for model in config.model_config_list.config:
+        path = Path(model.base_path).resolve()
+        if root and not path.is_relative_to(Path(root).resolve()):
+            raise invalid(f"base_path {model.base_path} of model {model.name} is outside "
+                          f"--model_base_path_root={root}")
+        gate = next((folder for folder in [path, *path.parents]
+                     if folder.name == contract.CANDIDATES_DIR
+                     and any(folder.parent.glob(".*.publish.lock"))), None)
+        if gate is not None:
+            raise invalid(f"base_path {model.base_path} of model {model.name} lies in the "
+                          f"publish gate's candidate folder {gate}: only versions the gate "
+                          "published are served")
+
+
 def check_model_config(config: ModelServerConfig) -> None:
     """ServerCore::ReloadConfig's first checks (ValidateModelConfigList): TF Serving's status
     for a config that is not a model list or lists a model twice."""
@@ -257,8 +308,10 @@ class ServerCore:
     """The models a server holds, by name; kept in line with the files every poll."""
 
     def __init__(self, config: ModelServerConfig, servable_options: dict | None = None,
-                 allow_version_labels_for_unavailable_models: bool = False):
+                 allow_version_labels_for_unavailable_models: bool = False,
+                 base_path_root: str = ""):
         self._options = servable_options or {}
+        self._base_path_root = base_path_root
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self.monitor = StateMonitor()
         self._models: dict[str, ModelManager] = {}
@@ -275,6 +328,7 @@ class ServerCore:
         models are unloaded once their requests finish."""
         with self._reloading:
             check_model_config(config)
+            check_base_paths(config, self._base_path_root)
             configs = {c.name: c for c in config.model_config_list.config}
             with self._lock:
                 current = dict(self._models)
@@ -282,9 +336,11 @@ class ServerCore:
                       for name, c in configs.items()}
             models = {}
             for name, model_config in configs.items():
-                manager = current.get(name)
-                if manager is None or manager.config.base_path != model_config.base_path:
-                    manager = ModelManager(model_config, self._options, self.monitor)
+                # A model whose base path moves keeps its manager, so its loaded versions serve
+                # until the new path has loadable ones (a missing or broken path is a poll
+                # error: TF Serving's FileSystemStoragePathSource emits nothing for it).
+                manager = current.get(name) or ModelManager(model_config, self._options,
+                                                            self.monitor)
                 manager.config = model_config
                 manager.refresh(retire=False)
                 models[name] = manager

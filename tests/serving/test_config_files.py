@@ -40,7 +40,7 @@ def test_compose_mounts_the_configs_it_passes_to_the_server():
     for name in ("models.config", "batching.config", "monitoring.config"):
         assert f"./{name}:/config/{name}" in compose
         assert f"=/config/{name}" in compose
-    assert '"8500:8500"' in compose and '"8501:8501"' in compose
+    assert '"127.0.0.1:8500:8500"' in compose and '"127.0.0.1:8501:8501"' in compose
     assert "tensorflow/serving:" in compose and "-gpu" in compose
 
 

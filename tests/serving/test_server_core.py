@@ -527,3 +527,85 @@ def test_a_label_moved_by_a_reload_under_load_fails_no_request(two_version_base,
         server.stop()
     assert not failures, failures[:3]
     assert done
+
+
+def _reload_over_grpc(server, config_text: str):
+    """HandleReloadConfigRequest as any gRPC client sends it: None, or the RpcError."""
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    stub = model_service_pb2_grpc.ModelServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    try:
+        stub.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=_config(config_text)), 30)
+    except grpc.RpcError as error:
+        return error
+    return None
+
+
+def test_a_reload_cannot_point_a_model_past_the_gate(add_version, tmp_path, jpegs):
+    """A reload RPC naming the gate's candidate folder (export/candidates/<name>, beside the
+    export lock) is refused with INVALID_ARGUMENT, as is one outside --model_base_path_root;
+    the published version keeps serving."""
+    export = tmp_path / "export"
+    add_version(export / "catdog")
+    add_version(export / "candidates" / "catdog")
+    (export / ".catdog.publish.lock").touch()  # what the gate's writers hold
+    elsewhere = tmp_path / "elsewhere"
+    add_version(elsewhere)
+    server = start_server("catdog", export / "catdog", port=0, rest_api_port=None,
+                          model_base_path_root=str(export))
+    try:
+        refused = _reload_over_grpc(server, _list_config(("catdog",
+                                                          export / "candidates" / "catdog")))
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.details() == (
+            f"base_path {export}/candidates/catdog of model catdog lies in the publish gate's "
+            f"candidate folder {export}/candidates: only versions the gate published are served")
+        outside = _reload_over_grpc(server, _list_config(("catdog", elsewhere)))
+        assert (outside.code(), outside.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT, f"base_path {elsewhere} of model catdog is outside "
+                                              f"--model_base_path_root={export}")
+        assert server.core.manager("catdog").config.base_path == str(export / "catdog")
+        client = Client(f"grpc://127.0.0.1:{server.grpc_port}", "catdog")
+        assert client.predict(jpegs[:1])[0].label in CLASSES
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("where", ["missing", "broken"])
+def test_a_reload_to_a_missing_or_broken_base_path_keeps_serving(add_version, tmp_path, jpegs,
+                                                                where):
+    """TF Serving's FileSystemStoragePathSource emits nothing for a base path it cannot find,
+    so the loaded version serves on (the poll error logged and, here, told in its status); a
+    version that does not load is a failed load beside the one serving. Once the new path holds
+    a loadable version, it serves."""
+    base = tmp_path / "catdog"
+    add_version(base)
+    moved = tmp_path / "moved"
+    if where == "broken":
+        (moved / "1").mkdir(parents=True)
+        (moved / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    server = start_server("catdog", base, port=0, rest_api_port=None,
+                          file_system_poll_wait_seconds=3600)
+    client = Client(f"grpc://127.0.0.1:{server.grpc_port}", "catdog")
+    try:
+        assert _reload_over_grpc(server, _list_config(("catdog", moved))) is None
+        server.core.refresh()
+        assert client.predict(jpegs[:2])[0].label in CLASSES
+        [(version, state, note)] = _status(server)
+        assert (version, state) == (1, "AVAILABLE")
+        if where == "missing":
+            assert note == (f"Could not find base path {moved} for servable catdog; serving "
+                            "the loaded versions")
+        else:
+            assert note.startswith(f"{moved}/1 did not load (Cannot parse file ")
+            assert note.endswith("; serving the version loaded before")
+        shutil.rmtree(moved, ignore_errors=True)
+        add_version(moved)
+        add_version(moved)  # version 2 of the new path
+        server.core.refresh()
+        assert _served(server) == [2] and _status(server)[0][:2] == (2, "AVAILABLE")
+        assert client.predict(jpegs[:1])[0].label in CLASSES
+    finally:
+        server.stop()
