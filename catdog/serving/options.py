@@ -27,6 +27,16 @@ _CHANNEL_ARGUMENTS: Check = (
 TF_SERVING_DEFAULT_MODEL_NAME = "default"  # TF Serving's --model_name default
 
 
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
+        return 4 << 30
+
+
+DEFAULT_REST_MEMORY_BUDGET = min(1 << 30, _physical_memory() // 4)
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerOptions:
     """What `start_server` needs: TF Serving's flags, as values. `rest_api_port=None` turns REST
@@ -61,6 +71,11 @@ class ServerOptions:
     max_rest_connections: int = fields.setting(
         64, "Most REST requests processed at once; more are answered 503. Up to 8 times as "
         "many connections may be open (sending, or idle between requests).", at_least=1)
+    rest_memory_budget_bytes: int = fields.setting(
+        DEFAULT_REST_MEMORY_BUDGET, "Memory the REST requests in flight may take together: "
+        "each reserves its body before reading it and the parse its values need (about 120 "
+        "bytes a JSON number) before parsing; one that would pass the budget is answered 429 "
+        "at once. Default: a quarter of this machine's memory, at most 1 GiB.", at_least=1 << 20)
     rest_request_timeout_seconds: float = fields.setting(
         30.0, "Seconds a REST client has to send each whole request, headers and body; a "
         "slower one is disconnected (keeps slow senders from holding connections).",

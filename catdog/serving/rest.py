@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from http import server as http_server
 
 import grpc
@@ -107,6 +108,48 @@ def _rest_post(server_api: Api, spec: model_pb2.ModelSpec, verb: str, body: byte
     return json_tensor.json_from_regression_result(response.result)
 
 
+# Peak bytes one JSON value costs between parsing a REST body and its request tensor (a Python
+# float in a list, then a TensorProto field): 118-120 bytes per comma-separated value, measured
+# on predict_pixels bodies of 4-63 MB (benchmarks/README.md); each value but the last ends in a
+# comma, so counting commas bounds a body's cost before it is parsed.
+PARSED_BYTES_PER_VALUE = 120
+_DISCARD_CHUNK = 1 << 16
+
+
+class MemoryBudget:
+    """Bytes shared by the REST requests in flight: each reserves its body before reading it
+    and its parse before parsing it, and one that would pass the budget is refused at once
+    (RESOURCE_EXHAUSTED, HTTP 429) rather than waiting or taking the memory."""
+
+    def __init__(self, total: int):
+        self.total, self._used = total, 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def reserve(self, size: int, what: str) -> Iterator[None]:
+        with self._lock:
+            if self._used + size > self.total:
+                free = (self.total - self._used) >> 20
+                raise ServingError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{what} would need about {size >> 20} MiB, and {free} MiB of the "
+                    f"server's {self.total >> 20} MiB for requests in flight "
+                    "(--rest_memory_budget_bytes) are free; send fewer or smaller requests "
+                    "(images as {\"b64\": ...} bytes cost least)")
+            self._used += size
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._used -= size
+
+
+def parse_cost(body: bytes) -> int:
+    """The bytes parsing `body` into request tensors will take at most, from its values (a
+    count in C, ~20 ms for 64 MB)."""
+    return PARSED_BYTES_PER_VALUE * (body.count(b",") + 1)
+
+
 class _DeadlineReader(io.RawIOBase):
     """A socket's reads, all bounded by one deadline: a request must arrive whole (headers,
     then body) by then, however slowly its bytes trickle in."""
@@ -179,13 +222,16 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
 
     def _handle(self, http_method: str) -> None:
         try:
-            body = self._read_body()
-            path = self.path.split("?")[0]
-            if not re.fullmatch(r"/v1/.*", path, re.IGNORECASE):
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"No handler for {path}")
-            with self.server.request_slot():
-                _, output = rest_request(self.api, http_method, path, body)
-            self._reply(200, output)
+            with contextlib.ExitStack() as reserved:  # held until the reply is written
+                body = self._read_body(reserved)
+                path = self.path.split("?")[0]
+                if not re.fullmatch(r"/v1/.*", path, re.IGNORECASE):
+                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"No handler for {path}")
+                reserved.enter_context(self.server.memory.reserve(
+                    parse_cost(body), f"parsing this {len(body)}-byte body"))
+                with self.server.request_slot():
+                    _, output = rest_request(self.api, http_method, path, body)
+                self._reply(200, output)
         except ServingError as error:
             self._reply_error(error)
         except TimeoutError:  # the body came too slowly: handle_one_request drops the connection
@@ -195,18 +241,41 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
             self._reply_error(ServingError(grpc.StatusCode.INTERNAL,
                                            f"{type(error).__name__}: {error}"))
 
-    def _read_body(self) -> bytes:
+    def _read_body(self, reserved: contextlib.ExitStack | None = None) -> bytes:
+        """The body, its bytes reserved in `reserved` first (kept until that stack closes). A
+        body refused unread is read and dropped in chunks, so its sender reads the refusal
+        rather than a broken pipe."""
         header = self.headers.get("Content-Length") or "0"
         if not header.isdigit():
             self.close_connection = True
             raise invalid(f"Content-Length: {header!r} is not a non-negative integer")
         length = int(header)
-        if length > self.api.options.max_request_bytes:
-            self.close_connection = True
-            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"request body of {length} bytes exceeds the limit of "
-                               f"{self.api.options.max_request_bytes} bytes")
+        try:
+            if length > self.api.options.max_request_bytes:
+                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"request body of {length} bytes exceeds the limit of "
+                                   f"{self.api.options.max_request_bytes} bytes")
+            if reserved is not None:
+                reserved.enter_context(self.server.memory.reserve(
+                    length, f"a {length}-byte body"))
+        except ServingError:
+            self._discard(length)
+            raise
         return self.rfile.read(length)
+
+    def _discard(self, length: int) -> None:
+        """Reads a refused body of up to twice --max_request_bytes into nothing (within the
+        request's deadline), then closes the connection after the reply; a longer one is not
+        read at all."""
+        self.close_connection = True
+        if length > 2 * self.api.options.max_request_bytes:
+            return
+        with contextlib.suppress(OSError, TimeoutError):
+            while length > 0:
+                chunk = self.rfile.read(min(length, _DISCARD_CHUNK))
+                if not chunk:
+                    break
+                length -= len(chunk)
 
     def _reply_error(self, error: ServingError) -> None:
         self._reply(http_status(error.code), json_tensor.json_error(error.message))
@@ -223,17 +292,19 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
 
 class RestServer(http_server.ThreadingHTTPServer):
     """A thread per connection. Requests are processed `max_requests` at once, and a request
-    past that is answered 503 (UNAVAILABLE, which clients retry). Connections that are still
-    sending, or idle between requests, hold no request slot, so slow senders cannot shut
-    others out; at most CONNECTIONS_PER_REQUEST_SLOT × `max_requests` connections are open at
-    once, and one past that is answered 503 and closed at once."""
+    past that is answered 503 (UNAVAILABLE, which clients retry); together they hold at most
+    `memory_budget` bytes of bodies and parses (`MemoryBudget`), a request past that 429.
+    Connections that are still sending, or idle between requests, hold no request slot, so
+    slow senders cannot shut others out; at most CONNECTIONS_PER_REQUEST_SLOT × `max_requests`
+    connections are open at once, and one past that is answered 503 and closed at once."""
 
     daemon_threads = True
     request_queue_size = 128  # connections the kernel holds while the accept loop catches up
     CONNECTIONS_PER_REQUEST_SLOT = 8
 
-    def __init__(self, address, handler, max_requests: int):
+    def __init__(self, address, handler, max_requests: int, memory_budget: int = 1 << 30):
         super().__init__(address, handler)
+        self.memory = MemoryBudget(memory_budget)
         self.max_requests = max_requests
         self.max_connections = max_requests * self.CONNECTIONS_PER_REQUEST_SLOT
         self._requests = threading.BoundedSemaphore(max_requests)

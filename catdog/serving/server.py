@@ -181,7 +181,8 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
             "request_timeout": options.rest_request_timeout_seconds})
         try:
             rest_server = RestServer((options.host, options.rest_api_port), handler,
-                                     options.max_rest_connections)
+                                     options.max_rest_connections,
+                                     options.rest_memory_budget_bytes)
         except OSError as error:
             grpc_server.stop(None)
             core.stop()

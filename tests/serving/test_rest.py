@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import os
 import random
@@ -322,3 +323,75 @@ def test_slow_senders_cannot_shut_rest_out(exported, slow_sockets):
             connection.close()
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_memory_budget_refuses_what_would_pass_it_and_frees_what_was_held():
+    from catdog.serving.rest import MemoryBudget
+    from catdog.serving.status import ServingError
+
+    budget = MemoryBudget(10 << 20)
+    with budget.reserve(6 << 20, "a body"):
+        with pytest.raises(ServingError) as refused:
+            with budget.reserve(5 << 20, "parsing this body"):
+                pass
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.message.startswith(
+            "parsing this body would need about 5 MiB, and 4 MiB of the server's 10 MiB for "
+            "requests in flight (--rest_memory_budget_bytes) are free")
+    with budget.reserve(10 << 20, "a body"):  # all of it again, once released
+        pass
+
+
+def test_a_bodys_parse_is_costed_by_its_values_before_parsing():
+    from catdog.serving.rest import PARSED_BYTES_PER_VALUE, parse_cost
+
+    assert parse_cost(b'{"instances": [[[1, 2, 3], [4, 5, 6]]]}') == 6 * PARSED_BYTES_PER_VALUE
+    assert parse_cost(b'{"instances": [{"b64": "AAAA"}]}') == PARSED_BYTES_PER_VALUE
+
+
+@pytest.fixture(scope="module")
+def small_budget_server(exported):
+    """A server whose REST requests may hold 8 MiB in all, bodies up to 4 MiB."""
+    from catdog.serving.server import start_server
+
+    server = start_server("catdog", exported[2], port=0, rest_api_port=0,
+                          max_request_bytes=4 << 20, rest_memory_budget_bytes=8 << 20)
+    yield server
+    server.stop()
+
+
+def _post_all(port: int, body: bytes) -> tuple[int, dict, float]:
+    """(HTTP status, JSON body, seconds) of a POST sent whole before its reply is read, as
+    urllib and most clients send."""
+    start = time.monotonic()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/catdog:predict", body)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read()), time.monotonic() - start
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), time.monotonic() - start
+
+
+def test_a_body_whose_parse_would_pass_the_budget_is_429_before_parsing(small_budget_server,
+                                                                       jpegs):
+    """A 3.9 MB predict_pixels body of 280,000 pixels would take ~100 MB parsed: refused at once
+    (four at once too), each sender reading a 429, and the server answers the next request."""
+    pixels = b"[" + b",".join([b"[255,255,255]"] * 280_000) + b"]"
+    body = b'{"signature_name": "predict_pixels", "instances": [' + pixels + b"]}"
+    assert len(body) < 4 << 20
+    port = small_budget_server.rest_port
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _post_all(port, body), range(4)))
+    for status, document, seconds in answers:
+        assert status == 429 and "--rest_memory_budget_bytes" in document["error"]
+        assert seconds < 5  # parsing it would take longer, and the memory
+    b64 = base64.b64encode(jpegs[0].read_bytes()).decode()
+    status, document, _ = _post_all(port, json.dumps({"instances": [{"b64": b64}]}).encode())
+    assert status == 200 and len(document["predictions"]) == 1
+
+
+def test_a_body_over_the_size_limit_gets_a_readable_429_not_a_broken_pipe(small_budget_server):
+    status, document, _ = _post_all(small_budget_server.rest_port, b" " * ((4 << 20) + 1))
+    assert status == 429
+    assert document["error"] == (f"request body of {(4 << 20) + 1} bytes exceeds the limit of "
+                                 f"{4 << 20} bytes")
