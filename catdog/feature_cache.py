@@ -6,14 +6,18 @@ augmentation on, `--feature_views=K` computes the features of K views of each tr
 (view 0 the image itself, views 1..K-1 seeded augmentations of it), and each epoch draws one view
 per image with the epoch's seed: K passes through VGG16 instead of one per epoch. Features are
 kept in memory, or on disk under --feature_cache_dir, in a folder named by a key over everything
-they depend on (base weights, image size, precision, the files and their sizes and times, the
-views and their augmentation), so a stale cache is never used.
+they depend on (the base weights' content, image size, precision, the files and their sizes and
+times, the views and their augmentation), so a stale cache is never used. Each entry carries the
+sha256 of its files, checked on every read: a damaged or partial entry (truncated, emptied,
+overwritten) is one warning line naming it, and is computed again.
 
 When fine-tuning will unfreeze VGG16 from blockN_conv1 (`--cache_frozen_blocks`), the same pass
 also keeps each view's output of the last frozen layer (block3_pool for block4_conv1: 18×18×256
 at 150 px), since the blocks below the cut never change either: fine-tuning then runs only the
 blocks above it and the head. Those activations are held in memory up to
-ACTIVATIONS_IN_MEMORY_BYTES and are otherwise written to disk and memory-mapped.
+ACTIVATIONS_IN_MEMORY_BYTES and are otherwise written to disk and memory-mapped; that file is
+allocated whole before any of it is mapped, so a full disk is the usual `cannot write` line, not
+a SIGBUS at the first page the disk has no room for.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from catdog.terminal import ProgressLine
 
 _FILE = "features.npz"
 _ACTIVATIONS_FILE = "activations.npy"  # float32 [views, images, H, W, C], beside _FILE
-_FORMAT = 2  # features stored as [views, images, 512]
+_DIGESTS_FILE = "sha256.json"  # {file name: sha256} of the entry's files, written last
+_FORMAT = 3  # features stored as [views, images, 512]; entries carry their digests
 # Frozen-block activations above this are memory-mapped from disk instead of held in memory
 # (documented with --cache_frozen_blocks): 150 px, block3_pool, 2 views of 1980 photos and 988
 # validation ones take 1.6 GB.
@@ -89,12 +94,14 @@ class Features:
 
 
 def _weights_identity(config: Config) -> object:
+    """What the base weights are: their content's sha256 for a file (a file rewritten with its
+    size and time kept, as `cp -p`, `rsync -a` or `tar x` do, is still told apart; hashing 59 MB
+    takes 0.1 s, so it is not remembered between runs)."""
     if config.weights == "none":
         return ["random", config.seed]  # random weights are a function of the seed
     if config.weights == "imagenet":
-        return "imagenet"
-    stat = os.stat(config.weights)
-    return [os.path.abspath(config.weights), stat.st_size, stat.st_mtime_ns]
+        return "imagenet"  # Keras checks the downloaded file's hash itself
+    return ["sha256", data.sha256_of(Path(config.weights))]
 
 
 def cache_key(config: Config, files: data.ImageFiles, precision: str, views: int = 1,
@@ -183,10 +190,12 @@ def cached_features(extractor: keras.Model, files: data.ImageFiles, decoded: tf.
     root = config.feature_cache_dir or (None if in_memory else Path(config.run_dir) /
                                         "feature_cache")
     folder = Path(root) / f"{name}-{key}" if root else None
-    if folder and (folder / _FILE).exists():
-        features = _read(folder, in_memory)
-        logging.info("%s features: read %d from %s", name, features.views.size // 512, folder)
-        return features
+    if folder and folder.exists():
+        features = _read_checked(folder, in_memory)
+        if features is not None:
+            logging.info("%s features: read %d from %s", name, features.views.size // 512,
+                         folder)
+            return features
     if not in_memory:
         _compute_on_disk(folder, extractor, decoded, config, files, name, augmenter, views,
                          shape)
@@ -198,6 +207,55 @@ def cached_features(extractor: keras.Model, files: data.ImageFiles, decoded: tf.
     if folder:
         _write_atomically(folder, features)
     return features
+
+
+def _read_checked(folder: Path, in_memory: bool) -> Features | None:
+    """The entry in `folder` when its files match their digests and read as features; else
+    None, with one warning line naming the entry and what is wrong, and the entry removed so
+    that it is computed again."""
+    problem = _damage(folder)
+    if problem is None:
+        try:
+            return _read(folder, in_memory)
+        except (OSError, ValueError, KeyError, EOFError) as error:  # numpy's words for a bad file
+            problem = f"it does not read as features ({type(error).__name__})"
+    logging.warning("feature cache entry %s is damaged (%s): computing it again", folder,
+                    problem)
+    atomic.remove_dir(folder)
+    return None
+
+
+def _damage(folder: Path) -> str | None:
+    """How the entry's files differ from the digests written with them; None when they match."""
+    try:
+        expected = json.loads((folder / _DIGESTS_FILE).read_text())
+    except (OSError, ValueError):
+        return f"{_DIGESTS_FILE} is missing or unreadable"
+    if not isinstance(expected, dict) or _FILE not in expected:
+        return f"{_DIGESTS_FILE} names no {_FILE}"
+    for name, digest in expected.items():
+        try:
+            if data.sha256_of(folder / name) != digest:
+                return f"{name} differs from its sha256"
+        except OSError as error:
+            return f"{name} cannot be read: {error.strerror}"
+    return None
+
+
+def _write_digests(folder: Path) -> None:
+    """The sha256 of each file of an entry being written, as its last file."""
+    digests = {path.name: data.sha256_of(path) for path in sorted(folder.iterdir())}
+    (folder / _DIGESTS_FILE).write_text(json.dumps(digests, indent=1) + "\n")
+
+
+def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A float32 .npy file of `shape`, its every block allocated on disk before it is mapped
+    (ENOSPC now, as an OSError, rather than SIGBUS when a page is first written)."""
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    del header
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return np.load(path, mmap_mode="r+")
 
 
 def _read(folder: Path, in_memory: bool) -> Features:
@@ -216,12 +274,12 @@ def _compute_on_disk(folder: Path, extractor: keras.Model, decoded: tf.data.Data
     whole or not at all (a full disk here stops the run: the activations have nowhere else)."""
     atomic.remove_leftovers(folder.parent)
     with atomic.atomic_dir(folder) as tmp:
-        activations = np.lib.format.open_memmap(tmp / _ACTIVATIONS_FILE, mode="w+",
-                                                dtype=np.float32, shape=shape)
+        activations = _allocated_memmap(tmp / _ACTIVATIONS_FILE, shape)
         features = compute_views(extractor, decoded, config.batch_size, len(files), name,
                                  augmenter, views, config.seed, activations)
         activations.flush()
         np.savez(tmp / _FILE, features=features.views, labels=features.labels)
+        _write_digests(tmp)
     logging.info("%s features: computed %d, activations on disk in %s", name,
                  features.views.shape[0] * len(files), folder)
 
@@ -236,5 +294,6 @@ def _write_atomically(folder: Path, features: Features) -> None:
             np.savez(tmp / _FILE, features=features.views, labels=features.labels)
             if features.activations is not None:
                 np.save(tmp / _ACTIVATIONS_FILE, features.activations)
+            _write_digests(tmp)
     except CatdogError as error:
         logging.warning("feature cache not written (%s); training goes on without it", error)

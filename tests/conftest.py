@@ -143,6 +143,24 @@ def png_bomb(width: int = 23000, height: int = 23000) -> bytes:
             chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a few MB (root only), grown later with `grow(size)`."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount_point)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        pytest.skip(f"a small disk needs mounting a tmpfs (root): {error}")
+
+    def grow(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)
+
+    yield mount_point, grow
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
 # --- served models shared by the serving tests -------------------------------------------------
 
 def save_module(folder: Path, body) -> Path:

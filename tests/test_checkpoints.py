@@ -4,7 +4,6 @@ run in one line with no temporary left behind; the same command succeeds afterwa
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -86,24 +85,6 @@ def test_a_damaged_best_checkpoint_exports_the_last_epoch_instead(finished_run,
     result = train.train(fast_config(dataset_dir_module, root))
     assert "best checkpoint" in caplog.text and "last epoch's weights" in caplog.text
     assert result.exports.saved_model.exists()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A tmpfs of a few MB (root only), grown later with `grow(size)`."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount_point)],
-                       check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as error:
-        pytest.skip(f"a small disk needs mounting a tmpfs (root): {error}")
-
-    def grow(size: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)
-
-    yield mount_point, grow
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.mark.slow

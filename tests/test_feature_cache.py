@@ -11,6 +11,7 @@ import pytest
 from catdog import data, feature_cache, train
 from catdog import model as model_lib
 from catdog.config import Config
+from catdog.errors import CatdogError
 
 from conftest import leftovers
 
@@ -206,3 +207,86 @@ def test_fine_tuning_on_frozen_blocks_resumes_mid_phase_as_if_never_stopped(data
     resumed = train.train(stopped)
     assert_same_epochs(whole.summary, resumed.summary, 1e-5)
     assert len(resumed.summary["epochs"]) == 4
+
+
+def _entry_features(dataset_dir, config):
+    """cached_features of the training photos with the frozen blocks' activations, as a
+    fine-tuning run asks for them (random base weights, seeded by the config as a run seeds
+    them)."""
+    keras.utils.set_random_seed(config.seed)
+    model = model_lib.build_classifier(2, 32, "none")
+    lower, _ = model_lib.split_at(model, "block4_conv1")
+    files, _ = data.find_splits(dataset_dir, 0.0, seed=0)
+    return feature_cache.cached_features(lower, files, data.decoded_images(files, 32), config,
+                                         "float32", "train")
+
+
+def _damage_file(path, how: str) -> None:
+    content = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(content[:len(content) // 2])
+    elif how == "emptied":
+        path.write_bytes(b"")
+    elif how == "bit flipped":
+        flipped = bytearray(content)
+        flipped[len(content) * 3 // 4] ^= 0x10
+        path.write_bytes(bytes(flipped))
+    else:  # same size, other values: what a reader that checks only the shape would take
+        path.write_bytes(content[:128] + np.random.default_rng(0).bytes(len(content) - 128))
+
+
+@pytest.mark.parametrize("name, how", [
+    ("activations.npy", "truncated"), ("activations.npy", "emptied"),
+    ("activations.npy", "same size, garbage"), ("features.npz", "truncated"),
+    ("features.npz", "bit flipped"), ("sha256.json", "emptied")])
+def test_a_damaged_entry_is_one_warning_naming_it_and_is_computed_again(dataset_dir, tmp_path,
+                                                                       caplog, name, how):
+    config = fine_tuning(dataset_dir, tmp_path, feature_cache_dir=str(tmp_path / "cache"))
+    clean = _entry_features(dataset_dir, config)
+    (entry,) = (tmp_path / "cache").glob("train-*")
+    _damage_file(entry / name, how)
+    caplog.clear()
+    again = _entry_features(dataset_dir, config)
+    warnings = [r.getMessage() for r in caplog.records  # catdog's (absl's), not TensorFlow's
+                if r.levelname == "WARNING" and r.name == "absl"]
+    assert warnings == [f"feature cache entry {entry} is damaged ("
+                        + warnings[0].split("(", 1)[1]]  # one line naming the entry
+    assert warnings[0].endswith("): computing it again")
+    np.testing.assert_allclose(again.views, clean.views, atol=1e-6)
+    np.testing.assert_allclose(again.activations, clean.activations, atol=1e-6)
+    caplog.clear()
+    _entry_features(dataset_dir, config)  # whole again: read without a word
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and r.name == "absl"]
+
+
+def test_weights_are_known_by_their_content_not_their_size_and_time(dataset_dir, tmp_path):
+    """A weights file rewritten with its size and modification time kept (cp -p, rsync -a,
+    tar x) is other weights: another cache key."""
+    weights = tmp_path / "vgg16.weights.h5"
+    weights.write_bytes(b"a" * 4096)
+    config = config_for(dataset_dir, tmp_path, weights=str(weights))
+    files, _ = data.find_splits(dataset_dir, 0.0, seed=0)
+    before = feature_cache.cache_key(config, files, "float32")
+    stat = weights.stat()
+    weights.write_bytes(b"b" * 4096)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert feature_cache.cache_key(config, files, "float32") != before
+
+
+def test_mapped_activations_on_a_full_disk_are_one_line_not_sigbus(dataset_dir, tmp_path,
+                                                                  small_disk, monkeypatch):
+    """The activations' file is allocated whole before it is mapped: a disk without room for it
+    is `cannot write ...: No space left on device`, and no half entry is left."""
+    disk, _ = small_disk  # 40 MB; 2 views of 32 photos at 224 px need 51 MB
+    monkeypatch.setattr(feature_cache, "ACTIVATIONS_IN_MEMORY_BYTES", 1000)
+    config = fine_tuning(dataset_dir, tmp_path, feature_cache_dir=str(disk / "cache"),
+                         feature_views=2, flip="horizontal")
+    big = dataclasses.replace(config, image_size=224)
+    model = model_lib.build_classifier(2, 224, "none")
+    lower, _ = model_lib.split_at(model, "block4_conv1")
+    files, _ = data.find_splits(dataset_dir, 0.0, seed=0)
+    with pytest.raises(CatdogError, match=r"^cannot write .*/cache/train-\w+: No space left on "
+                                          r"device$"):
+        feature_cache.cached_features(lower, files, data.decoded_images(files, 224), big,
+                                      "float32", "train", views=2)
+    assert not leftovers(disk)
