@@ -7,6 +7,14 @@
 The workers run catdog's training input pipeline (read, decode, batch) for the trainer, so the
 first epoch of a large dataset is decoded on as many CPUs as there are workers rather than on the
 trainer's own. They must see the image files at the paths the trainer lists.
+
+TensorFlow's data service has no authentication and runs whatever dataset graph a client sends
+(a `map` that writes files included), and TensorFlow 2.21 listens on every interface
+(`0.0.0.0:<port>`, server_lib.cc) with no option to bind one address. catdog cannot narrow
+that, so it starts the servers only when `--host=0.0.0.0` says the machine is on a network
+where only trainers can reach it (deploy/data-service.yaml's NetworkPolicy); the default
+`--host=127.0.0.1` refuses in one line. The dispatcher's journal (which holds the registered
+dataset graphs) is private to its user (0700) and removed when the dispatcher ends cleanly.
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from __future__ import annotations
 import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
 
 # isort: split
+import contextlib
+import os
+import shutil
 import signal
 import socket
 import sys
@@ -30,6 +41,43 @@ PROTOCOL = "grpc"
 
 
 WORKER_TIMEOUT_SECONDS = 10
+EVERY_INTERFACE = "0.0.0.0"  # the only address TensorFlow's data service listens on
+JOURNAL_PARTS = ("tf_data_dispatcher_journal", "datasets")  # what TensorFlow writes in work_dir
+
+
+def check_host(host: str) -> None:
+    """Refuses any --host but the one TensorFlow's servers really listen on (module docstring):
+    a server reachable from everywhere must be asked for by name."""
+    if host != EVERY_INTERFACE:
+        raise CatdogError(
+            f"--host={host}: TensorFlow's data service listens on every interface "
+            f"({EVERY_INTERFACE}) and cannot be bound to one address; it has no authentication "
+            "and runs any dataset graph a client sends. Run it where only your trainers can "
+            "reach it (a private network; deploy/data-service.yaml's NetworkPolicy) and pass "
+            f"--host={EVERY_INTERFACE} to say so")
+
+
+def private_folder(path: str | Path) -> Path:
+    """`path`, created if missing and made private to this user (0700); one that belongs to
+    another user is refused (a shared temporary folder's name taken first)."""
+    folder = Path(path)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if folder.stat().st_uid != os.getuid():
+            raise CatdogError(f"--work_dir: {folder} belongs to another user; name a folder "
+                              "of your own")
+        folder.chmod(0o700)
+    except OSError as error:
+        raise CatdogError(f"--work_dir: cannot use {folder}: {error.strerror}") from None
+    return folder
+
+
+def remove_journal(work_dir: Path) -> None:
+    """What TensorFlow wrote in a dispatcher's `work_dir` (and the folder, if then empty)."""
+    for part in JOURNAL_PARTS:
+        shutil.rmtree(work_dir / part, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        work_dir.rmdir()
 
 
 def default_work_dir(port: int) -> Path:
@@ -90,9 +138,14 @@ def main(argv: Sequence[str]) -> None:
 
     f = flags.FLAGS
     role = argv[1:]
+    work_dir = None
+    if role in (["dispatcher"], ["worker"]):
+        check_host(f.host)
     if role == ["dispatcher"]:
         # --port=0 picks a new port each time, so there is no address to restart at
         work_dir = f.work_dir or (default_work_dir(f.port) if f.port else None)
+        if work_dir:
+            work_dir = private_folder(work_dir)
         server = start_dispatcher(f.port, work_dir, f.worker_timeout_seconds)
         journal = (f"journal in {work_dir}: a restart on the same port and --work_dir resumes "
                    "its jobs" if work_dir else "no journal: not restartable")
@@ -106,6 +159,8 @@ def main(argv: Sequence[str]) -> None:
         raise CatdogError("usage: python -m catdog.data_service dispatcher|worker [--port=N] "
                           "[--dispatcher=host:port]")
     serve_until_stopped(server)
+    if work_dir:  # a clean end: its jobs are over, and the journal holds their graphs
+        remove_journal(work_dir)
     sys.exit(0)
 
 

@@ -55,6 +55,11 @@ def define_max_image_pixels(flag_values: flags.FlagValues) -> None:
 def define_data_service_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `python -m catdog.data_service dispatcher|worker`."""
     fv = flag_values
+    flags.DEFINE_string("host", "127.0.0.1",
+                        "Where the server may be reached. TensorFlow's data service listens on "
+                        "every interface and cannot bind one address, and it has no "
+                        "authentication: it starts only with --host=0.0.0.0, which says only "
+                        "trainers can reach this machine's port.", flag_values=fv)
     flags.DEFINE_integer("port", 0, "Port to listen on; 0 picks a free one.", lower_bound=0,
                          upper_bound=65535, flag_values=fv)
     flags.DEFINE_string("dispatcher", "", "worker: the dispatcher's host:port.", flag_values=fv)
@@ -63,7 +68,8 @@ def define_data_service_flags(flag_values: flags.FlagValues = flags.FLAGS) -> No
                         flag_values=fv)
     flags.DEFINE_string("work_dir", "",
                         "dispatcher: folder of its journal, which makes it fault tolerant (a "
-                        "dispatcher restarted on it resumes its jobs); empty: "
+                        "dispatcher restarted on it resumes its jobs); made private (0700), "
+                        "and the journal removed when the dispatcher ends cleanly; empty: "
                         "<tmp>/catdog-dispatcher-<port> (none with --port=0).", flag_values=fv)
     flags.DEFINE_float("worker_timeout_seconds", 10,
                        "dispatcher: a worker silent this long is dropped, with its unfinished "

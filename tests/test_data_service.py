@@ -15,8 +15,9 @@ import pytest
 
 from catdog import data, data_service, train
 from catdog.config import Config
+from catdog.errors import CatdogError
 
-from conftest import free_ports
+from conftest import free_ports, run_catdog
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,8 @@ class Service:
 
     @staticmethod
     def _spawn(role: str, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "catdog.data_service", role, *args],
+        return subprocess.Popen([sys.executable, "-m", "catdog.data_service", role,
+                                 "--host=0.0.0.0", *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     @staticmethod
@@ -208,3 +210,42 @@ def test_sigterm_stops_a_run_whose_service_is_lost(fault_service, dataset_dir, t
     status, rest = _rest_of_output(process, 60)
     assert status == 130, rest
     assert re.search(r"interrupted: epoch \d+ of 30 is saved in", rest), rest
+
+
+@pytest.mark.parametrize("role", ["dispatcher", "worker"])
+def test_default_flags_start_no_server_and_say_why(role):
+    """TensorFlow's data service listens on every interface and runs any graph it is sent: with
+    the default --host nothing listens, and one line says what --host=0.0.0.0 would mean."""
+    port, = free_ports(1)
+    result = run_catdog("data_service", role, f"--port={port}", "--dispatcher=localhost:1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: --host=127.0.0.1: TensorFlow's data service listens on every "
+                           "interface (0.0.0.0) and cannot be bound to one address; it has no "
+                           "authentication and runs any dataset graph a client sends.")
+    assert not data_service.dispatcher_answers(f"localhost:{port}", seconds=0.5)
+
+
+def test_the_journal_is_private_and_gone_after_a_clean_end(tmp_path):
+    port, = free_ports(1)
+    work_dir = tmp_path / "journal"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "catdog.data_service", "dispatcher", "--host=0.0.0.0",
+         f"--port={port}", f"--work_dir={work_dir}"], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout.readline().startswith("tf.data service dispatcher")
+    assert oct(work_dir.stat().st_mode & 0o777) == "0o700"
+    assert (work_dir / "tf_data_dispatcher_journal").is_dir()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert not work_dir.exists()
+
+
+def test_a_journal_folder_is_made_private_and_another_users_is_refused(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    assert data_service.private_folder(shared) == shared
+    assert oct(shared.stat().st_mode & 0o777) == "0o700"
+    monkeypatch.setattr(os, "getuid", lambda: 12345)  # as if another user had made it
+    with pytest.raises(CatdogError, match=r"^--work_dir: .*/shared belongs to another user"):
+        data_service.private_folder(shared)

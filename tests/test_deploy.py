@@ -168,3 +168,29 @@ def test_the_data_service_servers_and_the_trainer_agree_on_addresses(monkeypatch
     for template in POD_TEMPLATES_OF["TFJob"](find("TFJob")):
         (container,) = template["spec"]["containers"]
         assert f"--data_service=grpc://{address}" in container["args"]
+
+
+def test_only_the_training_pods_reach_the_data_service():
+    """The tf.data service runs any graph it is sent: a NetworkPolicy selects the dispatcher's
+    and the workers' pods and admits only the TFJob's pods and the service's own, on the two
+    named ports."""
+    policy = find("NetworkPolicy", "catdog-data-service")["spec"]
+    service_apps = set()
+    for name in ("catdog-data-dispatcher", "catdog-data-worker"):
+        service_apps.add(find("Deployment", name)["spec"]["template"]["metadata"]["labels"]["app"])
+    (selects,) = policy["podSelector"]["matchExpressions"]
+    assert (selects["key"], selects["operator"], set(selects["values"])) == (
+        "app", "In", service_apps)
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    trainers = [t["metadata"]["labels"] for t in POD_TEMPLATES_OF["TFJob"](find("TFJob"))]
+    admitted = rule["from"]
+    assert admitted[0] == {"podSelector": {"matchLabels": trainers[0]}}
+    assert all(labels == trainers[0] for labels in trainers)
+    (own,) = admitted[1]["podSelector"]["matchExpressions"]
+    assert set(own["values"]) == service_apps and len(admitted) == 2
+    assert {p["port"] for p in rule["ports"]} == {"dispatcher", "worker"}
+    for name in ("catdog-data-dispatcher", "catdog-data-worker"):
+        _, values = data_service_args(name)
+        assert values.host == "0.0.0.0"  # the servers start, guarded by the policy
+
