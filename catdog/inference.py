@@ -26,8 +26,16 @@ from catdog.errors import CatdogError
 
 
 def load_h5(path: str | os.PathLike) -> tuple[keras.Model, list[str]]:
-    """The model and class names written by `export_h5`."""
-    model = keras.models.load_model(path, compile=False)
+    """The model and class names written by `export_h5`. A file holding Python code (a Keras
+    `Lambda` layer's function), which Keras' safe mode will not load, is refused in one line."""
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except ValueError as error:
+        if "safe_mode" not in str(error):
+            raise
+        raise CatdogError(f"{path} holds a Keras Lambda layer's Python code, which Keras will "
+                          "not load from a file (safe mode); catdog's .h5 exports hold none, "
+                          "so this is not one of them") from None
     with h5py.File(path, "r") as f:
         class_names = json.loads(f.attrs[contract.H5_CLASS_NAMES_ATTR])
     return model, class_names

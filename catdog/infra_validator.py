@@ -26,6 +26,8 @@ import tensorflow as tf
 from absl import logging
 
 from catdog import data, evaluation, images, inference, versions
+from catdog.errors import first_line
+from catdog.serving.infra_validation import files_problem
 
 # How far the served answers may be from the in-process model's, by the precision the candidate
 # computes in: float32 computes the same sums; a bfloat16 (or float16) graph served without
@@ -38,6 +40,21 @@ VALIDATOR_TIMEOUT_SECONDS = 600
 # on its path): from a scratch folder, or one holding a clone named catdog, `-m catdog...`
 # would otherwise find nothing, or the clone's serving/ configs.
 _PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+
+
+def reference_model(saved_model: Path, h5: Path
+                    ) -> tuple[inference.Classifier | None, str | None]:
+    """The in-process model a candidate's served answers are held against: its `.h5` when
+    there is one, else its SavedModel loaded with TensorFlow; or, in one line, why there is
+    none (damaged or outside files named before anything loads them)."""
+    problem = files_problem(Path(saved_model))
+    if problem:
+        return None, problem
+    try:
+        return inference.load_classifier(h5 if Path(h5).is_file() else saved_model), None
+    except Exception as error:  # whatever the loader raises: refused, in one line
+        return None, (f"it cannot be loaded in-process ({type(error).__name__}: "
+                      f"{first_line(error)[:300]})")
 
 
 def infra_validate(saved_model: Path, photos: evaluation.Photos,

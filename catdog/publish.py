@@ -33,8 +33,8 @@ import numpy as np
 from absl import logging
 
 from catdog import atomic, evaluation, export, images, inference, report, versions
-from catdog.errors import CatdogError, first_line
-from catdog.infra_validator import infra_validate
+from catdog.errors import CatdogError
+from catdog.infra_validator import infra_validate, reference_model
 
 PUBLISHED, KEPT, HELD_BACK, REFUSED = "published", "kept", "held_back", "refused"
 # Exit statuses: a CI/CD script tells "trained, not better" (3) and "does not load or answer"
@@ -201,12 +201,9 @@ def publish_candidate(candidate_dir: str, base_path: str, data_dir: str = "",
         raise CatdogError(f"--candidate={candidate_dir} is not a SavedModel folder (one holding "
                           "saved_model.pb)")
     h5 = versions.candidate_h5(saved_model)
-    try:
-        reference = inference.load_classifier(h5 if h5.is_file() else saved_model)
-    except Exception as error:  # whatever the loader raises: refused, in one line
-        cause = first_line(error)[:300]
-        decision = Decision(REFUSED, f"refused {saved_model}: it cannot be loaded in-process "
-                            f"({type(error).__name__}: {cause})", str(saved_model))
+    reference, problem = reference_model(saved_model, h5)
+    if problem:
+        decision = Decision(REFUSED, f"refused {saved_model}: {problem}", str(saved_model))
         versions.write_gate_record(saved_model, decision.to_dict())
         return decision
     photos = evaluation.photos_to_judge(versions.source_of(saved_model), data_dir,

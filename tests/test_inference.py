@@ -56,3 +56,24 @@ def test_a_saved_model_version_rebuilds_as_the_keras_model_it_was(exported, pixe
     np.testing.assert_allclose(rebuilt(pixels, training=False).numpy(), served, atol=1e-6)
     h5_model, _ = inference.load_keras_model(h5)
     np.testing.assert_allclose(h5_model(pixels, training=False).numpy(), served, atol=1e-5)
+
+
+def test_an_h5_holding_python_code_is_refused_in_one_line(tmp_path):
+    """Keras' safe mode will not load a Lambda layer's Python function from a file (no code
+    runs); catdog says so in one line instead of Keras' traceback."""
+    import json
+
+    import h5py
+    import keras
+
+    inputs = keras.Input((32, 32, 3), name="pixels")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(lambda x: x * 2)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    path = tmp_path / "lambda.h5"
+    model.save(path)
+    with h5py.File(path, "a") as f:
+        f.attrs["catdog_class_names"] = json.dumps(["cats", "dogs"])
+    with pytest.raises(CatdogError, match=r"^.*lambda\.h5 holds a Keras Lambda layer's Python "
+                                          r"code, which Keras will not load from a file"):
+        inference.load_h5(path)
+

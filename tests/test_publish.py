@@ -289,3 +289,29 @@ def test_after_a_rollback_the_server_serves_what_serving_readme_says(exported, t
     finally:
         latest.stop()
         labelled.stop()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("truncated", "variables/variables.data-00000-of-00001 is damaged or truncated (IndexError: "),
+    ("labels linked outside", "assets/labels.txt is a link to a file outside the version folder; "
+                              "a version holds its own files (refused unread)"),
+])
+def test_a_damaged_candidate_without_its_h5_is_refused_naming_the_file(exported, tmp_path,
+                                                                       damage, reason):
+    """`python -m catdog.publish --candidate=...` on a candidate with no .h5 beside it: the
+    files are checked before TensorFlow loads anything, the refusal is one line naming the
+    file (exit status 4), and nothing from a file outside the folder is echoed or recorded."""
+    candidate = tmp_path / "export" / "candidates" / "catdog" / "1"
+    shutil.copytree(exported[2] / "1", candidate)
+    if damage == "truncated":
+        (data,) = (candidate / "variables").glob("variables.data-*")
+        data.write_bytes(data.read_bytes()[:-100])
+    else:
+        secret = tmp_path / "secret.txt"
+        secret.write_text("TOP-SECRET\n")
+        (candidate / "assets" / "labels.txt").unlink()
+        (candidate / "assets" / "labels.txt").symlink_to(secret)
+    decision = publish.publish_candidate(str(candidate), str(tmp_path / "export" / "catdog"))
+    assert decision.outcome == publish.REFUSED and decision.exit_status == 4
+    assert decision.reason.startswith(f"refused {candidate}: {reason}")
+    assert "TOP-SECRET" not in (candidate / versions.GATE_FILE).read_text()

@@ -129,9 +129,16 @@ VARIABLES = "variables/variables"  # the prefix of a SavedModel's variables
 
 
 def files_problem(candidate: Path) -> str | None:
-    """What is wrong with the files a load needs, in words naming the file: saved_model.pb that
+    """What is wrong with the files a load needs, in words naming the file: a link to a file
+    outside the folder (refused unread: nothing from outside is echoed), saved_model.pb that
     does not parse, variables missing or unreadable (every tensor is read once), no labels
     asset; None when they are whole."""
+    candidate = Path(candidate)
+    outside = next((path for path in sorted(candidate.rglob("*")) if path.is_symlink()
+                    and not path.resolve().is_relative_to(candidate.resolve())), None)
+    if outside is not None:
+        return (f"{outside.relative_to(candidate)} is a link to a file outside the version "
+                "folder; a version holds its own files (refused unread)")
     try:
         saved_model_pb2.SavedModel().ParseFromString((candidate / "saved_model.pb").read_bytes())
     except OSError as error:

@@ -104,6 +104,15 @@ def garble_warmup(version: Path) -> None:
         writer.write(log.SerializeToString())
 
 
+def link_the_labels_to_a_secret(version: Path) -> None:
+    """The labels asset as a link to a file outside the version: its content must not be read
+    into any refusal or record."""
+    secret = version.parent / "secret.txt"
+    secret.write_text("cats\nTOP-SECRET\n")
+    (version / "assets" / "labels.txt").unlink()
+    (version / "assets" / "labels.txt").symlink_to(secret)
+
+
 @pytest.mark.parametrize("damage, failure", [
     (lambda v: truncate(v / DATA), f"^{DATA} is damaged or truncated \\("),
     (lambda v: flip_a_byte(v / DATA), f"^{DATA} is damaged or truncated \\(.*[Cc]hecksum"),
@@ -115,8 +124,11 @@ def garble_warmup(version: Path) -> None:
     (lambda v: (v / "assets/labels.txt").unlink(), r"^assets/labels.txt is missing: the labels "
                                                    "asset names the classes"),
     (garble_warmup, r"^a warm-up request of assets.extra/tf_serving_warmup_requests failed: "),
+    (link_the_labels_to_a_secret, r"^assets/labels.txt is a link to a file outside the version "
+                                  r"folder; a version holds its own files \(refused unread\)$"),
 ], ids=["truncated variables", "a flipped byte", "no variables data", "no variables index",
-        "saved_model.pb garbage", "no labels asset", "a failing warm-up request"])
+        "saved_model.pb garbage", "no labels asset", "a failing warm-up request",
+        "labels linked outside"])
 def test_each_refusal_is_one_line_naming_the_file_and_what_is_wrong(version, tmp_path, jpegs,
                                                                      damage, failure):
     damaged = tmp_path / "1"
