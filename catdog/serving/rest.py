@@ -11,6 +11,7 @@ import io
 import math
 import re
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -236,6 +237,9 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
             self._reply_error(error)
         except TimeoutError:  # the body came too slowly: handle_one_request drops the connection
             raise
+        except ConnectionError as error:  # the client went away: nobody to answer
+            self.close_connection = True
+            _log_gone(self.client_address, error)
         except Exception as error:  # the server answers every request and keeps serving
             logging.exception("internal error in REST %s %s", http_method, self.path)
             self._reply_error(ServingError(grpc.StatusCode.INTERNAL,
@@ -338,6 +342,15 @@ class RestServer(http_server.ThreadingHTTPServer):
         finally:
             self._connections.release()
 
+    def handle_error(self, request, client_address) -> None:
+        """A connection the client reset or closed mid-reply is one log line; anything else
+        keeps socketserver's traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            _log_gone(client_address, error)
+            return
+        super().handle_error(request, client_address)
+
     def _refuse(self, request) -> None:
         body = json_tensor.json_error(
             f"the server holds {self.max_connections} connections (8 × "
@@ -349,3 +362,9 @@ class RestServer(http_server.ThreadingHTTPServer):
         except OSError:
             pass
         self.shutdown_request(request)
+
+
+def _log_gone(client_address, error: ConnectionError) -> None:
+    logging.info("REST client %s went away: %s", client_address[0],
+                 error.strerror or type(error).__name__)
+

@@ -395,3 +395,23 @@ def test_a_body_over_the_size_limit_gets_a_readable_429_not_a_broken_pipe(small_
     assert status == 429
     assert document["error"] == (f"request body of {(4 << 20) + 1} bytes exceeds the limit of "
                                  f"{4 << 20} bytes")
+
+
+@pytest.mark.parametrize("sent", [
+    b"POST /v1/models/catdog:predict HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000,
+    b"GET /v1/models/catdog HTTP/1.1\r\n\r\n"], ids=["mid-body", "before the reply"])
+def test_a_client_reset_is_one_log_line_not_a_traceback(local_server, caplog, capfd, sent):
+    import struct
+
+    caplog.set_level("INFO", logger="absl")
+    with socket.create_connection(("127.0.0.1", local_server.rest_port)) as connection:
+        connection.sendall(sent)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline = time.monotonic() + 30  # the handler thread logs once it notices the reset
+    while not [r for r in caplog.records if "went away" in r.getMessage()]:
+        assert time.monotonic() < deadline, "the reset was never logged"
+        time.sleep(0.05)
+    (line,) = [r.getMessage() for r in caplog.records if "went away" in r.getMessage()]
+    assert line == "REST client 127.0.0.1 went away: Connection reset by peer"
+    assert not [r for r in caplog.records if r.exc_info]
+    assert "Traceback" not in capfd.readouterr().err
