@@ -197,6 +197,9 @@ def publish_candidate(candidate_dir: str, base_path: str, data_dir: str = "",
     when there is one, else the SavedModel itself, loaded in-process with TensorFlow. It is
     judged on the evaluation photos of its run (`--data_dir`: of that folder instead)."""
     saved_model = Path(candidate_dir).absolute()
+    layout = versions.Layout.of_base_path(base_path)
+    if published := versions.finish_publish(layout, saved_model):  # a killed publish, rerun
+        return already_published(export.Exports(h5=layout.h5, saved_model=published))
     if not (saved_model / "saved_model.pb").is_file():
         raise CatdogError(f"--candidate={candidate_dir} is not a SavedModel folder (one holding "
                           "saved_model.pb)")
@@ -209,8 +212,8 @@ def publish_candidate(candidate_dir: str, base_path: str, data_dir: str = "",
     photos = evaluation.photos_to_judge(versions.source_of(saved_model), data_dir,
                                         reference.class_names, reference.image_size,
                                         settings.max_image_pixels)
-    return gate(export.Exports(h5=h5, saved_model=saved_model),
-                versions.Layout.of_base_path(base_path), photos, reference, settings)
+    return gate(export.Exports(h5=h5, saved_model=saved_model), layout, photos, reference,
+                settings)
 
 
 def main(argv: Sequence[str]) -> int:

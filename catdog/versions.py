@@ -210,12 +210,27 @@ def settle_h5(layout: Layout) -> None:
         crash_point("publish.h5_copied")
 
 
+def finish_publish(layout: Layout, candidate: Path) -> Path | None:
+    """The version `candidate` was published as, when it is no longer a candidate (a publish
+    killed after its rename, run again), with the published .h5 made that version's; None
+    while it is still a candidate or was never published here."""
+    if Path(candidate).exists():
+        return None
+    for version in reversed(versions(layout.base)):
+        if gate_record(version).get("candidate") == str(candidate):
+            with layout.holding_lock():
+                settle_h5(layout)
+            return version
+    return None
+
+
 def push(candidate: Path, layout: Layout, record: dict[str, Any]) -> Path:
     """Publishes a candidate folder as the next version: its record first, then one rename into
     the base path (a poll sees no version or the whole of it), then the .h5. Call it holding
     the export folder's lock."""
     version = layout.base / str(next_version(layout))
-    write_gate_record(candidate, {**record, "published_version": str(version)})
+    write_gate_record(candidate, {"candidate": str(candidate), **record,
+                                  "published_version": str(version)})
     crash_point("publish.record_written")
     atomic.move(candidate, version)
     crash_point("publish.moved")

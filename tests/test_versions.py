@@ -199,3 +199,15 @@ def test_answers_are_remembered_per_photo_set_and_forgotten_when_the_version_cha
     (version / "variables" / "variables.index").write_bytes(b"other variables")
     assert versions.remembered_answers(version, "photos-a") is None  # other weights
     assert not leftovers(version)
+
+
+def test_rerunning_a_publish_killed_after_its_rename_finishes_it(tmp_path):
+    """`catdog.publish --candidate=.../2` again after a kill between the rename and the .h5:
+    the candidate is found as the version its record names, and its .h5 is settled."""
+    layout = one_version_and_a_candidate(tmp_path)
+    assert versions.finish_publish(layout, layout.candidates / "2") is None  # still waiting
+    assert killed_writer(layout, "push", "publish.moved") == -signal.SIGKILL
+    assert layout.h5.read_bytes() == (layout.candidates / "1.h5").read_bytes()
+    assert versions.finish_publish(layout, layout.candidates / "2") == layout.base / "2"
+    assert layout.h5.read_bytes() == (layout.candidates / "2.h5").read_bytes()
+    assert versions.finish_publish(layout, layout.candidates / "7") is None  # never here
