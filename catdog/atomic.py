@@ -21,8 +21,11 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from absl import logging
 
 from catdog.errors import CatdogError
 
@@ -170,10 +173,12 @@ def _delete(entry: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
+def exclusive(lock_file: str | os.PathLike, what: str,
+              wait_seconds: float = 0.0) -> Iterator[None]:
     """Holds an OS lock (flock) on `lock_file` while the block runs, so that two processes never
-    write `what` at once; the second is refused with one line naming the holder's pid. The OS
-    drops the lock when its process ends, however it ends: a SIGKILL leaves nothing stale."""
+    write `what` at once. The second waits its turn up to `wait_seconds` (saying so in one log
+    line), then is refused with one line naming the holder's pid. The OS drops the lock when
+    its process ends, however it ends: a SIGKILL leaves nothing stale."""
     lock_file = Path(lock_file)
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -181,14 +186,36 @@ def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
     except OSError as error:
         raise write_error(lock_file, error) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise CatdogError(f"{what} is in use by process {holder} (it holds {lock_file}); "
-                              "wait for it to finish, then run this again") from None
+        if not _locked_within(fd, wait_seconds, what, lock_file):
+            holder = _holder(fd)
+            waited = f" (waited {wait_seconds:g} s)" if wait_seconds else ""
+            raise CatdogError(f"{what} is in use by process {holder} (it holds {lock_file})"
+                              f"{waited}; wait for it to finish, then run this again")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+
+
+def _locked_within(fd: int, seconds: float, what: str, lock_file: Path) -> bool:
+    """Whether the lock on `fd` was taken within `seconds` (tried every 0.2 s; a wait is said
+    in one log line)."""
+    deadline = time.monotonic() + seconds
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+        if not said:
+            logging.info("%s is in use by process %s (it holds %s): waiting up to %g s for it "
+                         "to finish", what, _holder(fd), lock_file, seconds)
+            said = True
+        time.sleep(0.2)

@@ -120,7 +120,7 @@ def export_candidate(model: keras.Model, class_names: Sequence[str],
     already holding `source` (a run killed after its export, started again) is returned as it
     is, whether it is still a candidate or already published. The export folder's lock is held
     meanwhile, so two runs never take the same candidate number."""
-    with layout.holding_lock():
+    with layout.holding_lock(versions.WRITER_WAIT_SECONDS):
         return _export_candidate(model, class_names, layout, max_image_pixels, source)
 
 

@@ -109,7 +109,7 @@ def gate(candidate: export.Exports, layout: versions.Layout, photos: evaluation.
     if not len(photos.files):
         raise CatdogError(f"{photos.source} holds no usable photos to judge the model on")
     logging.info("the gate judges on %s", photos.describe())
-    with layout.holding_lock():
+    with layout.holding_lock(versions.WRITER_WAIT_SECONDS):
         versions.settle_h5(layout)
         atomic.remove_leftovers(saved_model)  # a gate record a killed gate left half-written
         record = {**{k: v for k, v in versions.gate_record(saved_model).items()

@@ -35,6 +35,11 @@ GATE_FILE = "gate.json"
 ANSWERS_DIR = "answers"
 
 
+# How long a run's export and gate wait for another run's (two trainings finishing together
+# into one export folder take turns rather than the second failing after its whole training).
+WRITER_WAIT_SECONDS = 1800.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """The places of one model's exports under an export folder (module docstring)."""
@@ -65,9 +70,10 @@ class Layout:
         """Held by whoever writes a candidate, publishes into `base` or rolls back."""
         return Path(self.export_dir) / f".{self.model_name}.publish.lock"
 
-    def holding_lock(self):
-        """The export folder's lock, for one writer at a time (atomic.exclusive)."""
-        return atomic.exclusive(self.lock, f"the export folder {self.export_dir}")
+    def holding_lock(self, wait_seconds: float = 0.0):
+        """The export folder's lock, for one writer at a time (atomic.exclusive), waited for up
+        to `wait_seconds`."""
+        return atomic.exclusive(self.lock, f"the export folder {self.export_dir}", wait_seconds)
 
 
 # --- the one scan ------------------------------------------------------------------------------

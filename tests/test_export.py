@@ -2,6 +2,7 @@
 users, each weight stored once, and the .h5 loadable by plain Keras."""
 
 import os
+import time
 
 import keras
 import numpy as np
@@ -93,11 +94,38 @@ def test_the_saved_model_stores_each_weight_once(classifier, exported_under_umas
     assert weights <= stored < 1.05 * weights
 
 
-def test_no_candidate_is_written_while_another_process_holds_the_export_folder(classifier,
-                                                                              tmp_path):
+def test_no_candidate_is_written_while_another_process_holds_the_export_folder(
+        classifier, tmp_path, monkeypatch):
+    """A run's export waits its turn, bounded: past the wait it is refused in one line."""
+    monkeypatch.setattr(versions, "WRITER_WAIT_SECONDS", 0.3)
     layout = versions.Layout(tmp_path / "export", "catdog")
     with lock_held_by_another_process(layout.lock) as pid:
-        with pytest.raises(CatdogError, match=f"export folder .* in use by process {pid}"):
+        with pytest.raises(CatdogError, match=f"export folder .* in use by process {pid} "
+                                              r"\(it holds .*\) \(waited 0.3 s\); wait"):
             export.export_candidate(classifier, CLASSES, layout)
     assert not layout.candidates.exists() or not any(layout.candidates.iterdir())
     assert export.export_candidate(classifier, CLASSES, layout).saved_model.name == "1"
+
+
+def test_two_runs_finishing_together_take_turns_at_the_export_folder(classifier, tmp_path,
+                                                                    caplog):
+    """The second run's export says it waits, then writes its candidate once the first run
+    lets go, instead of failing after its whole training."""
+    import threading
+
+    caplog.set_level("INFO", logger="absl")
+    layout = versions.Layout(tmp_path / "export", "catdog")
+    exported = []
+    with lock_held_by_another_process(layout.lock) as pid:
+        second = threading.Thread(target=lambda: exported.append(
+            export.export_candidate(classifier, CLASSES, layout)))
+        second.start()
+        deadline = time.monotonic() + 60
+        while not any("waiting up to" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline and second.is_alive()
+            time.sleep(0.05)
+        assert not exported  # still waiting while the first holds the folder
+    second.join(timeout=120)
+    assert [e.saved_model.name for e in exported] == ["1"]
+    (line,) = [r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage()]
+    assert line.startswith(f"the export folder {layout.export_dir} is in use by process {pid} ")
