@@ -116,6 +116,7 @@ class ModelManager:
         self._options, self._monitor = servable_options, monitor
         self._lock = threading.Lock()
         self._loaded: dict[int, Servable] = {}
+        self._unloading: list[threading.Thread] = []
         self._failed: dict[int, str] = {}
         self._base_missing = False
         self._refreshing = threading.Lock()  # one poll at a time (poller, config reload)
@@ -205,7 +206,7 @@ class ModelManager:
         logging.info("serving %s version %d from %s (warmed up with %d requests)", self.name,
                      version, path, warmed)
         if replaced is not None:
-            threading.Thread(target=replaced.close, name="unload", daemon=True).start()
+            self._in_background(replaced.close)
 
     def _unload(self, servable: Servable, wait: bool = False) -> None:
         """UNLOADING until its running requests finish, then END (in the background unless
@@ -220,7 +221,15 @@ class ModelManager:
         if wait:
             close()
         else:
-            threading.Thread(target=close, name="unload", daemon=True).start()
+            self._in_background(close)
+
+    def _in_background(self, action) -> None:
+        """Runs an unload on a thread of its own, remembered so that `stop` waits for it (a
+        process that exits while TensorFlow closes a session aborts)."""
+        thread = threading.Thread(target=action, name="unload", daemon=True)
+        with self._lock:
+            self._unloading = [t for t in self._unloading if t.is_alive()] + [thread]
+        thread.start()
 
     def failures(self) -> dict[int, str]:
         """The versions that failed to load on the last poll, with why (one line each)."""
@@ -266,11 +275,15 @@ class ModelManager:
         raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
 
     def stop(self) -> None:
-        """Unloads every version (their states END), waiting for their requests."""
+        """Unloads every version (their states END), waiting for their requests and for
+        unloads already under way."""
         with self._lock:
             servables, self._loaded = list(self._loaded.values()), {}
+            unloading = list(self._unloading)
         for servable in servables:
             self._unload(servable, wait=True)
+        for thread in unloading:
+            thread.join()
 
 
 def check_base_paths(config: ModelServerConfig, root: str = "") -> None:
@@ -352,8 +365,10 @@ class ServerCore:
                 manager.refresh()  # now unload what the new config no longer wants
             for manager in current.values():
                 if models.get(manager.name) is not manager:
-                    threading.Thread(target=manager.stop, name="unload-model",
-                                     daemon=True).start()
+                    dropped = threading.Thread(target=manager.stop, name="unload-model",
+                                               daemon=True)
+                    self._threads.append(dropped)  # `stop` waits for it
+                    dropped.start()
 
     def _checked_labels(self, config: ModelConfig, current: ModelManager | None
                         ) -> dict[str, int]:

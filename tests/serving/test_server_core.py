@@ -609,3 +609,22 @@ def test_a_reload_to_a_missing_or_broken_base_path_keeps_serving(add_version, tm
         assert client.predict(jpegs[:1])[0].label in CLASSES
     finally:
         server.stop()
+
+
+def test_stopping_waits_for_unloads_under_way(add_version, tmp_path):
+    """A version unloading in the background when the server stops is closed before `stop`
+    returns, so the process never exits while TensorFlow closes its session (an abort)."""
+    from tensorflow_serving.apis import get_model_status_pb2, model_pb2
+
+    base = tmp_path / "catdog"
+    add_version(base)
+    server = start_server("catdog", base, port=0, rest_api_port=None,
+                          file_system_poll_wait_seconds=3600)
+    first = server.core.manager("catdog").servable(model_pb2.ModelSpec(name="catdog"))
+    add_version(base)
+    server.core.refresh()  # version 2 serves; version 1 unloads on a thread of its own
+    server.stop()
+    assert first.session is None  # closed, not still closing
+    end = get_model_status_pb2.ModelVersionStatus.END
+    assert {s.version: s.state for s in server.core.monitor.statuses("catdog")} == {1: end,
+                                                                                   2: end}
