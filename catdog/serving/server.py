@@ -127,9 +127,9 @@ def _watch_config_file(core: ServerCore, path: str, seconds: float) -> None:
 
 def start_server(model_name: str | None = None, model_base_path: str | Path | None = None,
                  options: ServerOptions = DEFAULTS, **overrides) -> LocalServer:
-    """Loads the models and starts gRPC (and REST unless its port is None); port 0 picks a
-    free port. `model_name`, `model_base_path` and `overrides` replace fields of `options`
-    (e.g. port=0, rest_api_port=0)."""
+    """Binds the ports, loads the models and starts gRPC (and REST unless its port is None);
+    port 0 picks a free port. A port that is taken is found before any model loads. `model_name`,
+    `model_base_path` and `overrides` replace fields of `options` (e.g. port=0, rest_api_port=0)."""
     if model_name is not None:
         overrides["model_name"] = model_name
     if model_base_path is not None:
@@ -140,6 +140,63 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
     if not options.verify_graph_ops:
         logging.warning("graph ops not verified (--noverify_graph_ops): a version's graph may "
                         "run any op it holds, file reads and writes and Python included")
+    grpc_server, grpc_port = _bound_grpc_server(options)
+    handler = type("Handler", (RestHandler,), {
+        "monitoring_path": monitoring_path,
+        "request_timeout": options.rest_request_timeout_seconds})
+    try:
+        rest_server = None if options.rest_api_port is None else RestServer(
+            (options.host, options.rest_api_port), handler, options.max_rest_connections,
+            options.rest_memory_budget_bytes)
+    except OSError as error:
+        grpc_server.stop(None)
+        raise CatdogError(f"--rest_api_port={options.rest_api_port}: cannot listen on "
+                          f"{options.host}: {error.strerror}") from None
+    try:
+        core = _loaded_core(config, options)
+    except CatdogError:
+        grpc_server.stop(None)
+        if rest_server:
+            rest_server.server_close()
+        raise
+    core.every(options.file_system_poll_wait_seconds, core.refresh, "version-poller")
+    if options.model_config_file:
+        _watch_config_file(core, options.model_config_file,
+                           options.model_config_file_poll_wait_seconds)
+    server_api = Api(core, options, Metrics(
+        is_served=lambda name: any(m.name == name for m in core.models())))
+    grpc_service.add_services(grpc_server, server_api)
+    grpc_server.start()
+    handler.api = server_api
+    if rest_server:
+        threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
+    return LocalServer(core, grpc_server, rest_server, grpc_port,
+                       rest_server.server_address[1] if rest_server else 0, server_api.metrics)
+
+
+def _bound_grpc_server(options: ServerOptions) -> tuple[grpc.Server, int]:
+    """A gRPC server with its port (and socket) bound, not yet started."""
+    grpc_server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=options.grpc_max_threads),
+        options=[("grpc.max_receive_message_length", options.max_request_bytes),
+                 ("grpc.max_send_message_length", -1),
+                 *_channel_arguments(options.grpc_channel_arguments)])
+    try:
+        grpc_port = grpc_server.add_insecure_port(f"{options.host}:{options.port}")
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        grpc_port = 0
+    if grpc_port == 0:
+        raise CatdogError(f"--port={options.port}: cannot listen on {options.host} (in use, "
+                          "or not an address of this machine)")
+    if options.grpc_socket_path and not grpc_server.add_insecure_port(
+            f"unix:{options.grpc_socket_path}"):
+        grpc_server.stop(None)
+        raise CatdogError(f"--grpc_socket_path={options.grpc_socket_path}: cannot listen there")
+    return grpc_server, grpc_port
+
+
+def _loaded_core(config: ModelServerConfig, options: ServerOptions) -> ServerCore:
+    """The models of `config`, loaded; or the one line saying why none can serve."""
     try:
         core = ServerCore(config, _servable_options(options),
                           options.allow_version_labels_for_unavailable_models,
@@ -153,44 +210,7 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
     if not any(m.loaded_versions() for m in core.models()):
         core.stop()
         raise CatdogError(_nothing_to_serve(options, core.models()))
-    core.every(options.file_system_poll_wait_seconds, core.refresh, "version-poller")
-    if options.model_config_file:
-        _watch_config_file(core, options.model_config_file,
-                           options.model_config_file_poll_wait_seconds)
-    server_api = Api(core, options, Metrics(
-        is_served=lambda name: any(m.name == name for m in core.models())))
-    grpc_server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(max_workers=options.grpc_max_threads),
-        options=[("grpc.max_receive_message_length", options.max_request_bytes),
-                 ("grpc.max_send_message_length", -1),
-                 *_channel_arguments(options.grpc_channel_arguments)])
-    grpc_service.add_services(grpc_server, server_api)
-    grpc_port = grpc_server.add_insecure_port(f"{options.host}:{options.port}")
-    if grpc_port == 0:
-        core.stop()
-        raise CatdogError(f"--port={options.port}: cannot listen on {options.host}")
-    if options.grpc_socket_path and not grpc_server.add_insecure_port(
-            f"unix:{options.grpc_socket_path}"):
-        core.stop()
-        raise CatdogError(f"--grpc_socket_path={options.grpc_socket_path}: cannot listen there")
-    grpc_server.start()
-    rest_server, rest_port = None, 0
-    if options.rest_api_port is not None:
-        handler = type("Handler", (RestHandler,), {
-            "api": server_api, "monitoring_path": monitoring_path,
-            "request_timeout": options.rest_request_timeout_seconds})
-        try:
-            rest_server = RestServer((options.host, options.rest_api_port), handler,
-                                     options.max_rest_connections,
-                                     options.rest_memory_budget_bytes)
-        except OSError as error:
-            grpc_server.stop(None)
-            core.stop()
-            raise CatdogError(f"--rest_api_port={options.rest_api_port}: {error.strerror}"
-                              ) from error
-        rest_port = rest_server.server_address[1]
-        threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
-    return LocalServer(core, grpc_server, rest_server, grpc_port, rest_port, server_api.metrics)
+    return core
 
 
 def main(argv: Sequence[str]) -> None:

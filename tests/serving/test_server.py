@@ -128,3 +128,22 @@ def test_tf_serving_test_harness_command_line_starts_the_server(tfs_models, tmp_
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("taken", ["port", "rest_api_port"])
+def test_a_taken_port_is_found_before_any_model_loads(exported, monkeypatch, taken):
+    """Binding is cheap and loading is not: a port in use stops the start in one line naming
+    it, before a version is loaded or warmed up."""
+    import socket
+
+    from catdog.serving import server as server_module
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded although a port is taken")
+
+    monkeypatch.setattr(server_module, "ServerCore", must_not_load)
+    with socket.create_server(("127.0.0.1", 0)) as occupied:
+        port = occupied.getsockname()[1]
+        ports = {"port": 0, "rest_api_port": 0, taken: port}
+        with pytest.raises(CatdogError, match=rf"^--{taken}={port}: cannot listen on 127\.0\.0\.1"):
+            start_server("catdog", exported[2], **ports)
