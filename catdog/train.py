@@ -135,13 +135,26 @@ def _train(config: Config, distribution: distribute.Distribution, run: RunDir,
     return _release(config, distribution, run, fitted, wall_start)
 
 
+def _data_also_missing(config: Config) -> str:
+    """What a failed weights download should also say when the photos would be the next
+    download (so an offline user learns both flags from the first error)."""
+    if not config.download or Path(config.data_dir).exists():
+        return ""
+    return (f"; --data_dir={config.data_dir} is not here either: --download would fetch it "
+            f"from {config.download_url}, or pass --data_dir=DIR with train/ and validation/ "
+            "class folders")
+
+
 def _fit(config: Config, distribution: distribute.Distribution, run: RunDir,
          chief_run: RunDir) -> Fitted:
     """Trains (or resumes) every epoch, checkpointing each, and restores the best one, chosen
     on the selection photos."""
     keras.utils.set_random_seed(config.seed)
     with distribution.strategy.scope():  # --weights is checked before any data work
-        base = model_lib.build_base(config.image_size, config.weights)
+        try:
+            base = model_lib.build_base(config.image_size, config.weights)
+        except CatdogError as error:
+            raise CatdogError(f"{error}{_data_also_missing(config)}") from None
     splits = data.prepare_splits(config, Path(config.feature_cache_dir or run.root)
                                  / data.CHECKED_RECORD)
     trainer = Trainer(config, len(splits.class_names), distribution, base,

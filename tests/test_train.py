@@ -318,3 +318,24 @@ def test_ctrl_c_and_sigterm_stop_cleanly_in_one_line_and_the_rerun_resumes(
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "resuming" in again.stderr
     assert re.search(r"after epoch \d+", again.stderr)
+
+
+def test_offline_the_first_error_names_both_the_weights_and_the_photos(tmp_path, monkeypatch):
+    """Offline, the ImageNet weights fail first; when the photos would be the next download,
+    the same line says so, so a user learns --weights and --data_dir from one error."""
+    from catdog import model as model_lib
+
+    def offline(image_size, weights):
+        raise CatdogError("could not download the ImageNet VGG16 weights (no network); "
+                          f"{model_lib.IMAGENET_WEIGHTS_HINT}")
+
+    monkeypatch.setattr(model_lib, "build_base", offline)
+    config = Config(data_dir=str(tmp_path / "nowhere"), weights="imagenet", download=True,
+                    run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"),
+                    strategy="default")
+    with pytest.raises(CatdogError) as error:
+        train.train(config)
+    assert "pass --weights=/path/to/that/file; --data_dir=" in str(error.value)
+    assert str(error.value).endswith(
+        "is not here either: --download would fetch it from "
+        f"{config.download_url}, or pass --data_dir=DIR with train/ and validation/ class folders")
