@@ -357,7 +357,6 @@ def post(local_server, path, body: bytes):
     import urllib.error
     import urllib.request
 
-
     request = urllib.request.Request(f"http://127.0.0.1:{local_server.rest_port}{path}",
                                      data=body, headers={"Content-Type": "application/json"})
     try:

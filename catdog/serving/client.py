@@ -370,13 +370,23 @@ def main(argv: Sequence[str]) -> int:
             try:
                 (prediction,) = client.predict([image])
             except (ServingError, CatdogError) as error:
-                print(f"{image}\terror: {error}", file=sys.stderr)
+                print(f"{image}\terror: {error}{_hint(error, f.model)}", file=sys.stderr)
                 failures += 1
                 continue
             print(f"{image}\t{prediction.label}\t{prediction.probability:.6f}")
     finally:
         client.close()
     return 1 if failures else 0
+
+
+def _hint(error: Exception, model: str) -> str:
+    """What TF Serving's NOT_FOUND for a whole model leaves unsaid (its message is kept)."""
+    if isinstance(error, ServingError) and error.code == grpc.StatusCode.NOT_FOUND and \
+            "Servable not found for request" in error.message:
+        return (f" (the server serves no model named {model!r}, or not that version: check "
+                "the name it was started with, --model_name, whose TF Serving default is "
+                "'default'; catdog.serve's log names the models it serves)")
+    return ""
 
 
 def run() -> None:

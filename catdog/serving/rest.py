@@ -227,6 +227,12 @@ class RestHandler(http_server.BaseHTTPRequestHandler):
                 body = self._read_body(reserved)
                 path = self.path.split("?")[0]
                 if not re.fullmatch(r"/v1/.*", path, re.IGNORECASE):
+                    if "metrics" in path and not self.monitoring_path and \
+                            not self.server.told_about_metrics:  # once: a hint, not a flood
+                        self.server.told_about_metrics = True
+                        logging.warning("%s asked for metrics: this server exports them only "
+                                        "with --monitoring_config_file (serving/"
+                                        "monitoring.config)", path)
                     raise ServingError(grpc.StatusCode.NOT_FOUND, f"No handler for {path}")
                 reserved.enter_context(self.server.memory.reserve(
                     parse_cost(body), f"parsing this {len(body)}-byte body"))
@@ -309,6 +315,7 @@ class RestServer(http_server.ThreadingHTTPServer):
     def __init__(self, address, handler, max_requests: int, memory_budget: int = 1 << 30):
         super().__init__(address, handler)
         self.memory = MemoryBudget(memory_budget)
+        self.told_about_metrics = False
         self.max_requests = max_requests
         self.max_connections = max_requests * self.CONNECTIONS_PER_REQUEST_SLOT
         self._requests = threading.BoundedSemaphore(max_requests)

@@ -328,6 +328,7 @@ class ServerCore:
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self.monitor = StateMonitor()
         self._models: dict[str, ModelManager] = {}
+        self._unknown_names_told: set[str] = set()
         self._lock = threading.Lock()
         self._reloading = threading.Lock()  # one config change at a time
         self._stop = threading.Event()
@@ -391,7 +392,13 @@ class ServerCore:
             raise invalid("Missing model name in request.")
         with self._lock:
             manager = self._models.get(name)
+            served = sorted(self._models)
         if manager is None:
+            if name not in self._unknown_names_told:  # once per name: a hint, not a flood
+                self._unknown_names_told.add(name)
+                logging.warning("a request named model %r, which this server does not serve "
+                                "(it serves %s; --model_name or the config names them)", name,
+                                ", ".join(map(repr, served)) or "nothing yet")
             raise ServingError(grpc.StatusCode.NOT_FOUND,
                                f"Servable not found for request: Latest({name})")
         return manager

@@ -257,3 +257,16 @@ def test_the_client_is_importable_from_where_it_used_to_live():
 
     for name in ("Client", "Prediction", "GrpcTransport", "RestTransport"):
         assert getattr(old_home, name) is getattr(client, name)
+
+
+def test_a_missing_model_gets_a_hint_beside_tf_servings_words():
+    """The client command keeps TF Serving's NOT_FOUND message and adds what it leaves unsaid;
+    other errors are left as they are."""
+    from catdog.serving.client import _hint
+
+    missing = ServingError(grpc.StatusCode.NOT_FOUND,
+                           "Servable not found for request: Latest(catdog)")
+    assert _hint(missing, "catdog").startswith(
+        " (the server serves no model named 'catdog', or not that version: check the name it "
+        "was started with, --model_name, whose TF Serving default is 'default'")
+    assert _hint(ServingError(grpc.StatusCode.INVALID_ARGUMENT, "bad"), "catdog") == ""

@@ -415,3 +415,14 @@ def test_a_client_reset_is_one_log_line_not_a_traceback(local_server, caplog, ca
     assert line == "REST client 127.0.0.1 went away: Connection reset by peer"
     assert not [r for r in caplog.records if r.exc_info]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_metrics_asked_of_a_server_without_them_get_tf_servings_404_and_a_logged_hint(
+        local_server, caplog):
+    caplog.set_level("WARNING", logger="absl")
+    status, body = post(local_server, "/monitoring/prometheus/metrics", b"")
+    assert status == 404
+    assert body == {"error": "No handler for /monitoring/prometheus/metrics"}
+    assert [r.getMessage() for r in caplog.records if "asked for metrics" in r.getMessage()] == [
+        "/monitoring/prometheus/metrics asked for metrics: this server exports them only with "
+        "--monitoring_config_file (serving/monitoring.config)"]

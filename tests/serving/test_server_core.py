@@ -628,3 +628,21 @@ def test_stopping_waits_for_unloads_under_way(add_version, tmp_path):
     end = get_model_status_pb2.ModelVersionStatus.END
     assert {s.version: s.state for s in server.core.monitor.statuses("catdog")} == {1: end,
                                                                                    2: end}
+
+
+def test_a_request_for_a_model_not_served_is_logged_once_with_the_served_names(add_version,
+                                                                               tmp_path, caplog):
+    base = tmp_path / "default"
+    add_version(base)
+    server = start_server(None, base, port=0, rest_api_port=None)  # TF Serving's "default"
+    caplog.set_level("WARNING", logger="absl")
+    try:
+        for _ in range(3):
+            with pytest.raises(ServingError, match=r"Servable not found for request: "
+                                                   r"Latest\(catdog\)$"):
+                server.core.manager("catdog")
+        told = [r.getMessage() for r in caplog.records if "does not serve" in r.getMessage()]
+        assert told == ["a request named model 'catdog', which this server does not serve (it "
+                        "serves 'default'; --model_name or the config names them)"]
+    finally:
+        server.stop()
