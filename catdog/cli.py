@@ -141,7 +141,8 @@ def run(main: Callable[[Sequence[str]], int | None],
         sys.exit(0)
     if any(arg in HELP_ARGS for arg in sys.argv[1:]):
         spec = getattr(sys.modules["__main__"], "__spec__", None)
-        program = f"python -m {spec.name}" if spec else Path(sys.argv[0]).name
+        program = (f"python -m {spec.name.removesuffix('.__main__')}" if spec
+                   else Path(sys.argv[0]).name)
         print(short_help(program, flags.FLAGS, help_groups or {}, usage, list_others))
         sys.exit(0)
 

@@ -188,8 +188,7 @@ class Config:
         "command resumes). A worker lost mid-epoch costs that epoch the images of its unfinished "
         "splits instead, which the log counts.", at_least=1.0, resumable=True)
     mixed_precision: Precision = _setting(
-        "auto", "scale", "Keras precision policy of training, the feature pass, and evaluate "
-        "and predict on a .h5 model (a SavedModel keeps its own); auto: "
+        "auto", "scale", "Keras precision policy of training and the feature pass; auto: "
         "mixed_float16 on GPUs of compute capability >= 7.0, mixed_bfloat16 on CPUs with native "
         "bfloat16 (avx512_bf16 or amx_bf16), else float32.")
     jit_compile: AutoBool = _setting(
@@ -205,8 +204,9 @@ class Config:
     export_precision: ExportPrecision = _setting(
         "float32", "export", "Precision the exports compute in: float32 (runs well on any "
         "machine), compute (the policy training used, e.g. mixed_bfloat16), or auto "
-        "(bfloat16 when the run trained in it and, on evaluation photos, it is as accurate "
-        "within --gate_tolerance and faster; the measurement goes into gate.json).",
+        "(bfloat16 when the run trained in it and, on evaluation photos, its answers are "
+        "float32's up to bfloat16's rounding and it is faster; the measurement goes into "
+        "gate.json).",
         resumable=True)
     keep_versions: int = _setting(
         0, "export", "After publishing, keep only this many newest SavedModel versions in the "

@@ -95,7 +95,7 @@ def main(argv: Sequence[str]) -> None:
         raise CatdogError(f"unexpected arguments {list(argv[1:])}")
     f = flags.FLAGS
     content = evaluate(f.model, f.data_dir, f.output_dir, f.batch_size, f.max_image_pixels,
-                       inference.resolve_precision(f.mixed_precision), f.baseline,
+                       inference.resolve_precision(f.mixed_precision, f.model), f.baseline,
                        f.max_explained, f.bootstrap_samples, f.test_time_flip)
     print(f"accuracy {content['accuracy']:.4f}, ROC AUC {report.figure_text(content['roc_auc'])}"
           f", log loss {content['log_loss']:.4f}, ECE {content['expected_calibration_error']:.4f}"

@@ -9,6 +9,7 @@ the `Config` that `config_from_flags` builds, or plain values.
 from __future__ import annotations
 
 import os
+import typing
 
 from absl import flags
 
@@ -173,9 +174,18 @@ def define_publish_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.mark_flag_as_required("model_base_path", flag_values=fv)
 
 
+AS_EXPORTED = "export"  # predict and evaluate: compute as the export records
+
+
 def _define_model_flag(fv: flags.FlagValues) -> None:
     define_max_image_pixels(fv)
-    fields.define_flag(config_lib.Config, "mixed_precision", fv)
+    flags.DEFINE_enum(
+        "mixed_precision", AS_EXPORTED, [AS_EXPORTED, *typing.get_args(config_lib.Precision)],
+        "Keras precision policy a .h5 model computes in: export (the default) is the one its "
+        "export records, float32 unless it was exported otherwise, so the .h5, its SavedModel "
+        "and the gate give the same figures; auto as training resolves it (bfloat16 on a CPU "
+        "with native bfloat16: faster, answers about 0.01 apart). A SavedModel always computes "
+        "as it was exported.", flag_values=fv)
     flags.DEFINE_string("model", None,
                         "An exported model: the .h5 file or a SavedModel version folder "
                         "(export/catdog/<N>).", flag_values=fv)

@@ -7,6 +7,9 @@ SavedModel as its labels asset).
 
 from __future__ import annotations
 
+import catdog.startup  # noqa: F401  (first: a library import starts TensorFlow quietly too)
+
+# isort: split
 import dataclasses
 import json
 import os
@@ -129,9 +132,14 @@ class Classifier:
     precision: str = "float32"  # the Keras policy it computes in (a SavedModel: as exported)
 
 
-def resolve_precision(requested: str) -> str:
-    """--mixed_precision for inference, 'auto' resolved as training resolves it (bfloat16 on a
-    CPU that computes it natively)."""
+def resolve_precision(requested: str, model_path: str | os.PathLike = "") -> str:
+    """--mixed_precision for inference: 'export' the precision `model_path`'s export records
+    (float32 when it records none), 'auto' resolved as training resolves it (bfloat16 on a CPU
+    that computes it natively)."""
+    if requested == "export":
+        policy = source_of(model_path).get("precision", "float32") if model_path else "float32"
+        logging.info("precision %s (as the export records it)", policy)
+        return policy
     policy, reason = distribute.resolve_precision(
         requested, tf.config.list_physical_devices("GPU"), distribute.cpu_flags())
     logging.info("precision %s (%s)", policy, reason)

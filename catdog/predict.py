@@ -98,7 +98,7 @@ def main(argv: Sequence[str]) -> int:
     if not paths:
         raise CatdogError(f"usage: python -m catdog.predict {USAGE} (no images given or found)")
     classifier = inference.load_classifier(
-        f.model, inference.resolve_precision(f.mixed_precision))
+        f.model, inference.resolve_precision(f.mixed_precision, f.model))
     failures, results = 0, []
     for result in predict_paths(classifier, paths, f.batch_size, f.max_image_pixels):
         results.append(result)

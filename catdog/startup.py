@@ -2,7 +2,7 @@
 a quiet start. Each entry point imports this module first (not catdog/__init__.py, which Python
 skips when `python -m catdog.<tool>` runs from the folder holding a clone named `catdog` and
 finds the clone as a namespace package, a case it also mends). Importing it as a library
-changes nothing."""
+quiets TensorFlow's start the same way unless the user chose otherwise."""
 
 import os
 import sys
@@ -44,11 +44,16 @@ def quiet_tensorflow_start() -> None:
     those before it reads TF_CPP_MIN_LOG_LEVEL, so TensorFlow is imported and its devices listed
     here with stderr set aside; if that fails, what it wrote is shown. With -v/--verbosity, or
     TF_CPP_MIN_LOG_LEVEL=0 or 1 set by the user (asking for more), nothing is hidden; a user's 2
-    or 3 (asking for less) is kept and never makes a command noisier."""
+    or 3 (asking for less) is kept and never makes a command noisier. Imported as a library
+    (a user's script importing catdog's client or inference), the start is as quiet unless the
+    user set TF_CPP_MIN_LOG_LEVEL or had imported TensorFlow already."""
     argv = sys.argv or [""]
-    verbose = any(a == "-v" or a.startswith(("--verbosity", "-v=")) for a in argv[1:])
+    verbose = command() and any(a == "-v" or a.startswith(("--verbosity", "-v="))
+                                for a in argv[1:])
     asks_for_more = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1")
-    if not command() or verbose or asks_for_more:
+    user_chose = not command() and ("tensorflow" in sys.modules
+                                    or "TF_CPP_MIN_LOG_LEVEL" in os.environ)
+    if verbose or asks_for_more or user_chose:
         return
     from catdog.terminal import stderr_set_aside
 

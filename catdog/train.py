@@ -206,8 +206,8 @@ def _release(config: Config, distribution: distribute.Distribution, run: RunDir,
     start = time.perf_counter()
     precision = export_precision.choose(
         config.export_precision, distribution.precision, fitted.trainer.model,
-        evaluation.run_photos(splits, config.data_dir), config.gate_tolerance,
-        config.max_image_pixels, config.batch_size)
+        evaluation.run_photos(splits, config.data_dir), config.max_image_pixels,
+        config.batch_size)
     logging.info("the exports compute in %s (%s)", precision.policy, precision.reason)
     export_model = model_lib.in_policy(fitted.trainer.model, precision.policy)
     candidate = export.export_candidate(

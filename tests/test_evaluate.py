@@ -133,3 +133,35 @@ def test_test_time_flip_averages_each_photo_with_its_mirror(exports, dataset_dir
     assert averaged["test_time_flip"] is True and averaged["answer_seconds"] > 0
     assert averaged["log_loss"] == pytest.approx(  # evaluate's answers are by_hand's
         -np.mean(np.log(by_hand[np.arange(len(files)), files.labels])), rel=1e-5)
+
+
+@pytest.mark.slow  # a training run through the gate, then four evaluations
+def test_one_model_one_accuracy_when_training_ran_in_bfloat16(dataset_dir, tmp_path):
+    """Trained in mixed_bfloat16 (as auto picks on a CPU with native bfloat16), exported in
+    float32: the gate, evaluate on the .h5 and on the SavedModel, and predict all compute as
+    the export records and give the same accuracy on the same evaluation photos."""
+    from catdog import inference, predict, train
+
+    from conftest import fast_config
+
+    result = train.train(fast_config(dataset_dir, tmp_path, mixed_precision="mixed_bfloat16",
+                                     publish="always"))
+    gated = result.decision.record["candidate_figures"]["accuracy"]
+    version = result.decision.version
+    figures = {}
+    for name, path in (("h5", result.exports.h5), ("saved_model", version)):
+        precision = inference.resolve_precision("export", path)
+        assert precision == "float32"
+        content = evaluate.evaluate(str(path), str(dataset_dir), str(tmp_path / name),
+                                    precision=precision, max_explained=0, bootstrap_samples=50)
+        figures[name] = content["accuracy"]
+    classifier = inference.load_classifier(result.exports.h5,
+                                           inference.resolve_precision("export",
+                                                                       result.exports.h5))
+    photos = evaluation.folder_photos(str(dataset_dir), list(result.class_names), 32, 0.5)
+    answers = [r for r in predict.predict_paths(classifier, list(photos.files.paths), 8)]
+    names = list(result.class_names)
+    right = [names.index(a["label"]) == label for a, label in zip(answers, photos.files.labels)]
+    figures["predict"] = float(np.mean(right))
+    assert figures == pytest.approx({"h5": gated, "saved_model": gated, "predict": gated},
+                                    abs=5e-5), figures

@@ -97,3 +97,48 @@ def test_one_function_lists_version_folders():
 
 def test_publish_keeps_only_the_gates_decision():
     assert len((PACKAGE / "publish.py").read_text().splitlines()) <= 250
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The catdog modules a file imports when it is loaded or run: at its top level and in
+    module-level `if`/`try` blocks (an `if __name__ == "__main__":` tail included), not inside
+    functions."""
+    found, pending = set(), list(ast.parse(path.read_text()).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.If, ast.Try)):
+            pending += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
+                        *(n for handler in getattr(node, "handlers", []) for n in handler.body)]
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("catdog")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("catdog"):
+            found |= {f"{node.module}.{a.name}" if node.module == "catdog" else node.module
+                      for a in node.names}
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_circle_in_the_package():
+    """Each module is loaded once and in one order: no chain of module-level imports leads
+    back to where it started (`python -m catdog.data` once ran data.py's body twice through
+    one)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {name: {m for m in module_level_imports(path) if m in modules and m != name}
+             for name, path in modules.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, chain: list[str]) -> None:
+        state[name] = "open"
+        for imported in sorted(graph[name]):
+            assert state.get(imported) != "open", " → ".join([*chain, name, imported])
+            if imported not in state:
+                visit(imported, [*chain, name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])

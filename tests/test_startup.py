@@ -82,3 +82,19 @@ def test_a_quickstart_run_from_the_clones_parent_folder_shows_only_catdogs_lines
     for stream in (result.stdout, result.stderr):
         assert "\r" not in stream and "\x1b" not in stream and "\b" not in stream
     assert result.stderr.count("val_loss") == 1  # the epoch's metrics, once
+
+
+@pytest.mark.parametrize("level, noisy", [(None, False), ("0", True)])
+def test_a_script_importing_the_client_and_inference_starts_tensorflow_quietly(tmp_path, level,
+                                                                             noisy):
+    """A user's script: TensorFlow's start-up lines (the cuInit error among them) stay off its
+    screen as they do for the commands, unless the user set TF_CPP_MIN_LOG_LEVEL to see them."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    result = subprocess.run(
+        [sys.executable, "-c", "from catdog.client import Client\nfrom catdog import inference\n"
+                               "print('imported')"],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout == "imported\n", result.stderr
+    assert any(noise in result.stderr for noise in TENSORFLOW_NOISE) == noisy, result.stderr

@@ -40,7 +40,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from catdog import contract
 from catdog.serving.servable import Servable
 from catdog.serving.status import ServingError, invalid
-from catdog.versions import version_folders  # the one scan, shared with the exporter and gate
+from catdog.versions import source_of, version_folders  # the one scan, shared with the gate
 
 ModelConfig = model_server_config_pb2.ModelConfig
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
@@ -203,8 +203,8 @@ class ModelManager:
             replaced = self._loaded.get(version)  # the same number from the old base path
             self._loaded[version] = servable
         self._monitor.set(self.name, version, _Status.AVAILABLE, owner=self)
-        logging.info("serving %s version %d from %s (warmed up with %d requests)", self.name,
-                     version, path, warmed)
+        logging.info("serving %s version %d from %s (warmed up with %d requests; %s)",
+                     self.name, version, path, warmed, _trained_by(path))
         if replaced is not None:
             self._in_background(replaced.close)
 
@@ -284,6 +284,14 @@ class ModelManager:
             self._unload(servable, wait=True)
         for thread in unloading:
             thread.join()
+
+
+def _trained_by(version: Path) -> str:
+    """Which run and epoch a version came from, as its export recorded it."""
+    source = source_of(version)
+    if not {"run_dir", "epoch"} <= set(source):
+        return "no record of the run that trained it"
+    return f"trained by {source['run_dir']}, epoch {source['epoch']}"
 
 
 def check_base_paths(config: ModelServerConfig, root: str = "") -> None:

@@ -646,3 +646,18 @@ def test_a_request_for_a_model_not_served_is_logged_once_with_the_served_names(a
                         "serves 'default'; --model_name or the config names them)"]
     finally:
         server.stop()
+
+
+def test_the_log_says_which_run_and_epoch_each_served_version_came_from(add_version, tmp_path,
+                                                                       caplog):
+    from catdog import contract
+
+    base = tmp_path / "catdog"
+    version = add_version(base)
+    (version / contract.SOURCE_FILE).write_text(json.dumps(
+        {"run_dir": "/runs/best", "epoch": 12, "finished_epochs": 12}))
+    caplog.set_level("INFO", logger="absl")
+    server = start_server("catdog", base, port=0, rest_api_port=None)
+    server.stop()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving ")]
+    assert line.endswith("; trained by /runs/best, epoch 12)")

@@ -734,9 +734,3 @@ def check_folder(folder: str, max_pixels: int = MAX_IMAGE_PIXELS) -> list[BadIma
         skipped += files.skipped
     logging.info("checking %d files under %s", len(paths), folder)
     return skipped + check_images(paths, max_pixels)
-
-
-if __name__ == "__main__":  # the verbs live in catdog.data_cli, which imports this module
-    from catdog.data_cli import run
-
-    run()
