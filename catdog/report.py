@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from catdog import atomic, data, evaluation, figures, gradcam, images  # noqa: E402
+from catdog import atomic, contract, data, evaluation, figures, gradcam, images  # noqa: E402
 from catdog.evaluation import ModelResult  # noqa: E402
 
 SECTIONS = ("identity", "data", "headline", "confusion", "curves", "calibration", "threshold",
@@ -201,6 +201,31 @@ def _section(section_id: str, title: str, body: str) -> str:
     return f'<section id="{section_id}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
+def _shown(identity: dict[str, Any], key: str) -> str:
+    """An identity field as the page shows it: a model by its place in the export folder
+    (`catdog/1`, `candidates/catdog/3`, `catdog.h5`) and its run by the run folder's name, so a
+    page mailed to a colleague carries no local folder names (report.json keeps them whole)."""
+    value = str(identity.get(key, ""))
+    if key == "path" and value:
+        path = Path(value)
+        return str(Path(*path.parts[-3:]) if path.parent.parent.name == contract.CANDIDATES_DIR
+                   else Path(*path.parts[-2:]) if path.name.isdigit() else path.name)
+    if key == "source" and ", epoch " in value:
+        run, epoch = value.split(", epoch ", 1)
+        return f"run {Path(run).name}, epoch {epoch}"
+    return value
+
+
+def _relative(path: str, folder: Path) -> str:
+    return str(Path(path).relative_to(folder)) if Path(path).is_relative_to(folder) else path
+
+
+def _shown_photos(photos: evaluation.Photos) -> str:
+    """`photos.describe()` with the data folder named by its own name."""
+    folder = str(photos.source).split(" (", 1)[0]
+    return photos.describe().replace(folder, Path(folder).name or folder, 1)
+
+
 def _signed(value: float) -> str:
     """A difference to 4 decimals, with no '-0.0000'."""
     text = f"{value:+.4f}"
@@ -217,7 +242,7 @@ def render(results: Sequence[ModelResult], labels: np.ndarray, class_names: Sequ
     disagree on, right under the headline."""
     model = results[0]
     positive = len(class_names) - 1  # P(dog) for catdog's two classes
-    identity_rows = [(result.label, *(result.identity.get(k, "") for k in (
+    identity_rows = [(result.label, *(_shown(result.identity, k) for k in (
         "path", "version", "source", "precision", "image_size", "class_names")))
         for result in results]
     headline_rows = [(name, *(_interval(r, key) for r in results))
@@ -225,8 +250,9 @@ def render(results: Sequence[ModelResult], labels: np.ndarray, class_names: Sequ
     per_class_rows = [(name, *(figure_text(model.metrics['per_class'][name][k]) for k in (
         "precision", "recall", "f1", "roc_auc")), model.metrics["per_class"][name]["support"])
         for name in class_names]
-    skipped = "".join(f"<li>{html.escape(s.path)}: {html.escape(s.reason)}</li>"
-                      for s in photos.skipped)
+    folder = Path(str(photos.source).split(" (", 1)[0])
+    skipped = "".join(f"<li>{html.escape(_relative(s.path, folder))}: {html.escape(s.reason)}"
+                      "</li>" for s in photos.skipped)
     counts = ", ".join(f"{count} {name}" for name, count in photos.files.class_counts().items())
     warning = ("" if photos.role == evaluation.EVALUATION else
                '<p><strong>These photos also chose the model (its best epoch), so every figure '
@@ -235,7 +261,7 @@ def render(results: Sequence[ModelResult], labels: np.ndarray, class_names: Sequ
         _section("identity", "Model", _table(
             ("", "path", "version", "source run and epoch", "computed in", "image size",
              "classes"), identity_rows)),
-        _section("data", "Data", f"<p>{html.escape(photos.describe())}: {counts}; "
+        _section("data", "Data", f"<p>{html.escape(_shown_photos(photos))}: {counts}; "
                  f"{len(photos.skipped)} files skipped</p>{warning}<ul>{skipped}</ul>"),
         _section("headline", "Headline figures", _table(
             ("figure", *(f"{r.label} (95% BCa bootstrap interval, {bootstrap} resamples)"
@@ -261,7 +287,7 @@ def render(results: Sequence[ModelResult], labels: np.ndarray, class_names: Sequ
             f"confidently wrong are shown, the first {explained} with the Grad-CAM heat map of "
             "the predicted class (block5_conv3) beside the photo.</p>" + _gallery(errors))),
     ]
-    title = f"Evaluation of {model.identity.get('path', '')}"
+    title = f"Evaluation of {_shown(model.identity, 'path')}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>'
             f"{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n")

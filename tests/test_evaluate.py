@@ -115,6 +115,9 @@ def test_the_page_holds_every_section_and_the_heat_maps_it_says(exports, dataset
     assert page.count('alt="photo"') == wrong
     assert page.count('alt="Grad-CAM heat map"') == min(wrong, 1)
     assert "http://" not in page and "https://" not in page and "<script" not in page
+    # Mailed to a colleague, the page names no local folder; report.json keeps them whole.
+    assert str(dataset_dir) not in page and str(exports.saved_model.parent) not in page
+    assert str(dataset_dir) in (tmp_path / "report.json").read_text()
 
 
 def test_test_time_flip_averages_each_photo_with_its_mirror(exports, dataset_dir, tmp_path):
