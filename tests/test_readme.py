@@ -228,12 +228,24 @@ class Background:
             assert time.monotonic() < deadline, f"{command}: not listening on {port}"
             time.sleep(0.2)
 
-    def stop(self, kind: str | None = None) -> None:
+    def stop(self, kind: str | None = None) -> str:
+        """Stops the named process (or all); what the last one stopped wrote to stderr."""
+        written = ""
         for name in [kind] if kind else list(self.processes):
             process = self.processes.pop(name, None)
             if process is not None:
                 process.terminate()
-                process.wait(timeout=60)
+                written = process.communicate(timeout=60)[1]
+        return written
+
+
+def _published_run(command: str, sandbox: Path) -> str | None:
+    """The run folder a training command with a flagfile publishes from (its --run_dir)."""
+    flagfile = re.search(r"--flagfile=(\S+)", command)
+    if "catdog.train" not in command or not flagfile:
+        return None
+    found = re.findall(r"^--run_dir=(\S+)", (sandbox / flagfile.group(1)).read_text(), re.M)
+    return str(sandbox / found[-1]) if found else None
 
 
 def _kind(command: str) -> str | None:
@@ -267,13 +279,18 @@ def test_a_readme_block_runs_as_written(block, template, tmp_path):
             result = _run(f"python - <<'EOF'\n{text}\nEOF", sandbox, env)
             assert result.returncode == 0, f"{block}: {result.stderr[-3000:]}"
             return
+        published = None  # the run a training command of this block just published
         for command in _commands(text):
             kind = _kind(command)
             if kind:
                 port = ports[1] if kind == "serve" else ports[2 if kind == "dispatcher" else 3]
                 background.start(command, port, kind)
+                if kind == "serve" and published:  # it serves what that run published
+                    assert f"trained by {published}, epoch" in background.stop("serve"), block
                 continue
             result = _run(command, sandbox, env)
+            if result.returncode == 0:
+                published = _published_run(command, sandbox) or published
             allowed = next((codes for key, codes in OUTCOMES.items() if key in command), {0})
             assert result.returncode in allowed, (
                 f"{block}: `{command}` exited {result.returncode}:\n{result.stderr[-3000:]}")

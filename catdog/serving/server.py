@@ -22,6 +22,7 @@ import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/s
 # isort: split
 import concurrent.futures
 import dataclasses
+import socket
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,9 +128,11 @@ def _watch_config_file(core: ServerCore, path: str, seconds: float) -> None:
 
 def start_server(model_name: str | None = None, model_base_path: str | Path | None = None,
                  options: ServerOptions = DEFAULTS, **overrides) -> LocalServer:
-    """Binds the ports, loads the models and starts gRPC (and REST unless its port is None);
-    port 0 picks a free port. A port that is taken is found before any model loads. `model_name`,
-    `model_base_path` and `overrides` replace fields of `options` (e.g. port=0, rest_api_port=0)."""
+    """Loads the models and starts gRPC (and REST unless its port is None); port 0 picks a
+    free port. A port in use is found before any model loads, but the ports listen only once a
+    version serves, as TF Serving's do (an open port means ready). `model_name`,
+    `model_base_path` and `overrides` replace fields of `options` (e.g. port=0,
+    rest_api_port=0)."""
     if model_name is not None:
         overrides["model_name"] = model_name
     if model_base_path is not None:
@@ -140,38 +143,53 @@ def start_server(model_name: str | None = None, model_base_path: str | Path | No
     if not options.verify_graph_ops:
         logging.warning("graph ops not verified (--noverify_graph_ops): a version's graph may "
                         "run any op it holds, file reads and writes and Python included")
-    grpc_server, grpc_port = _bound_grpc_server(options)
-    handler = type("Handler", (RestHandler,), {
-        "monitoring_path": monitoring_path,
-        "request_timeout": options.rest_request_timeout_seconds})
-    try:
-        rest_server = None if options.rest_api_port is None else RestServer(
-            (options.host, options.rest_api_port), handler, options.max_rest_connections,
-            options.rest_memory_budget_bytes)
-    except OSError as error:
-        grpc_server.stop(None)
-        raise CatdogError(f"--rest_api_port={options.rest_api_port}: cannot listen on "
-                          f"{options.host}: {error.strerror}") from None
-    try:
-        core = _loaded_core(config, options)
-    except CatdogError:
-        grpc_server.stop(None)
-        if rest_server:
-            rest_server.server_close()
-        raise
+    _check_ports_free(options)
+    core = _loaded_core(config, options)
     core.every(options.file_system_poll_wait_seconds, core.refresh, "version-poller")
     if options.model_config_file:
         _watch_config_file(core, options.model_config_file,
                            options.model_config_file_poll_wait_seconds)
     server_api = Api(core, options, Metrics(
         is_served=lambda name: any(m.name == name for m in core.models())))
+    try:
+        grpc_server, grpc_port = _bound_grpc_server(options)
+    except CatdogError:
+        core.stop()
+        raise
     grpc_service.add_services(grpc_server, server_api)
     grpc_server.start()
-    handler.api = server_api
-    if rest_server:
+    rest_server, rest_port = None, 0
+    if options.rest_api_port is not None:
+        handler = type("Handler", (RestHandler,), {
+            "api": server_api, "monitoring_path": monitoring_path,
+            "request_timeout": options.rest_request_timeout_seconds})
+        try:
+            rest_server = RestServer((options.host, options.rest_api_port), handler,
+                                     options.max_rest_connections,
+                                     options.rest_memory_budget_bytes)
+        except OSError as error:
+            grpc_server.stop(None)
+            core.stop()
+            raise CatdogError(f"--rest_api_port={options.rest_api_port}: cannot listen on "
+                              f"{options.host}: {error.strerror}") from None
+        rest_port = rest_server.server_address[1]
         threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
-    return LocalServer(core, grpc_server, rest_server, grpc_port,
-                       rest_server.server_address[1] if rest_server else 0, server_api.metrics)
+    return LocalServer(core, grpc_server, rest_server, grpc_port, rest_port, server_api.metrics)
+
+
+def _check_ports_free(options: ServerOptions) -> None:
+    """Binds each fixed port for a moment (loading a model takes seconds; a taken port should
+    not wait for them); port 0 is always free."""
+    for flag, port in (("port", options.port), ("rest_api_port", options.rest_api_port)):
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((options.host, port))
+            except OSError as error:
+                raise CatdogError(f"--{flag}={port}: cannot listen on {options.host}: "
+                                  f"{error.strerror}") from None
 
 
 def _bound_grpc_server(options: ServerOptions) -> tuple[grpc.Server, int]:
