@@ -25,16 +25,21 @@ def loaded_after(statement: str) -> set[str]:
     return set(json.loads(result.stdout.splitlines()[-1]))
 
 
-def top_level_imports(path: Path) -> set[str]:
-    """The catdog modules a file imports outside any function."""
+def catdog_imports(nodes) -> set[str]:
+    """The catdog modules these statements import (themselves, not what they hold)."""
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in nodes:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("catdog")}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("catdog"):
             found |= {f"{node.module}.{alias.name}" if node.module == "catdog" else node.module
                       for alias in node.names}
     return found
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The catdog modules a file imports outside any function."""
+    return catdog_imports(ast.parse(path.read_text()).body)
 
 
 def test_importing_the_serving_wing_loads_no_training_module():
@@ -103,18 +108,14 @@ def module_level_imports(path: Path) -> set[str]:
     """The catdog modules a file imports when it is loaded or run: at its top level and in
     module-level `if`/`try` blocks (an `if __name__ == "__main__":` tail included), not inside
     functions."""
-    found, pending = set(), list(ast.parse(path.read_text()).body)
+    statements, pending = [], list(ast.parse(path.read_text()).body)
     while pending:
         node = pending.pop()
+        statements.append(node)
         if isinstance(node, (ast.If, ast.Try)):
             pending += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
                         *(n for handler in getattr(node, "handlers", []) for n in handler.body)]
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("catdog")}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("catdog"):
-            found |= {f"{node.module}.{a.name}" if node.module == "catdog" else node.module
-                      for a in node.names}
-    return found
+    return catdog_imports(statements)
 
 
 def module_name(path: Path) -> str:
