@@ -1,5 +1,6 @@
 """The gate's infra validation, from the outside: runs `catdog.serving.infra_validation` on a
-candidate in a fresh process that imports no training code, in a scratch working folder and,
+candidate (while the gate computes the candidate's answers beside it: `validated_answers`)
+in a fresh process that imports no training code, in a scratch working folder and,
 where Linux lets a user make one, a network namespace of its own with no network (as TFX's
 InfraValidator runs the model server in a container beside the pipeline), and compares the
 answers it reports with the in-process model's. Any difference is one line naming the signature
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,35 +58,84 @@ def reference_model(saved_model: Path, h5: Path
                       f"{first_line(error)[:300]})")
 
 
-def infra_validate(saved_model: Path, photos: evaluation.Photos,
-                   reference: inference.Classifier) -> tuple[str | None, dict[str, Any]]:
-    """Validates the candidate with one real photo of `photos`: (None, report) when it passes,
-    else (one line naming what failed, report)."""
+def validated_answers(saved_model: Path, photos: evaluation.Photos,
+                      reference: inference.Classifier, batch_size: int, max_pixels: int
+                      ) -> tuple[str | None, dict[str, Any], np.ndarray | None]:
+    """The gate's two slow steps at once: infra validation in its child process and, beside
+    it, the candidate's answers on `photos` from its SavedModel (the child mostly starts
+    TensorFlow and loads while this process computes). (failure, report, answers), the
+    answers None when infra validation refused the candidate."""
+    with _validating(saved_model, photos, reference) as verdict:
+        try:
+            answers = evaluation.version_answers(saved_model, photos.files, batch_size,
+                                                 max_pixels, "the candidate's SavedModel")
+        except Exception:  # a candidate that does not load: the child says why, in words
+            answers = None
+        failure, report = verdict()
+    if failure is None and answers is None:  # loads there, not here: the error, as it is
+        answers = evaluation.version_answers(saved_model, photos.files, batch_size, max_pixels)
+    return failure, report, None if failure else answers
+
+
+@contextlib.contextmanager
+def _validating(saved_model: Path, photos: evaluation.Photos, reference: inference.Classifier
+                ) -> Iterator[Callable[[], tuple[str | None, dict[str, Any]]]]:
+    """Infra validation started on one real photo of `photos`; the block runs beside it and
+    calls the yielded function for the verdict."""
     logging.info("infra validation of %s", saved_model)
     with _one_real_image(photos.files, reference.image_size) as image_file:
-        return validate_with(saved_model, image_file, reference)
+        with _running(saved_model, image_file) as finish:
+            yield lambda: _verdict(*finish(), saved_model, image_file, reference)
 
 
 def validate_with(saved_model: Path, image_file: str,
                   reference: inference.Classifier) -> tuple[str | None, dict[str, Any]]:
     """Runs the validating process on `image_file` and compares its answers with
     `reference`'s."""
+    with _running(saved_model, image_file) as finish:
+        return _verdict(*finish(), saved_model, image_file, reference)
+
+
+@contextlib.contextmanager
+def _running(saved_model: Path, image_file: str
+             ) -> Iterator[Callable[[], tuple[subprocess.CompletedProcess | None, float]]]:
+    """The validating process, started in a scratch folder without network; the yielded
+    function waits for it: (its result, or None past the timeout; seconds since its start)."""
     start = time.perf_counter()
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0",  # as the serve command runs
            "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_PARENT),
                                                        os.environ.get("PYTHONPATH")]))}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        with tempfile.TemporaryDirectory(prefix="catdog-infra-validation-") as scratch:
-            child = subprocess.run(
-                [*without_network(), sys.executable, "-m", "catdog.serving.infra_validation",
-                 str(Path(saved_model).resolve()), str(Path(image_file).resolve())],
-                capture_output=True, text=True, env=env, timeout=VALIDATOR_TIMEOUT_SECONDS,
-                cwd=scratch)
-    except subprocess.TimeoutExpired:
+    command = [*without_network(), sys.executable, "-m", "catdog.serving.infra_validation",
+               str(Path(saved_model).resolve()), str(Path(image_file).resolve())]
+    with tempfile.TemporaryDirectory(prefix="catdog-infra-validation-") as scratch:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env, cwd=scratch)
+
+        def finish() -> tuple[subprocess.CompletedProcess | None, float]:
+            try:
+                out, err = child.communicate(timeout=VALIDATOR_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                return None, time.perf_counter() - start
+            return (subprocess.CompletedProcess(command, child.returncode, out, err),
+                    time.perf_counter() - start)
+
+        try:
+            yield finish
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+
+
+def _verdict(child: subprocess.CompletedProcess | None, seconds: float, saved_model: Path,
+             image_file: str, reference: inference.Classifier
+             ) -> tuple[str | None, dict[str, Any]]:
+    """The validating process's report held against the in-process model's answers."""
+    if child is None:
         return f"it did not answer within {VALIDATOR_TIMEOUT_SECONDS} s", {}
     report = _last_json_line(child.stdout)
-    report["seconds"] = round(time.perf_counter() - start, 2)
+    report["seconds"] = round(seconds, 2)
     if not report.get("ok"):
         last_words = (child.stderr.strip().splitlines() or ["no output"])[-1]
         return report.get("failure") or (

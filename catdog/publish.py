@@ -34,7 +34,7 @@ from absl import logging
 
 from catdog import atomic, evaluation, export, images, inference, report, versions
 from catdog.errors import CatdogError
-from catdog.infra_validator import infra_validate, reference_model
+from catdog.infra_validator import reference_model, validated_answers
 
 PUBLISHED, KEPT, HELD_BACK, REFUSED = "published", "kept", "held_back", "refused"
 # Exit statuses: a CI/CD script tells "trained, not better" (3) and "does not load or answer"
@@ -121,12 +121,13 @@ def gate(candidate: export.Exports, layout: versions.Layout, photos: evaluation.
                   "skipped_photos": [dataclasses.asdict(b) for b in photos.skipped],
                   "settings": dataclasses.asdict(settings), "time": versions.now(),
                   "export_precision": versions.source_of(saved_model).get("precision_choice")}
-        failure, record["infra_validation"] = infra_validate(saved_model, photos, reference)
+        failure, record["infra_validation"], answers = validated_answers(
+            saved_model, photos, reference, settings.batch_size, settings.max_image_pixels)
         if failure:
             decision = Decision(REFUSED, f"refused {saved_model}: infra validation failed: "
                                 f"{failure}", str(saved_model), record=record)
         else:
-            decision = _blessed(candidate, layout, photos, reference, settings, record)
+            decision = _blessed(candidate, layout, photos, answers, settings, record, reference)
         decision.record["seconds"] = round(time.perf_counter() - start, 2)
         if decision.outcome != PUBLISHED:
             versions.write_gate_record(saved_model, decision.to_dict())
@@ -139,12 +140,10 @@ def gate(candidate: export.Exports, layout: versions.Layout, photos: evaluation.
 
 
 def _blessed(candidate: export.Exports, layout: versions.Layout, photos: evaluation.Photos,
-             reference: inference.Classifier, settings: GateSettings,
-             record: dict[str, Any]) -> Decision:
+             answers: np.ndarray, settings: GateSettings, record: dict[str, Any],
+             reference: inference.Classifier) -> Decision:
     names, labels, saved_model = reference.class_names, np.array(photos.files.labels), \
         Path(candidate.saved_model)
-    answers = evaluation.version_answers(saved_model, photos.files, settings.batch_size,
-                                         settings.max_image_pixels, "the candidate's SavedModel")
     model = evaluation.model_result("model", saved_model, names, answers, labels)
     record["candidate_figures"], record["baseline"] = model.metrics, None
     base_version, base_answers, record["damaged_versions"] = (
