@@ -98,7 +98,10 @@ def test_a_baseline_from_another_run_is_compared_on_the_same_photos(exports, oth
     assert mcnemar["a_only"] - mcnemar["b_only"] == model_right - baseline_right
     page = (tmp_path / "out" / "report.html").read_text()
     assert 'id="comparison"' in page and "McNemar" in page
-    assert str(other_run.saved_model) in page and str(exports.h5) in page
+    # Both models named by their place in their export folders; report.json names them whole.
+    assert "<td>catdog/1</td>" in page and "<td>catdog.h5</td>" in page
+    written = (tmp_path / "out" / "report.json").read_text()
+    assert str(other_run.saved_model) in written and str(exports.h5) in written
 
 
 def test_the_page_holds_every_section_and_the_heat_maps_it_says(exports, dataset_dir,
