@@ -99,3 +99,17 @@ def test_console_scripts_are_installed_beside_python_m(tool, flag):
     assert script, f"catdog-{tool} is not installed next to {sys.executable}"
     result = subprocess.run([script, "--helpfull"], capture_output=True, text=True, timeout=300)
     assert "USAGE" in result.stdout and f"{flag}:" in result.stdout
+
+
+def test_the_readmes_flags_table_names_every_training_setting():
+    """README.md's flag table lists every Config field (a new setting cannot be left out)."""
+    import re
+
+    from catdog import fields
+    from catdog.config import Config
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("| flag | default | meaning |")
+    rows = text[start:text.index("\n\n", start)].splitlines()[2:]
+    listed = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert set(fields.fields(Config)) <= listed, set(fields.fields(Config)) - listed
