@@ -37,6 +37,7 @@ from catdog.infra_validator import ANSWER_TOLERANCE
 # bound how far the answers are apart and to time both (64 cost 12 s of a 190 s quickstart run
 # on a 2-core EPYC; the verdict does not rest on accuracy, which 64 photos could not tell).
 SAMPLE_PHOTOS = 32
+WARM_UP_PHOTOS = 4  # traced and warmed on these before the timed pass
 BFLOAT16 = "mixed_bfloat16"
 BFLOAT16_ROUNDING = ANSWER_TOLERANCE[BFLOAT16]  # the same model, rounded (infra_validator.py)
 
@@ -122,13 +123,14 @@ def _sample(photos: evaluation.Photos, image_size: int, max_pixels: int
 
 def _answer(model: keras.Model, pixels: np.ndarray, batch_size: int
             ) -> tuple[np.ndarray, float]:
-    """Probabilities for `pixels` and images/s, timed after warming up on the first and last
-    batch (each batch shape traces once). One pass: auto's threshold is 1.1x, where CPUs with
-    native bfloat16 measure 0.55x to 6x."""
-    forward = tf.function(lambda batch: tf.cast(model(batch, training=False), tf.float32))
+    """Probabilities for `pixels` and images/s, timed after warming up on WARM_UP_PHOTOS of
+    them (one trace serves every batch size). One pass: auto's threshold is 1.1x, where CPUs
+    with native bfloat16 measure 0.55x to 6x."""
+    spec = tf.TensorSpec([None, *pixels.shape[1:]], tf.float32)
+    forward = tf.function(lambda batch: tf.cast(model(batch, training=False), tf.float32),
+                          input_signature=[spec])
     batches = [tf.constant(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
-    forward(batches[0])
-    forward(batches[-1])
+    forward(tf.constant(pixels[:WARM_UP_PHOTOS]))
     start = time.perf_counter()
     answers = np.concatenate([forward(b).numpy() for b in batches])
     return answers, len(pixels) / (time.perf_counter() - start)
