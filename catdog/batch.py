@@ -18,10 +18,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from catdog.commands import BATCH_USAGE
 from catdog.errors import CatdogError
 
-USAGE = ("--model=PATH --input=FOLDER_OR_GLOB --output=PREFIX [--flag=value ...] "
-         "[-- BEAM_PIPELINE_OPTIONS]")
+USAGE = BATCH_USAGE
 INSTALL = "pip install 'catdog[beam]' (in a clone: pip install -e '.[beam]')"
 
 
@@ -56,9 +56,8 @@ def main(argv: Sequence[str]) -> int:
 def run() -> None:
     """The `catdog-batch` console script (and `python -m catdog.batch`)."""
     from catdog import cli
-    from catdog import flags as catdog_flags
 
-    cli.run(main, catdog_flags.define_batch_flags, USAGE)
+    cli.run_command("batch", main)
 
 
 if __name__ == "__main__":

@@ -162,6 +162,39 @@ def run(main: Callable[[Sequence[str]], int | None],
             flags_parser=parse_flags_or_exit)
 
 
+def run_command(name: str, main: Callable[[Sequence[str]], int | None]) -> None:
+    """`run` for the catdog command `name`, with its flags, usage and --help layout from
+    catdog/commands.py (the table catdog.startup answers --help from before TensorFlow)."""
+    from catdog.commands import COMMANDS
+
+    command = COMMANDS[name]
+    run(main, command.define_flags(), command.usage, command.groups(), command.list_others)
+
+
+def answer_before_tensorflow(name: str, argv: Sequence[str]) -> None:
+    """For the catdog command `name` (if it is one): --help printed, and a bad flag's one line,
+    before anything imports TensorFlow; exits then, else returns and the command starts.
+    Commands whose --version needs TensorFlow (serve's, as TF Serving's) answer it later."""
+    from catdog.commands import COMMANDS
+
+    command = COMMANDS.get(name)
+    if command is None:
+        return
+    app.define_help_flags()  # absl's own flags (-v, --logtostderr, --only_check_args...)
+    early = flags.FlagValues()
+    early.append_flag_values(flags.FLAGS)
+    command.define_flags()(early)
+    if "--version" in argv[1:] and "version" not in early:
+        print(version_line())
+        sys.exit(0)
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        print(short_help(f"python -m catdog.{name}", early, command.groups(), command.usage,
+                         command.list_others))
+        sys.exit(0)
+    if "--helpfull" not in argv[1:]:  # absl's full help lists TensorFlow's flags too
+        parse_flags_or_exit([argv[0], *expand_flagfiles(argv[1:])], early)
+
+
 def parse_flags_or_exit(argv: Sequence[str],
                         flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
     """absl's flag parsing, with a bad flag ending the command in one line and exit status 2, as

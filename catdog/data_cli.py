@@ -38,15 +38,6 @@ def main(argv: Sequence[str]) -> int:
     raise CatdogError(f"usage: {USAGE}")
 
 
-VERB_FLAGS = {  # --help lists each verb with the flags it reads
-    "check [DIR]: list the files training would skip, or verify a prepared folder's shards":
-        ("data_dir", "max_image_pixels"),
-    "download: fetch and unpack a dataset archive into a new --data_dir":
-        ("data_dir", "download_url", "download_sha256"),
-    "prepare: decode, resize and shard a dataset into a new --output_dir":
-        ("data_dir", "output_dir", "image_size", "validation_split", "seed", "max_image_pixels",
-         "shard_images"),
-}
 USAGE = ("python -m catdog.data check [DIR | --data_dir=DIR] | download [--data_dir=DIR] | "
          "prepare --data_dir=DIR --output_dir=OUT [--image_size=N]")
 
@@ -69,10 +60,8 @@ def check(folder: str, max_pixels: int) -> int:
 def run() -> None:
     """The `catdog-data` console script (and `python -m catdog.data`)."""
     from catdog import cli
-    from catdog import flags as catdog_flags
 
-    cli.run(main, catdog_flags.define_data_flags, "check [DIR] | download | prepare [--flag=...]",
-            help_groups=VERB_FLAGS, list_others=False)
+    cli.run_command("data", main)
 
 
 if __name__ == "__main__":

@@ -167,9 +167,8 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
     """The `catdog-data-service` console script (and `python -m catdog.data_service`)."""
     from catdog import cli
-    from catdog import flags as catdog_flags
 
-    cli.run(main, catdog_flags.define_data_service_flags)
+    cli.run_command("data_service", main)
 
 
 if __name__ == "__main__":

@@ -112,9 +112,8 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
     """The `catdog-evaluate` console script (and `python -m catdog.evaluate`)."""
     from catdog import cli
-    from catdog import flags as catdog_flags
 
-    cli.run(main, catdog_flags.define_evaluate_flags)
+    cli.run_command("evaluate", main)
 
 
 if __name__ == "__main__":

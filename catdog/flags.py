@@ -195,3 +195,14 @@ def _define_model_flag(fv: flags.FlagValues) -> None:
             os.path.join(v, "saved_model.pb")),
         message="must be a .h5 file or a SavedModel version folder holding saved_model.pb",
         flag_values=fv)
+
+
+DATA_VERB_FLAGS = {  # `catdog.data --help` lists each verb with the flags it reads
+    "check [DIR]: list the files training would skip, or verify a prepared folder's shards":
+        ("data_dir", "max_image_pixels"),
+    "download: fetch and unpack a dataset archive into a new --data_dir":
+        ("data_dir", "download_url", "download_sha256"),
+    "prepare: decode, resize and shard a dataset into a new --output_dir":
+        ("data_dir", "output_dir", "image_size", "validation_split", "seed", "max_image_pixels",
+         "shard_images"),
+}

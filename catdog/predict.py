@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from catdog import atomic, gradcam, image_formats, images, inference
+from catdog.commands import PREDICT_USAGE
 from catdog.errors import CatdogError
 
 
@@ -83,8 +84,7 @@ def _read(path: str, image_size: int, max_pixels: int):
     return images.read_checked_image(path, image_size, max_pixels)
 
 
-USAGE = ("--model=PATH [--flag=value ...] IMAGE_OR_FOLDER... (image files, or folders whose "
-         "images are labelled in name order)")
+USAGE = PREDICT_USAGE
 
 
 def main(argv: Sequence[str]) -> int:
@@ -119,9 +119,8 @@ def main(argv: Sequence[str]) -> int:
 def run() -> None:
     """The `catdog-predict` console script (and `python -m catdog.predict`)."""
     from catdog import cli
-    from catdog import flags as catdog_flags
 
-    cli.run(main, catdog_flags.define_predict_flags, USAGE)
+    cli.run_command("predict", main)
 
 
 if __name__ == "__main__":

@@ -240,9 +240,8 @@ def main(argv: Sequence[str]) -> int:
 def run() -> None:
     """The `catdog-publish` console script (and `python -m catdog.publish`)."""
     from catdog import cli
-    from catdog import flags as catdog_flags
 
-    cli.run(main, catdog_flags.define_publish_flags)
+    cli.run_command("publish", main)
 
 
 if __name__ == "__main__":

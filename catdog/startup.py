@@ -68,6 +68,16 @@ def quiet_tensorflow_start() -> None:
         raise
 
 
+def answer_before_tensorflow() -> None:
+    """A command's --help and a mistyped flag answered from catdog/commands.py before
+    TensorFlow is imported (catdog.cli.answer_before_tensorflow): under a second, not 5-10."""
+    if command():
+        from catdog import cli
+
+        cli.answer_before_tensorflow(command(), sys.argv)
+
+
 use_the_real_package()
 serve_without_onednn()
+answer_before_tensorflow()
 quiet_tensorflow_start()

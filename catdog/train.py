@@ -388,9 +388,8 @@ def main(argv: Sequence[str]) -> int | None:
 def run() -> None:
     """The `catdog-train` console script (and `python -m catdog.train`)."""
     from catdog import cli
-    from catdog import flags as catdog_flags
 
-    cli.run(main, catdog_flags.define_train_flags, help_groups=catdog_flags.HELP_GROUPS)
+    cli.run_command("train", main)
 
 
 if __name__ == "__main__":

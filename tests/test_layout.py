@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "catdog"
 GROUND = {"catdog.contract", "catdog.errors", "catdog.fields", "catdog.image_formats",
           "catdog.images", "catdog.atomic", "catdog.startup", "catdog.version",
-          "catdog.terminal", "catdog.versions", "catdog.faults"}
+          "catdog.terminal", "catdog.versions", "catdog.faults", "catdog.commands"}
 
 
 def loaded_after(statement: str) -> set[str]:

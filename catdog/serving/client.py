@@ -19,7 +19,6 @@ import base64
 import dataclasses
 import json
 import os
-import re
 import sys
 import time
 import urllib.error
@@ -47,6 +46,7 @@ from tensorflow_serving.apis import (
 )
 
 from catdog import contract, image_formats
+from catdog.commands import CLIENT_USAGE
 from catdog.errors import CatdogError
 from catdog.images import image_example
 from catdog.serving import json_tensor, tensors
@@ -333,28 +333,6 @@ def _read(image: Image) -> bytes:
         raise CatdogError(f"cannot read image {image}: {error.strerror}") from None
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Flags of `python -m catdog.client`."""
-    fv = flag_values
-    flags.DEFINE_string("server", f"grpc://127.0.0.1:{contract.DEFAULT_GRPC_PORT}",
-                        "grpc://host:port (TF Serving's --port) or http://host:port "
-                        "(its --rest_api_port).", flag_values=fv)
-    flags.DEFINE_string("model", contract.DEFAULT_MODEL_NAME, "Model name on the server.",
-                        flag_values=fv)
-    flags.DEFINE_integer("model_version", 0, "Version to ask for; 0 means the newest.",
-                         lower_bound=0, flag_values=fv)
-    flags.DEFINE_float("timeout", 10.0, "Seconds to wait for each request.", lower_bound=0.01,
-                       flag_values=fv)
-    flags.DEFINE_integer("retries", 3, "Retries when the server is UNAVAILABLE.", lower_bound=0,
-                         flag_values=fv)
-    flags.register_validator(
-        "server", lambda v: bool(re.match(r"^(grpc|https?)://[^/]+:\d+/?$", v)),
-        message="must be grpc://host:port or http://host:port", flag_values=fv)
-
-
-USAGE = "--server=URL [--model=NAME] [--flag=value ...] IMAGE_OR_FOLDER..."
-
-
 def main(argv: Sequence[str]) -> int:
     f = flags.FLAGS
     skipped: list[str] = []
@@ -362,7 +340,8 @@ def main(argv: Sequence[str]) -> int:
     if skipped:
         print(image_formats.skipped_message(skipped), file=sys.stderr, flush=True)
     if not paths:
-        raise CatdogError(f"usage: python -m catdog.client {USAGE} (no images given or found)")
+        raise CatdogError(f"usage: python -m catdog.client {CLIENT_USAGE} (no images given or "
+                          "found)")
     client = Client(f.server, f.model, f.model_version or None, f.timeout, f.retries)
     failures = 0
     try:
@@ -393,7 +372,7 @@ def run() -> None:
     """The `catdog-client` console script (and `python -m catdog.client`)."""
     from catdog import cli
 
-    cli.run(main, define_flags, USAGE)
+    cli.run_command("client", main)
 
 
 if __name__ == "__main__":

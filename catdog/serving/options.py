@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 from absl import flags
 
@@ -134,3 +135,34 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ServerOptions:
     """The ServerOptions the parsed serve flags describe."""
     return fields.from_flags(ServerOptions, flag_values)
+
+
+def define_serve_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The serve flags: one per ServerOptions field, and --version."""
+    define_flags(flag_values)
+    flags.DEFINE_bool("version", False, "Print the server's and TensorFlow's versions and exit "
+                      "(as TF Serving's --version).", flag_values=flag_values)
+    flags.register_multi_flags_validator(
+        ["version", "model_base_path", "model_config_file"],
+        lambda f: f["version"] or models_given(f["model_base_path"], f["model_config_file"]),
+        message=NO_MODELS, flag_values=flag_values)
+
+
+def define_client_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `python -m catdog.client`."""
+    fv = flag_values
+    flags.DEFINE_string("server", f"grpc://127.0.0.1:{contract.DEFAULT_GRPC_PORT}",
+                        "grpc://host:port (TF Serving's --port) or http://host:port "
+                        "(its --rest_api_port).", flag_values=fv)
+    flags.DEFINE_string("model", contract.DEFAULT_MODEL_NAME, "Model name on the server.",
+                        flag_values=fv)
+    flags.DEFINE_integer("model_version", 0, "Version to ask for; 0 means the newest.",
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_float("timeout", 10.0, "Seconds to wait for each request.", lower_bound=0.01,
+                       flag_values=fv)
+    flags.DEFINE_integer("retries", 3, "Retries when the server is UNAVAILABLE.", lower_bound=0,
+                         flag_values=fv)
+    flags.register_validator(
+        "server", lambda v: bool(re.match(r"^(grpc|https?)://[^/]+:\d+/?$", v)),
+        message="must be grpc://host:port or http://host:port", flag_values=fv)
+

@@ -255,19 +255,7 @@ def run() -> None:
     """The `catdog-serve` console script (and `python -m catdog.serve`)."""
     from catdog import cli
 
-    cli.run(main, define_flags)
-
-
-def define_flags(flag_values: flags.FlagValues) -> None:
-    """The serve flags: one per ServerOptions field, and --version."""
-    options_lib.define_flags(flag_values)
-    flags.DEFINE_bool("version", False, "Print the server's and TensorFlow's versions and exit "
-                      "(as TF Serving's --version).", flag_values=flag_values)
-    flags.register_multi_flags_validator(
-        ["version", "model_base_path", "model_config_file"],
-        lambda f: f["version"] or options_lib.models_given(f["model_base_path"],
-                                                           f["model_config_file"]),
-        message=options_lib.NO_MODELS, flag_values=flag_values)
+    cli.run_command("serve", main)
 
 
 def _nothing_to_serve(options: ServerOptions, models: list[ModelManager]) -> str:

@@ -226,6 +226,7 @@ def test_the_command_labels_a_folder_as_predict_reads_it(fake_rest, tmp_path, ca
     from absl import flags
 
     from catdog.serving import client as client_lib
+    from catdog.serving import options as options_lib
 
     folder = tmp_path / "photos"
     (folder / "b").mkdir(parents=True)
@@ -233,7 +234,7 @@ def test_the_command_labels_a_folder_as_predict_reads_it(fake_rest, tmp_path, ca
         (folder / name).write_bytes(b"jpeg")
     url, seen = fake_rest
     values = flags.FlagValues()
-    client_lib.define_flags(values)
+    options_lib.define_client_flags(values)
     values([
         "client", f"--server={url}", "--model=catdog"])
     original, flags.FLAGS = flags.FLAGS, values

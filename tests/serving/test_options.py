@@ -10,7 +10,6 @@ from absl import flags
 from catdog import contract
 from catdog.errors import CatdogError
 from catdog.serving import options as options_lib
-from catdog.serving import server
 from catdog.serving.options import ServerOptions
 
 
@@ -65,11 +64,11 @@ def test_code_and_command_line_refuse_a_value_in_the_same_words(flag_values, tmp
 def test_a_missing_base_path_is_refused_on_the_command_line_only_and_not_with_version():
     assert ServerOptions(model_base_path="/no/such/folder").model_base_path == "/no/such/folder"
     values = flags.FlagValues()
-    server.define_flags(values)
+    options_lib.define_serve_flags(values)
     with pytest.raises(flags.IllegalFlagValueError, match="must be an existing folder"):
         values(["serve", "--model_base_path=/no/such/folder"])
     values = flags.FlagValues()
-    server.define_flags(values)
+    options_lib.define_serve_flags(values)
     values(["serve", "--model_base_path=/no/such/folder", "--version"])
     assert values.version
 
