@@ -33,6 +33,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
+# Class names are folder names, drawn as they are: "$...$" is not mathtext here (a name that is
+# not valid mathtext would otherwise stop the report, and with it the gate).
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -132,3 +132,14 @@ def test_an_undefined_figure_is_null_in_json_and_undefined_on_the_page(tmp_path)
     assert "undefined" in page and ">nan" not in page.lower()
     assert "| ROC AUC (one-vs-rest, mean) | undefined |" in (tmp_path / "out" / "report.md"
                                                             ).read_text()
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path):
+    """Folder names like `$\\frac{$` are not valid mathtext; matplotlib would stop the report
+    (and the gate) on them. They are drawn as plain text."""
+    import numpy as np
+
+    from catdog import report
+
+    names = ["$\\frac{$", "dog$s"]
+    assert report.confusion_plot(np.eye(2, dtype=int), names).startswith("data:image/png")
