@@ -302,8 +302,11 @@ def test_ctrl_c_and_sigterm_stop_cleanly_in_one_line_and_the_rerun_resumes(
             "--weights=none", "--image_size=32", "--batch_size=4", "--epochs=5", "--flip=none",
             "--rotation=0.1", "--zoom=0", "--mixed_precision=float32", "--publish=never",
             f"--run_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}"]
+    # A test run started in the background (`pytest &`) inherits SIGINT ignored, and Python
+    # keeps an ignored SIGINT ignored: the run gets Ctrl-C's default, as from a terminal.
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                           signal.SIG_DFL))
     seen = []
     for line in process.stderr:
         seen.append(line)
