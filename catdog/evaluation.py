@@ -40,6 +40,7 @@ class Photos:
     source: str
     role: str = EVALUATION
     skipped: tuple[data.BadImage, ...] = ()
+    folder: str = ""  # the data folder `source` names first (report.html shows paths from it)
 
     def describe(self) -> str:
         """How the screen, gate.json and report.html name these photos."""
@@ -105,9 +106,11 @@ def run_photos(splits: data.Splits, data_dir: str) -> Photos:
     """The photos a training run's gate judges on: its evaluation photos, or, when it kept none,
     its selection photos (said so)."""
     if splits.evaluation is not None:
-        return Photos(splits.evaluation, f"{data_dir} ({splits.evaluation_source})")
+        return Photos(splits.evaluation, f"{data_dir} ({splits.evaluation_source})",
+                      folder=str(data_dir))
     return Photos(splits.validation, f"{data_dir} (the validation photos that chose the best "
-                  "epoch: --evaluation_split=0 and no test/ folder)", SELECTION)
+                  "epoch: --evaluation_split=0 and no test/ folder)", SELECTION,
+                  folder=str(data_dir))
 
 
 def folder_photos(data_dir: str, class_names: Sequence[str], image_size: int,
@@ -131,7 +134,7 @@ def folder_photos(data_dir: str, class_names: Sequence[str], image_size: int,
     else:
         files, bad = checked_files(str(folder), class_names, max_pixels)
         source = str(folder)
-    return Photos(files, source, _role(files, chose), tuple(bad))
+    return Photos(files, source, _role(files, chose), tuple(bad), str(folder))
 
 
 def recorded_photos(source: dict[str, Any], max_pixels: int = images.MAX_IMAGE_PIXELS

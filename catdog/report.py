@@ -219,14 +219,17 @@ def _shown(identity: dict[str, Any], key: str) -> str:
     return value
 
 
-def _relative(path: str, folder: Path) -> str:
-    return str(Path(path).relative_to(folder)) if Path(path).is_relative_to(folder) else path
+def _relative(path: str, folder: str) -> str:
+    """`path` from the data folder `folder` when it lies in it (else as it is)."""
+    inside = folder and Path(path).is_relative_to(folder)
+    return str(Path(path).relative_to(folder)) if inside else path
 
 
 def _shown_photos(photos: evaluation.Photos) -> str:
     """`photos.describe()` with the data folder named by its own name."""
-    folder = str(photos.source).split(" (", 1)[0]
-    return photos.describe().replace(folder, Path(folder).name or folder, 1)
+    if not photos.folder:
+        return photos.describe()
+    return photos.describe().replace(photos.folder, Path(photos.folder).name or photos.folder, 1)
 
 
 def _signed(value: float) -> str:
@@ -253,8 +256,8 @@ def render(results: Sequence[ModelResult], labels: np.ndarray, class_names: Sequ
     per_class_rows = [(name, *(figure_text(model.metrics['per_class'][name][k]) for k in (
         "precision", "recall", "f1", "roc_auc")), model.metrics["per_class"][name]["support"])
         for name in class_names]
-    folder = Path(str(photos.source).split(" (", 1)[0])
-    skipped = "".join(f"<li>{html.escape(_relative(s.path, folder))}: {html.escape(s.reason)}"
+    skipped = "".join(f"<li>{html.escape(_relative(s.path, photos.folder))}: "
+                      f"{html.escape(s.reason)}"
                       "</li>" for s in photos.skipped)
     counts = ", ".join(f"{count} {name}" for name, count in photos.files.class_counts().items())
     warning = ("" if photos.role == evaluation.EVALUATION else
