@@ -136,15 +136,8 @@ def run(main: Callable[[Sequence[str]], int | None],
     with its one-line message (printed once) and exit status 2. `usage`, `help_groups` and
     `list_others` shape --help (see `short_help`)."""
     define_flags(flags.FLAGS)
-    if "--version" in sys.argv[1:] and "version" not in flags.FLAGS:  # serve has TF Serving's
-        print(version_line())
-        sys.exit(0)
-    if any(arg in HELP_ARGS for arg in sys.argv[1:]):
-        spec = getattr(sys.modules["__main__"], "__spec__", None)
-        program = (f"python -m {spec.name.removesuffix('.__main__')}" if spec
-                   else Path(sys.argv[0]).name)
-        print(short_help(program, flags.FLAGS, help_groups or {}, usage, list_others))
-        sys.exit(0)
+    _answer_version_or_help(sys.argv, flags.FLAGS, _program(sys.argv), usage, help_groups or {},
+                            list_others)
 
     def guarded(argv: Sequence[str]) -> int | None:
         quiet_unless_verbose()
@@ -160,6 +153,26 @@ def run(main: Callable[[Sequence[str]], int | None],
 
     app.run(guarded, argv=[sys.argv[0], *expand_flagfiles(sys.argv[1:])],
             flags_parser=parse_flags_or_exit)
+
+
+def _program(argv: Sequence[str]) -> str:
+    """How the user started this command: `python -m catdog.<tool>`, or the console script."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return (f"python -m {spec.name.removesuffix('.__main__')}" if spec
+            else Path(argv[0]).name)
+
+
+def _answer_version_or_help(argv: Sequence[str], flag_values: flags.FlagValues, program: str,
+                            usage: str, groups: dict[str, Sequence[str]],
+                            list_others: bool) -> None:
+    """Prints catdog's --version (unless the command has its own, as serve has TF Serving's)
+    or the short --help, and exits; returns when `argv` asks for neither."""
+    if "--version" in argv[1:] and "version" not in flag_values:
+        print(version_line())
+        sys.exit(0)
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        print(short_help(program, flag_values, groups, usage, list_others))
+        sys.exit(0)
 
 
 def run_command(name: str, main: Callable[[Sequence[str]], int | None]) -> None:
@@ -184,13 +197,11 @@ def answer_before_tensorflow(name: str, argv: Sequence[str]) -> None:
     early = flags.FlagValues()
     early.append_flag_values(flags.FLAGS)
     command.define_flags()(early)
-    if "--version" in argv[1:] and "version" not in early:
-        print(version_line())
-        sys.exit(0)
-    if any(arg in HELP_ARGS for arg in argv[1:]):
-        print(short_help(f"python -m catdog.{name}", early, command.groups(), command.usage,
-                         command.list_others))
-        sys.exit(0)
+    # `python -m catdog.data` gets here while its package is imported, before runpy has set up
+    # __main__ (argv[0] is still "-m").
+    program = f"python -m catdog.{name}" if argv[0] == "-m" else _program(argv)
+    _answer_version_or_help(argv, early, program, command.usage, command.groups(),
+                            command.list_others)
     if "--helpfull" not in argv[1:]:  # absl's full help lists TensorFlow's flags too
         parse_flags_or_exit([argv[0], *expand_flagfiles(argv[1:])], early)
 
