@@ -28,6 +28,7 @@ from catdog.image_formats import MAX_IMAGE_PIXELS
 Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
 Strategy = Literal["auto", "default", "one_device", "mirrored", "multi_worker"]
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+AS_EXPORTED = "export"  # predict and evaluate: compute a .h5 as its export records
 AutoBool = Literal["auto", "true", "false"]
 OnBadImage = Literal["skip", "fail"]
 ExportPrecision = Literal["float32", "compute", "auto"]

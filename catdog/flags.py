@@ -174,13 +174,11 @@ def define_publish_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.mark_flag_as_required("model_base_path", flag_values=fv)
 
 
-AS_EXPORTED = "export"  # predict and evaluate: compute as the export records
-
-
 def _define_model_flag(fv: flags.FlagValues) -> None:
     define_max_image_pixels(fv)
     flags.DEFINE_enum(
-        "mixed_precision", AS_EXPORTED, [AS_EXPORTED, *typing.get_args(config_lib.Precision)],
+        "mixed_precision", config_lib.AS_EXPORTED,
+        [config_lib.AS_EXPORTED, *typing.get_args(config_lib.Precision)],
         "Keras precision policy a .h5 model computes in: export (the default) is the one its "
         "export records, float32 unless it was exported otherwise, so the .h5, its SavedModel "
         "and the gate give the same figures; auto as training resolves it (bfloat16 on a CPU "

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from catdog import config as config_lib
 from catdog import contract, distribute, versions
 from catdog import model as model_lib
 from catdog.errors import CatdogError
@@ -136,7 +137,7 @@ def resolve_precision(requested: str, model_path: str | os.PathLike = "") -> str
     """--mixed_precision for inference: 'export' the precision `model_path`'s export records
     (float32 when it records none), 'auto' resolved as training resolves it (bfloat16 on a CPU
     that computes it natively)."""
-    if requested == "export":
+    if requested == config_lib.AS_EXPORTED:
         policy = source_of(model_path).get("precision", "float32") if model_path else "float32"
         logging.info("precision %s (as the export records it)", policy)
         return policy
