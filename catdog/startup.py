@@ -1,21 +1,9 @@
 """What every catdog command does before TensorFlow loads: the serve command's oneDNN guard and
-a quiet start. Each entry point imports this module first (not catdog/__init__.py, which Python
-skips when `python -m catdog.<tool>` runs from the folder holding a clone named `catdog` and
-finds the clone as a namespace package, a case it also mends). Importing it as a library
+a quiet start. Each entry point imports this module first. Importing it as a library
 quiets TensorFlow's start the same way unless the user chose otherwise."""
 
 import os
 import sys
-
-
-def use_the_real_package() -> None:
-    """Run from the folder that holds a clone named `catdog`, Python takes the clone itself for
-    a namespace package `catdog` (it has no __init__.py) and would then find the clone's
-    top-level serving/ folder (TF Serving's configs) as `catdog.serving`. Point the namespace at
-    the package folder this file is in, so every `catdog.*` import finds catdog's modules."""
-    package = sys.modules.get("catdog")
-    if package is not None and getattr(package, "__file__", None) is None:
-        package.__path__ = [os.path.dirname(os.path.abspath(__file__))]
 
 
 def command() -> str:
@@ -33,7 +21,7 @@ def serve_without_onednn() -> None:
     build does, whatever the environment says: some oneDNN kernels abort the whole process on a
     malformed input (a rank-2 tensor fed to a convolution fails a CHECK in tensor_format.h), so
     one bad request could take the server down. (They also cost memory per unloaded version and
-    speed: serving/README.md, from benchmarks/soak.py.) Set before TensorFlow is imported."""
+    speed: docs/serving.md, from benchmarks/soak.py.) Set before TensorFlow is imported."""
     if command() == "serve":
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 
@@ -77,7 +65,6 @@ def answer_before_tensorflow() -> None:
         cli.answer_before_tensorflow(command(), sys.argv)
 
 
-use_the_real_package()
 serve_without_onednn()
 answer_before_tensorflow()
 quiet_tensorflow_start()

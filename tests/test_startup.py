@@ -16,11 +16,13 @@ TENSORFLOW_NOISE = ("oneDNN", "cudart", "cuInit", "InitializeLog", "cpu_feature_
 
 def _from_the_clones_parent(tmp_path: Path, *args: str, env: dict[str, str] | None = None
                             ) -> subprocess.CompletedProcess:
-    """`python -m catdog.<args>` run from a folder holding the clone under the name `catdog`,
-    where Python finds the clone itself first, as a namespace package."""
+    """`python -m catdog.<args>` (or `python -c ...`) run from a folder holding the clone under
+    the name `catdog`, where Python finds the clone itself as a namespace package `catdog` too
+    (the installed package must win: pyproject.toml's package-dir)."""
     (tmp_path / "catdog").symlink_to(CLONE, target_is_directory=True)
     base = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, capture_output=True,
+    command = list(args) if args[0] == "-c" else ["-m", *args]
+    return subprocess.run([sys.executable, *command], cwd=tmp_path, capture_output=True,
                           text=True, env={**base, **(env or {})}, timeout=300)
 
 
@@ -51,6 +53,26 @@ def test_serve_runs_without_onednn_from_the_clones_parent_folder(tmp_path):
     assert result.stdout.startswith("TensorFlow ModelServer: catdog.serve ")
     assert record.read_text() == "0"
     assert not any(noise in result.stderr for noise in TENSORFLOW_NOISE), result.stderr
+
+
+def test_library_imports_from_the_clones_parent_folder(tmp_path):
+    """A user's script beside the clone imports the package, not the clone's serving/ configs
+    folder as `catdog.serving`."""
+    result = _from_the_clones_parent(
+        tmp_path, "-c", "from catdog.serving.client import Client\n"
+                        "from catdog.client import Client as Shim\n"
+                        "import catdog.serving, catdog.data\n"
+                        "print(Client is Shim, catdog.serving.__file__, catdog.data.__file__)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", str(CLONE / "catdog" / "serving" / "__init__.py"),
+                                     str(CLONE / "catdog" / "data" / "__init__.py")]
+
+
+def test_python_m_catdog_data_from_the_clones_parent_folder(tmp_path):
+    """`python -m catdog.data` is catdog's data command there too, not the clone's data/."""
+    result = _from_the_clones_parent(tmp_path, "catdog.data", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m catdog.data check")
 
 
 @pytest.mark.slow
