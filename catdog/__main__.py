@@ -1,4 +1,5 @@
-"""`python -m catdog`: the version, and which tool does what."""
+"""`python -m catdog`: the version, which tool does what, and (--flags_reference) every tool's
+flags as Markdown, the text of docs/flags.md."""
 
 import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/startup.py)
 
@@ -6,19 +7,17 @@ import catdog.startup  # noqa: F401  (first: quiets TensorFlow's start; catdog/s
 import sys
 
 from catdog import cli
-
-TOOLS = {"train": "train and export a model", "evaluate": "report on an exported model",
-         "predict": "label image files", "batch": "label millions of photos on Apache Beam",
-         "publish": "gate a candidate into the served folder",
-         "serve": "the TF Serving-compatible server", "client": "query a server (gRPC or REST)",
-         "data": "check, download or prepare images",
-         "data_service": "a tf.data service dispatcher or worker"}
+from catdog.commands import COMMANDS
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--version"]:
         print(cli.version_line())
         sys.exit(0)
+    if sys.argv[1:] == ["--flags_reference"]:
+        print(cli.flags_reference(), end="")
+        sys.exit(0)
     print("usage: python -m catdog.<tool> --help, one of:")
-    for tool, what in TOOLS.items():
-        print(f"  {tool:13} {what}")
+    for tool, command in COMMANDS.items():
+        print(f"  {tool:13} {command.summary}")
+    print("python -m catdog --flags_reference prints every tool's flags as Markdown.")
     sys.exit(0 if sys.argv[1:] in ([], ["--help"], ["-h"]) else 2)

@@ -103,30 +103,64 @@ def version_line() -> str:
     return f"catdog {__version__} (Python {sys.version.split()[0]})"
 
 
-def short_help(program: str, flag_values: flags.FlagValues,
-               groups: dict[str, Sequence[str]], usage: str = "[--flag=value ...]",
-               list_others: bool = True) -> str:
-    """catdog's own flags (those its modules define), in `groups` (a flag may be in several),
-    the rest under "options" unless `list_others` is False, with their defaults (absl's
-    --helpshort lists only the flags defined in the main module, which for catdog is none)."""
+def grouped_flags(flag_values: flags.FlagValues, groups: dict[str, Sequence[str]],
+                  list_others: bool = True) -> list[tuple[str, list[flags.Flag]]]:
+    """catdog's own flags (those its modules define) in `groups` (a flag may be in several),
+    the rest under "options" unless `list_others` is False; empty groups left out."""
     ours = {f.name: f for module, defined in flag_values.flags_by_module_dict().items()
             if module.split(".")[0] == "catdog" for f in defined}
     grouped = [(g, [n for n in names if n in ours]) for g, names in groups.items()]
     listed = {n for _, names in grouped for n in names}
     if list_others:
         grouped.append(("options", sorted(set(ours) - listed)))
+    return [(group, [ours[n] for n in names]) for group, names in grouped if names]
+
+
+def short_help(program: str, flag_values: flags.FlagValues,
+               groups: dict[str, Sequence[str]], usage: str = "[--flag=value ...]",
+               list_others: bool = True) -> str:
+    """The --help page: catdog's flags by group (see `grouped_flags`) with their defaults
+    (absl's --helpshort lists only the flags defined in the main module, which for catdog is
+    none)."""
     lines = [f"usage: {program} {usage}", ""]
-    for group, names in grouped:
-        if not names:
-            continue
+    for group, group_flags in grouped_flags(flag_values, groups, list_others):
         lines.append(f"{group}:")
-        for name in names:
-            flag = ours[name]
-            lines.append(f"  --{name}: {flag.help}")
+        for flag in group_flags:
+            lines.append(f"  --{flag.name}: {flag.help}")
             lines.append(f"    (default: {flag.default_as_str})")
         lines.append("")
     lines.append("--helpfull lists every flag, absl's and TensorFlow's included.")
     return "\n".join(lines)
+
+
+def flags_reference() -> str:
+    """Every command's flags as Markdown tables, by group, with defaults and help: the text of
+    docs/flags.md (`python -m catdog --flags_reference`; tests/test_cli.py keeps them equal)."""
+    from catdog.commands import COMMANDS
+
+    lines = ["# Flags", "",
+             "Every catdog command's own flags, generated from their definitions (Config and "
+             "ServerOptions fields) by `python -m catdog --flags_reference`; `--help` on a "
+             "command prints the same. A flagfile (`--flagfile=FILE`) holds any of them, one "
+             "per line.", ""]
+    for name, command in COMMANDS.items():
+        lines += [f"## `python -m catdog.{name}`: {command.summary}", "",
+                  f"`python -m catdog.{name} {command.usage}`", ""]
+        grouped = grouped_flags(command.flag_values(), command.groups(), command.list_others)
+        for group, group_flags in grouped:
+            lines += [f"### {group}", ""] if len(grouped) > 1 else []
+            lines += ["| flag | default | what it does |", "|---|---|---|"]
+            lines += [f"| `--{flag.name}` | {_markdown_default(flag)} | "
+                      f"{flag.help.replace('|', chr(92) + '|')} |" for flag in group_flags]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _markdown_default(flag: flags.Flag) -> str:
+    if flag.default_as_str is None:
+        return "none"
+    value = flag.default_as_str.strip("'")
+    return f"`{value}`" if value else "empty"
 
 
 def run(main: Callable[[Sequence[str]], int | None],

@@ -26,6 +26,7 @@ class Command:
     """Where a command's flags are defined (a module that imports no TensorFlow) and how its
     --help is laid out."""
 
+    summary: str  # what the command does, for `python -m catdog` and docs/flags.md
     flags_module: str
     define: str  # the function of flags_module that defines the flags on a FlagValues
     usage: str = "[--flag=value ...]"
@@ -39,16 +40,29 @@ class Command:
         module = importlib.import_module(self.flags_module)
         return getattr(module, self.help_groups) if self.help_groups else {}
 
+    def flag_values(self) -> flags.FlagValues:
+        """The command's flags alone, on a FlagValues of their own."""
+        flag_values = flags.FlagValues()
+        self.define_flags()(flag_values)
+        return flag_values
+
 
 COMMANDS = {
-    "train": Command("catdog.flags", "define_train_flags", help_groups="HELP_GROUPS"),
-    "evaluate": Command("catdog.flags", "define_evaluate_flags"),
-    "predict": Command("catdog.flags", "define_predict_flags", PREDICT_USAGE),
-    "batch": Command("catdog.flags", "define_batch_flags", BATCH_USAGE),
-    "publish": Command("catdog.flags", "define_publish_flags"),
-    "data": Command("catdog.flags", "define_data_flags", DATA_USAGE, "DATA_VERB_FLAGS",
-                    list_others=False),
-    "data_service": Command("catdog.flags", "define_data_service_flags"),
-    "serve": Command("catdog.serving.options", "define_serve_flags"),
-    "client": Command("catdog.serving.options", "define_client_flags", CLIENT_USAGE),
+    "train": Command("train and export a model", "catdog.flags", "define_train_flags",
+                     help_groups="HELP_GROUPS"),
+    "evaluate": Command("report on an exported model", "catdog.flags", "define_evaluate_flags"),
+    "predict": Command("label image files", "catdog.flags", "define_predict_flags",
+                       PREDICT_USAGE),
+    "batch": Command("label millions of photos on Apache Beam", "catdog.flags",
+                     "define_batch_flags", BATCH_USAGE),
+    "publish": Command("gate a candidate into the served folder", "catdog.flags",
+                       "define_publish_flags"),
+    "serve": Command("the TF Serving-compatible server", "catdog.serving.options",
+                     "define_serve_flags"),
+    "client": Command("query a server (gRPC or REST)", "catdog.serving.options",
+                      "define_client_flags", CLIENT_USAGE),
+    "data": Command("check, download or prepare images", "catdog.flags", "define_data_flags",
+                    DATA_USAGE, "DATA_VERB_FLAGS", list_others=False),
+    "data_service": Command("a tf.data service dispatcher or worker", "catdog.flags",
+                            "define_data_service_flags"),
 }

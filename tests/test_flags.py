@@ -64,7 +64,7 @@ def test_shipped_flagfiles_parse():
 
 
 def test_the_flagfiles_the_readmes_train_and_serve_publish_under_catdog():
-    """serving/README.md trains with best.flags (README.md with quickstart.flags) and serves
+    """docs/serving.md trains with best.flags (README.md with quickstart.flags) and serves
     --model_name=catdog --model_base_path=export/catdog: that is where their models go."""
     for name in ("quickstart", "best"):
         config = catdog_flags.config_from_flags(parse(f"--flagfile=configs/{name}.flags"))
@@ -101,15 +101,16 @@ def test_console_scripts_are_installed_beside_python_m(tool, flag):
     assert "USAGE" in result.stdout and f"{flag}:" in result.stdout
 
 
-def test_the_readmes_flags_table_names_every_training_setting():
-    """README.md's flag table lists every Config field (a new setting cannot be left out)."""
+def test_docs_flags_md_is_the_generated_reference_and_names_every_training_setting():
+    """docs/flags.md is what `python -m catdog --flags_reference` prints today (regenerate it
+    with that command when a flag changes), and every Config field is a train flag there."""
     import re
 
-    from catdog import fields
+    from catdog import cli, fields
     from catdog.config import Config
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = text.index("| flag | default | meaning |")
-    rows = text[start:text.index("\n\n", start)].splitlines()[2:]
-    listed = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
-    assert set(fields.fields(Config)) <= listed, set(fields.fields(Config)) - listed
+    text = (Path(__file__).resolve().parents[1] / "docs" / "flags.md").read_text()
+    assert text == cli.flags_reference(), "docs/flags.md is stale: python -m catdog " \
+        "--flags_reference > docs/flags.md"
+    train = text[text.index("## `python -m catdog.train`"):text.index("## `python -m catdog.eval")]
+    assert set(fields.fields(Config)) <= set(re.findall(r"^\| `--(\w+)`", train, re.M))

@@ -249,7 +249,7 @@ def test_a_worse_run_is_held_back_and_a_better_one_is_served_at_the_next_poll(
 
 @pytest.mark.slow
 def test_after_a_rollback_the_server_serves_what_serving_readme_says(exported, tmp_path):
-    """serving/README.md's rollback table, on catdog.serve: `latest` serves the previous
+    """docs/serving.md's rollback table, on catdog.serve: `latest` serves the previous
     version; `latest { num_versions: 2 }` with a label on the rolled-back version serves the two
     before it, and the label answers NOT_FOUND until the config moves it."""
     from tensorflow_serving.apis import model_pb2

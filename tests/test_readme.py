@@ -1,14 +1,14 @@
-"""The READMEs' examples run as written. Every shell (```sh) and Python (```python) block of
-README.md, serving/README.md, export/README.md and benchmarks/README.md runs in a sandbox that
-looks like a checkout after a first training run (photos, cat.jpg, dog.jpg, a published version
-and a candidate, all made here, small), with only these substitutions: training runs one head
-and one fine-tuning epoch on random weights at 32 px (`--image_size=150` and the Python
-example's 150 read 32, so prepared folders and pixels match) on 8 training and 4 validation
-photos a class (2 select, 2 evaluate), servers and the tf.data service listen on free ports,
-and the README's `/path/to/...` placeholders name the sandbox's files. The sandbox is made once
-per test session; each block gets a copy of it made of hard links. A block that cannot run
-here says why in a visible `<!-- not run: ... -->` comment just above it. Commands must not
-hide in indented blocks, which this test does not read."""
+"""The guides' examples run as written. Every shell (```sh) and Python (```python) block of
+README.md, docs/*.md, serving/README.md, export/README.md and benchmarks/README.md runs in a
+sandbox that looks like a checkout after a first training run (photos, cat.jpg, dog.jpg, a
+published version and a candidate, all made here, small), with only these substitutions:
+training runs one head and one fine-tuning epoch on random weights at 32 px (`--image_size=150`
+and the Python example's 150 read 32, so prepared folders and pixels match) on 8 training and 4
+validation photos a class (2 select, 2 evaluate), servers and the tf.data service listen on
+free ports, and the README's `/path/to/...` placeholders name the sandbox's files. The sandbox
+is made once per test session; each block gets a copy of it made of hard links. A block that
+cannot run here says why in a visible `<!-- not run: ... -->` comment just above it. Commands
+must not hide in indented blocks, which this test does not read."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ import pytest
 from conftest import free_ports, write_split
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "serving/README.md", "export/README.md", "benchmarks/README.md")
+DOCS = ("README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+        "serving/README.md", "export/README.md", "benchmarks/README.md")
 NOT_RUN = re.compile(r"<!-- not run: (.+?) -->")
 COMMAND = re.compile(r"^(python|pip|curl|docker|kubectl|TF_CONFIG|tensorboard|ruff|apt-get)\b")
 # What a training or data command gets appended, so that it runs in seconds on the sandbox

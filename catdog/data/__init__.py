@@ -691,7 +691,7 @@ def download_dataset(url: str, data_dir: str | os.PathLike, sha256: str = "") ->
                 f"not download {url} ({error}); check the folder's name, or, without internet, "
                 "pass a dataset folder you have and a local weights file: "
                 "--data_dir=/path/to/cats_and_dogs_filtered --weights=/path/to/vgg16_notop.h5 "
-                "(README, 'Without internet')") from None
+                "(README.md, 'Without internet')") from None
         digest = sha256_of(scratch / "dataset.zip")
         if not sha256:
             logging.warning("downloaded %s unchecked; its sha256 is %s (pin it with "

@@ -5,7 +5,7 @@ dimension but the first, are concatenated along dimension 0 into one session run
 split back. Tasks whose inputs differ in dtype or in any dimension but the first are never
 merged. When a merged run fails (one undecodable image fails the whole graph run), each of its
 tasks is run alone, so only the offending request gets an error (TF Serving's BatchingSession
-fails every task of the batch instead: serving/README.md). A batch closes when it holds
+fails every task of the batch instead: docs/serving.md). A batch closes when it holds
 `max_batch_size` rows or `batch_timeout_micros` after its first task; `num_batch_threads`
 batches run at once; at most `max_enqueued_batches` wait, past which a request is refused with
 UNAVAILABLE as TF Serving's queue refuses it. With `allowed_batch_sizes`, a batch is padded

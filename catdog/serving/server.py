@@ -10,7 +10,7 @@ Serving's own tests and recorded responses define them, under TF Serving's flag 
 `PredictionService` (Predict, Classify, Regress, MultiInference, GetModelMetadata) and
 `ModelService` (GetModelStatus, HandleReloadConfigRequest); REST `/v1/models/...` status,
 metadata, `:predict`, `:classify`, `:regress`, with `/versions/N` and `/labels/L`; Prometheus
-metrics. What it does not do is listed in serving/README.md ("Differences from TF Serving").
+metrics. What it does not do is listed in docs/serving.md ("Differences from TF Serving").
 This module assembles the parts (server_core, api and its two transports, options) and holds
 `main`; like all of catdog.serving it imports no training code.
 """

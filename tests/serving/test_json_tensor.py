@@ -51,7 +51,7 @@ def test_single_unnamed_tensor():
 
 def test_deep_nesting_is_refused_with_a_clean_400_and_tensor_nesting_is_read():
     """DeeplyNestedWellFormed and DeeplyNestedMalformed (500,000 levels): rapidjson parses them;
-    Python's json refuses them, here as one INVALID_ARGUMENT line (serving/README.md,
+    Python's json refuses them, here as one INVALID_ARGUMENT line (docs/serving.md,
     Differences). A rank-6 tensor, deeper than any image batch, still parses."""
     nested = "[" * 100000 + "]" * 100000
     for body in ('{"instances":[1], "nested":' + nested + "}", '{"signature_name":' + nested + "}"):
