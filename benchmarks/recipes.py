@@ -1,115 +1,181 @@
-"""Which of catdog's own options gives the best model: a small grid of recipes, one table.
+"""Which recipe to ship as configs/best.flags: a search that cannot fool itself.
 
     pip install -e '.[bench]'
     python benchmarks/recipes.py --data_dir=../shared/datasets/cats_vs_dogs \
-        --weights=../shared/weights/vgg16_hed_notop.weights.h5
+        --weights=../shared/weights/vgg16_hed_notop.weights.h5 --work_dir=/tmp/recipes
 
-Every recipe is `configs/seed.flags` (150 px, batch 16, 10 head epochs, Adam 1e-3, flip + 0.2
-zoom) plus the flags it names, trained on every photo of --data_dir/train; where the base is
-frozen, augmentation comes through feature views (`--cache_features`, the default K).
+Every recipe is `configs/best.flags` as it was before this search (BEST_BEFORE) plus the
+flags it names, trained once per --seeds
+on every photo of --data_dir/train. Photos have three roles and the search keeps them apart:
 
-No photo both chooses and judges. Each run chooses its best epoch on its selection photos (half
-of --data_dir/validation, `--evaluation_split`), and the search chooses the recipe by that same
-selection accuracy; neither ever sees the evaluation photos (the other half). Each exported .h5
-is then evaluated once on the evaluation photos with catdog.evaluate (accuracy with its 95% BCa
-interval, log loss, ECE), beside the recipe's wall time (training, feature passes, export). The
-winner's evaluation figure is the honest one; the others are shown for reference, not used.
+- **Choosing** uses the selection photos only (half of --data_dir/validation,
+  `--evaluation_split`). A run keeps every epoch's answers on them (selection_answers.npz), and
+  the search scores a recipe by k-fold cross-validation of the whole procedure, epoch choice
+  included: for each of --folds folds of the selection photos (a fixed hash of the file name),
+  the epoch is chosen on the other folds and judged on this one, so no photo judges a choice it
+  made. A recipe's figure is the mean of that over its seeds, with their spread.
+- **Judging** uses the evaluation photos (the other half, the same in every run), which chose
+  nothing: only the chosen recipe and the baseline (today's best.flags) are evaluated there, each
+  run once (accuracy with its 95% BCa interval over photos), and the two are compared by their
+  mean over seeds ± 2 standard errors.
+
+Runs share one feature pass per seed (--feature_cache_dir under --work_dir: the views are seeded,
+so each seed has its own), and a row's wall time leaves that pass out; the pass is its own
+column. Finished runs are recorded in <work_dir>/runs.jsonl, so an interrupted search started
+again goes on where it stopped (an unfinished run resumes from its last epoch, as catdog does).
 """
 
 from __future__ import annotations
 
-import tempfile
+import json
+import math
+import os
+import statistics
 import time
+import zlib
+from pathlib import Path
 
-import flops  # benchmarks/ is on sys.path when this file runs as a script
-import machine
+import machine  # benchmarks/ is on sys.path when this file runs as a script
+import numpy as np
 import seed_job
 import tensorflow as tf
 from absl import app, flags
 
 from catdog import evaluate, train
+from catdog import flags as catdog_flags
+from catdog.config import Config
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/datasets/cats_vs_dogs",
                                 "Dataset with train/ and validation/ class folders.")
 _WEIGHTS = flags.DEFINE_string("weights", "none", "VGG16 weights: none or a weights file.")
+_WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/catdog-recipes", "Runs, feature cache, "
+                                "evaluations and runs.jsonl; kept, so the search can resume.")
+_SEEDS = flags.DEFINE_list("seeds", ["1", "2", "3"], "Seeds: one run of each recipe each.")
+_FOLDS = flags.DEFINE_integer("folds", 5, "Folds of the selection photos.", lower_bound=2)
 _ONLY = flags.DEFINE_list("only", [], "Run only these recipes (names from RECIPES); empty: all.")
-_CACHE = flags.DEFINE_string(
-    "feature_cache_dir", "", "Shared by the recipes: one whose feature pass (views, depth) an "
-    "earlier recipe computed reuses it, and its wall time leaves that pass out (the table's "
-    "feature-pass column shows it); empty: each recipe computes its own.")
+_JUDGE_SEEDS = flags.DEFINE_list(
+    "judge_seeds", [], "Seeds the chosen recipe and the baseline are trained with and judged on "
+    "the evaluation photos; empty: --seeds.")
 _TEST_TIME_FLIP = flags.DEFINE_bool(
-    "test_time_flip", False, "Also evaluate each export with evaluate --test_time_flip: its "
-    "accuracy and the seconds both evaluations took.")
+    "test_time_flip", False, "Also judge the chosen recipe's runs with evaluate "
+    "--test_time_flip (for information: the choice does not see it).")
 
-RECIPES = {  # name: (what it is, the flags it adds to configs/seed.flags)
-    "head": ("head, no augmentation", ["--cache_features", "--flip=none", "--zoom=0"]),
-    "views": ("head, augmented (feature views)", ["--cache_features"]),
-    "views-lr1e-4": ("head at learning rate 1e-4, augmented",
-                     ["--cache_features", "--learning_rate=0.0001"]),
-    "ft-block5": ("head + fine-tune from block5_conv1 (2 epochs at 1e-5)",
-                  ["--cache_features", "--fine_tune_from=block5_conv1", "--fine_tune_epochs=2"]),
-    "ft-block4-images": ("best.flags before: fine-tune from block4_conv1 (2 epochs at 1e-5) on "
-                         "images", ["--cache_features", "--fine_tune_from=block4_conv1",
-                                    "--fine_tune_epochs=2", "--nocache_frozen_blocks"]),
-    "ft-block4": ("best.flags after: the same on cached block3_pool activations",
-                  ["--cache_features", "--fine_tune_from=block4_conv1", "--fine_tune_epochs=2"]),
-    "224px": ("head at 224 px, augmented", ["--cache_features", "--image_size=224"]),
-    # The fine-tuning recipe searched again once frozen blocks are cached (2026-12-02).
-    "ft-block4-3ep": ("fine-tune from block4_conv1, 3 epochs at 1e-5",
-                      ["--cache_features", "--fine_tune_from=block4_conv1",
-                       "--fine_tune_epochs=3"]),
-    "ft-block4-cosine": ("fine-tune from block4_conv1, 2 epochs, cosine from 3e-5",
-                         ["--cache_features", "--fine_tune_from=block4_conv1",
-                          "--fine_tune_epochs=2", "--fine_tune_learning_rate=0.00003",
-                          "--fine_tune_schedule=cosine"]),
-    "ft-block4-smooth": ("fine-tune from block4_conv1, 2 epochs, label smoothing 0.1",
-                         ["--cache_features", "--fine_tune_from=block4_conv1",
-                          "--fine_tune_epochs=2", "--label_smoothing=0.1"]),
-    "ft-block3": ("fine-tune from block3_conv1, 2 epochs at 1e-5",
-                  ["--cache_features", "--fine_tune_from=block3_conv1", "--fine_tune_epochs=2"]),
-    "ft-block4-k4": ("fine-tune from block4_conv1, 2 epochs, 4 feature views",
-                     ["--cache_features", "--fine_tune_from=block4_conv1", "--fine_tune_epochs=2",
-                      "--feature_views=4"]),
+BASELINE = "best"
+# configs/best.flags before this search (2026-12-07), as flags on configs/seed.flags: the
+# baseline every recipe adds to, and is judged against.
+BEST_BEFORE = ["--cache_features", "--fine_tune_from=block4_conv1", "--fine_tune_epochs=2",
+               "--fine_tune_learning_rate=0.00003", "--fine_tune_schedule=cosine"]
+STEADY_HEAD = ["--learning_rate=0.0003", "--schedule=cosine"]
+RECIPES = {  # name: (what it is, the flags it adds to BEST_BEFORE)
+    BASELINE: ("best.flags before: head at Adam 1e-3, fine-tune from block4_conv1 2 epochs "
+               "cosine from 3e-5", []),
+    "steady": ("head at 3e-4 on a cosine (steady curves)", STEADY_HEAD),
+    "steady-ft1e-4": ("steady head, fine-tuning cosine from 1e-4",
+                      [*STEADY_HEAD, "--fine_tune_learning_rate=0.0001"]),
+    "steady-ft1e-4-ema": ("the same, weights averaged while fine-tuning (EMA 0.99)",
+                          [*STEADY_HEAD, "--fine_tune_learning_rate=0.0001",
+                           "--fine_tune_ema=0.99"]),
+    "steady-ft1e-4-wd": ("the same, weight decay 0.05 (AdamW) in both phases",
+                         [*STEADY_HEAD, "--fine_tune_learning_rate=0.0001",
+                          "--weight_decay=0.05"]),
 }
 
 
-def run_recipe(root: str, index: int, extra: list[str]) -> dict:
-    """Trains one recipe and evaluates its export; returns the table row's figures."""
-    config = seed_job.seed_config(
-        f"--data_dir={_DATA_DIR.value}", f"--weights={_WEIGHTS.value}",
-        f"--run_dir={root}/run{index}", f"--export_dir={root}/export{index}",
-        "--strategy=default", *([f"--feature_cache_dir={_CACHE.value}"] if _CACHE.value else []),
-        *extra)
+def recipe_config(name: str, seed: int) -> Config:
+    """`python -m catdog.train --flagfile=configs/seed.flags <BEST_BEFORE> <the recipe's
+    flags>` for one seed, writing under --work_dir and publishing nothing."""
+    work = Path(_WORK_DIR.value)
+    values = flags.FlagValues()
+    catdog_flags.define_train_flags(values)
+    values(["recipes", f"--flagfile={seed_job.SEED_FLAGS}", *BEST_BEFORE, *RECIPES[name][1],
+            f"--data_dir={_DATA_DIR.value}", f"--weights={_WEIGHTS.value}", f"--seed={seed}",
+            f"--run_dir={work / 'runs' / f'{name}-{seed}'}",
+            f"--export_dir={work / 'exports' / f'{name}-{seed}'}",
+            f"--feature_cache_dir={work / 'features'}", "--publish=never",
+            "--strategy=default"])
+    return catdog_flags.config_from_flags(values)
+
+
+def fold_of(path: str, folds: int) -> int:
+    """A photo's fold: a fixed hash of its class folder and file name, the same in every run."""
+    return zlib.crc32("/".join(Path(path).parts[-2:]).encode()) % folds
+
+
+def cross_validated_accuracy(answers: Path, folds: int) -> float:
+    """The accuracy of "train this recipe, keep its best epoch", estimated on the selection
+    photos with no photo judging a choice it made: per fold, the epoch best on the other folds,
+    scored on this one (ties go to the earlier epoch, as the run's own choice does)."""
+    with np.load(answers) as kept:
+        right = kept["probabilities"].argmax(-1) == kept["labels"]  # [epochs, photos]
+        fold = np.array([fold_of(str(p), folds) for p in kept["paths"]])
+    correct = 0
+    for k in range(folds):
+        chosen = int(np.argmax(right[:, fold != k].mean(axis=1)))
+        correct += int(right[chosen, fold == k].sum())
+    return correct / right.shape[1]
+
+
+def largest_head_swing(summary: dict) -> float:
+    """The largest change of selection accuracy from one head epoch to the next, after the
+    first (how unsteady the curve is)."""
+    accuracies = [row["val_accuracy"] for row in summary["epochs"] if row["phase"] == "head"]
+    return max((abs(b - a) for a, b in zip(accuracies[1:], accuracies[2:])), default=0.0)
+
+
+def train_run(name: str, seed: int) -> dict:
+    """One recipe, one seed: trained (or resumed), and its figures on the selection photos."""
+    config = recipe_config(name, seed)
     start = time.perf_counter()
     result = train.train(config)
     seconds = time.perf_counter() - start
-    # The dataset folder: evaluate judges on the evaluation photos the run kept apart.
-    report = evaluate.evaluate(str(result.exports.h5), config.data_dir,
-                               f"{root}/evaluation{index}", max_explained=0)
-    flipped = {}
-    if _TEST_TIME_FLIP.value:
-        flipped = evaluate.evaluate(str(result.exports.h5), config.data_dir,
-                                    f"{root}/evaluation{index}-flip", test_time_flip=True,
-                                    max_explained=0)
-    return {"seconds": seconds, "accuracy": report["accuracy"], "log_loss": report["log_loss"],
-            "interval": report["intervals"]["accuracy"], "photos": report["images"],
-            "selection_accuracy": result.summary["best_val_accuracy"],
-            "selection_photos": result.summary["validation_images"],
-            "feature_seconds": result.summary["feature_seconds"],
-            "flip_accuracy": flipped.get("accuracy"),
-            "answer_seconds": (report["answer_seconds"], flipped.get("answer_seconds")),
-            "ece": report["expected_calibration_error"],
-            "precision": result.summary["distribution"]["precision"],
-            "best_epoch": result.summary["best_epoch"], "epochs": config.total_epochs,
-            "views": config.views, "tflop": job_flops(config, result.summary) / 1e12}
+    summary = result.summary
+    return {"recipe": name, "seed": seed, "wall_seconds": seconds,
+            "feature_seconds": summary["feature_seconds"],
+            "selection_photos": summary["validation_images"],
+            "in_sample_accuracy": summary["best_val_accuracy"],
+            "cv_accuracy": cross_validated_accuracy(
+                Path(config.run_dir) / "selection_answers.npz", _FOLDS.value),
+            "best_epoch": summary["best_epoch"], "epochs": config.total_epochs,
+            "head_swing": largest_head_swing(summary),
+            "curve": [round(row["val_accuracy"], 4) for row in summary["epochs"]],
+            "precision": summary["distribution"]["precision"], "h5": str(result.exports.h5)}
 
 
-def job_flops(config, summary: dict) -> float:
-    """The VGG16 FLOPs the recipe's job must compute (benchmarks/flops.py)."""
-    return flops.Job(summary["train_images"], summary["validation_images"], config.image_size,
-                     config.epochs, config.views if config.cache_features else 0,
-                     config.fine_tune_from, config.fine_tune_epochs if config.fine_tune_from
-                     else 0, config.frozen_blocks_cached).flops()
+def judge_run(run: dict, test_time_flip: bool = False) -> dict:
+    """The run's export on the evaluation photos, which chose nothing."""
+    output = Path(_WORK_DIR.value) / "evaluations" / (
+        f"{run['recipe']}-{run['seed']}" + ("-flip" if test_time_flip else ""))
+    report = evaluate.evaluate(run["h5"], _DATA_DIR.value, str(output), max_explained=0,
+                               test_time_flip=test_time_flip)
+    return {"accuracy": report["accuracy"], "interval": report["intervals"]["accuracy"],
+            "photos": report["images"], "answer_seconds": report["answer_seconds"]}
+
+
+class Record:
+    """runs.jsonl: what the search has finished, so a restart skips it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries = [json.loads(line) for line in path.read_text().splitlines()] \
+            if path.exists() else []
+
+    def find(self, kind: str, recipe: str, seed: int) -> dict | None:
+        return next((e for e in self.entries if (e["kind"], e["recipe"], e["seed"])
+                     == (kind, recipe, seed)), None)
+
+    def get(self, kind: str, recipe: str, seed: int, compute) -> dict:
+        found = self.find(kind, recipe, seed)
+        if found is None:
+            found = {"kind": kind, "recipe": recipe, "seed": seed, **compute()}
+            self.entries.append(found)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(found) + "\n")
+        return found
+
+
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    spread = statistics.stdev(values) if len(values) > 1 else math.nan
+    return statistics.mean(values), spread / math.sqrt(len(values))
 
 
 def main(argv):
@@ -118,40 +184,71 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--only: unknown recipes {sorted(unknown)}; known: "
                              f"{', '.join(RECIPES)}")
-    chosen = [name for name in RECIPES if not _ONLY.value or name in _ONLY.value]
-    with tempfile.TemporaryDirectory() as root:
-        rows = {name: run_recipe(root, index, RECIPES[name][1])
-                for index, name in enumerate(chosen)}
+    names = [name for name in RECIPES if not _ONLY.value or name in _ONLY.value]
+    seeds = [int(s) for s in _SEEDS.value]
+    judge_seeds = [int(s) for s in _JUDGE_SEEDS.value] or seeds
+    Path(_WORK_DIR.value).mkdir(parents=True, exist_ok=True)
+    record = Record(Path(_WORK_DIR.value) / "runs.jsonl")
+    for seed in seeds:  # every recipe of a seed in turn: they share that seed's feature pass
+        for name in names:
+            record.get("train", name, seed, lambda n=name, s=seed: train_run(n, s))
+    runs = {name: [record.find("train", name, seed) for seed in seeds] for name in names}
+    scores = {name: mean_and_se([run["cv_accuracy"] for run in runs[name]]) for name in names}
+    winner = max(names, key=lambda name: scores[name][0])
+
     print(f"\n{time.strftime('%Y-%m-%d')}, {machine.cpu_description()}, TensorFlow "
-          f"{tf.__version__}, weights {_WEIGHTS.value}\n")
-    print("| recipe | flags added to configs/seed.flags | views | precision | best epoch | "
-          "selection accuracy (chooses) | evaluation accuracy [95% BCa] | log loss | ECE | "
-          "wall time | of it, feature pass | VGG16 TFLOP | with --test_time_flip "
-          "(evaluation s) |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, row in rows.items():
+          f"{tf.__version__}, weights {_WEIGHTS.value}, seeds {', '.join(map(str, seeds))}\n")
+    print_search_table(names, runs, scores, winner)
+    judged = {}
+    for name in dict.fromkeys([winner, BASELINE]):
+        judged[name] = [record.get("judge", name, seed, lambda n=name, s=seed: judge_run(
+            record.get("train", n, s, lambda: train_run(n, s)))) for seed in judge_seeds]
+    print_judgement(winner, judged, judge_seeds)
+    if _TEST_TIME_FLIP.value:
+        flipped = [record.get("judge-flip", winner, seed, lambda s=seed: judge_run(
+            record.find("train", winner, s), test_time_flip=True)) for seed in judge_seeds]
+        print(f"\nWith --test_time_flip (not seen by the choice): {winner} "
+              + ", ".join(f"{j['accuracy']:.4f}" for j in flipped)
+              + f"; answers {flipped[0]['answer_seconds']:.0f} s against "
+              f"{judged[winner][0]['answer_seconds']:.0f} s without")
+
+
+def print_search_table(names, runs, scores, winner) -> None:
+    photos, folds = runs[names[0]][0]["selection_photos"], _FOLDS.value
+    print(f"| recipe | flags added to best.flags before | runs | selection accuracy, "
+          f"{folds}-fold CV of the epoch choice ({photos} photos): mean ± SE over seeds | "
+          f"in-sample (chose its epoch): mean | largest head swing | best epoch | "
+          f"wall time without the feature pass | feature pass | precision |")
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|---|")
+    for name in names:
+        mean, se = scores[name]
         what, extra = RECIPES[name]
-        low, high = row["interval"]
-        print(f"| {name}: {what} | `{' '.join(extra)}` | {row['views']} | {row['precision']} | "
-              f"{row['best_epoch']} of {row['epochs']} | {row['selection_accuracy']:.4f} | "
-              f"{row['accuracy']:.4f} [{low:.3f}, {high:.3f}] | {row['log_loss']:.4f} | "
-              f"{row['ece']:.4f} | {row['seconds'] / 60:.1f} min | "
-              f"{row['feature_seconds'] / 60:.1f} min | {row['tflop']:.0f} | "
-              f"{_flip_cell(row)} |")
-    winner = max(rows, key=lambda name: rows[name]["selection_accuracy"])
-    row = rows[winner]
-    print(f"\nChosen on the {row['selection_photos']} selection photos: {winner} "
-          f"({row['selection_accuracy']:.4f}); on the {row['photos']} evaluation photos, which "
-          f"chose nothing: {row['accuracy']:.4f} [{row['interval'][0]:.3f}, "
-          f"{row['interval'][1]:.3f}] (95% BCa bootstrap), one run each.")
+        rows = runs[name]
+        cell = f"{mean:.4f} ± {se:.4f}"
+        label = f"**{name}**" if name == winner else name
+        print(f"| {label}: {what} | `{' '.join(extra) or '(none)'}` | {len(rows)} | "
+              f"{'**' + cell + '**' if name == winner else cell} | "
+              f"{statistics.mean(r['in_sample_accuracy'] for r in rows):.4f} | "
+              f"{max(r['head_swing'] for r in rows):.3f} | "
+              f"{', '.join(str(r['best_epoch']) for r in rows)} of {rows[0]['epochs']} | "
+              f"{statistics.mean(r['wall_seconds'] - r['feature_seconds'] for r in rows) / 60:.1f}"
+              f" min | {max(r['feature_seconds'] for r in rows) / 60:.1f} min | "
+              f"{rows[0]['precision']} |")
 
 
-def _flip_cell(row: dict) -> str:
-    plain, flipped = row["answer_seconds"]
-    if row["flip_accuracy"] is None:
-        return f"not run ({plain:.0f} s)"
-    return f"{row['flip_accuracy']:.4f} ({plain:.0f} s → {flipped:.0f} s)"
+def print_judgement(winner: str, judged: dict, seeds: list[int]) -> None:
+    photos = next(iter(judged.values()))[0]["photos"]
+    print(f"\nChosen on the selection photos: {winner}. On the {photos} evaluation photos, "
+          f"which chose nothing, one run per seed ({', '.join(map(str, seeds))}):\n")
+    print("| recipe | accuracy per seed [95% BCa over photos] | mean ± 2 SE over seeds |")
+    print("|---|---|---:|")
+    for name, rows in judged.items():
+        mean, se = mean_and_se([j["accuracy"] for j in rows])
+        per_seed = ", ".join(f"{j['accuracy']:.4f} [{j['interval'][0]:.3f}, "
+                             f"{j['interval'][1]:.3f}]" for j in rows)
+        print(f"| {name} | {per_seed} | {mean:.4f} ± {2 * se:.4f} |")
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app.run(main)

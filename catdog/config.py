@@ -142,6 +142,13 @@ class Config:
     epochs: int = _setting(10, "training", "Training epochs.", at_least=1, resumable=True)
     learning_rate: float = _setting(1e-3, "training", "Adam learning rate.", at_least=1e-9,
                                     at_most=1.0)
+    schedule: Schedule = _setting(
+        "constant", "training", "Learning rate over the head epochs: constant, or cosine "
+        "(decays from --learning_rate to 0 over its --epochs, step by step).")
+    weight_decay: float = _setting(
+        0.0, "training", "Decoupled weight decay (AdamW) of both phases' Adam: each step "
+        "shrinks every trained weight by this × the learning rate. 0 disables.",
+        at_least=0.0, at_most=1.0)
     flip: Flip = _setting("horizontal", "training", "RandomFlip mode in training.")
     rotation: float = _setting(0.0, "training", "RandomRotation factor, a fraction of a full "
                                "turn; 0 disables.", at_least=0.0, at_most=1.0)
@@ -158,6 +165,12 @@ class Config:
         "constant", "training", "Learning rate over the fine-tuning phase: constant, or cosine "
         "(decays from --fine_tune_learning_rate to 0 over its --fine_tune_epochs, step by "
         "step).")
+    fine_tune_ema: float = _setting(
+        0.0, "training", "Exponential moving average of the weights while fine-tuning, with "
+        "this momentum per step (e.g. 0.99): at the end of each fine-tuning epoch the average "
+        "is written over the weights (Keras' optimizer EMA), so the epoch is validated, "
+        "checkpointed and exported from it, and the next epoch starts from it. 0 disables.",
+        at_least=0.0, at_most=0.9999)
     label_smoothing: float = _setting(
         0.0, "training", "Train against smoothed targets, (1 - s) × one-hot + s / classes "
         "(Keras' label_smoothing); the validation loss stays the plain log loss. 0 disables.",

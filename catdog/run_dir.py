@@ -2,7 +2,9 @@
 
     <run_dir>/config.json     the settings the run started with (a resume must match them)
     <run_dir>/checkpoints/    tf.train.CheckpointManager: last epochs; checkpoints/best/: best epoch
-                              and its validation probabilities (validation_probabilities.npz)
+    <run_dir>/selection_answers.npz  every finished epoch's probabilities on the selection
+                              photos, with their paths and labels (benchmarks/recipes.py
+                              cross-validates the choice of epoch with them)
     <run_dir>/logs/train.log  the run's log
     <run_dir>/tensorboard/    tf.summary scalars per epoch
     <run_dir>/metrics.csv     one row per finished epoch
@@ -16,6 +18,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from catdog import atomic
 from catdog.config import Config
@@ -42,6 +46,7 @@ class RunDir:
         self.tensorboard = self.root / "tensorboard"
         self.metrics_csv = self.root / "metrics.csv"
         self.summary_json = self.root / "summary.json"
+        self.selection_answers = self.root / "selection_answers.npz"
         self.config_json = self.root / "config.json"
         self.lock = self.root / ".lock"  # held by the process training into this folder
 
@@ -111,6 +116,23 @@ class RunDir:
                 writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
+
+    def append_selection_answers(self, epoch: int, probabilities: np.ndarray,
+                                 paths: tuple[str, ...], labels: tuple[int, ...]) -> None:
+        """Adds epoch `epoch`'s probabilities [N, C] on the selection photos to
+        selection_answers.npz (`probabilities` [epochs, N, C], `paths`, `labels`), rewritten
+        whole. Epochs before it that the file lacks (a run resumed from before the file
+        existed, or of other photos) are NaN rows."""
+        earlier = np.full((epoch - 1, *probabilities.shape), np.nan, np.float32)
+        if self.selection_answers.exists():
+            with np.load(self.selection_answers) as kept:
+                if tuple(kept["paths"]) == tuple(paths):
+                    known = kept["probabilities"][:epoch - 1]
+                    earlier[:len(known)] = known
+        with atomic.atomic_file(self.selection_answers) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, probabilities=np.concatenate([earlier, probabilities[None]]),
+                         paths=np.array(paths), labels=np.array(labels))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomically(self.summary_json, summary)

@@ -30,7 +30,7 @@ class Trainer:
                  steps_per_epoch: int = 1):
         """`base`: the VGG16 base built under the strategy's scope already (`build_base`), so
         that a run checks --weights before any data work; None builds it here.
-        `steps_per_epoch` sets the length of a --fine_tune_schedule=cosine decay."""
+        `steps_per_epoch` sets the length of a cosine decay (--schedule, --fine_tune_schedule)."""
         self.config = config
         self.strategy = distribution.strategy
         self.jit_compile = distribution.jit_compile
@@ -46,13 +46,16 @@ class Trainer:
             else:
                 self.feature_extractor, self.upper = model_lib.feature_extractor(self.model), None
             self.augmenter = model_lib.build_augmenter(config)
-            self.optimizer = self._adam(distribute.learning_rate_for(
-                config.learning_rate, distribution, config.scale_learning_rate), distribution)
+            self.optimizer = self._adam(self._learning_rate(
+                config.learning_rate, config.schedule, config.epochs * steps_per_epoch,
+                distribution), distribution)
             self.optimizer.build(self.model.trainable_variables)
             self.fine_tune_optimizer = None
             if config.fine_tune_from:
-                self.fine_tune_optimizer = self._adam(
-                    self._fine_tune_learning_rate(distribution, steps_per_epoch), distribution)
+                self.fine_tune_optimizer = self._adam(self._learning_rate(
+                    config.fine_tune_learning_rate, config.fine_tune_schedule,
+                    config.fine_tune_epochs * steps_per_epoch, distribution), distribution,
+                    ema=config.fine_tune_ema)
                 model_lib.unfreeze_from(self.model, config.fine_tune_from)
                 self.fine_tune_optimizer.build(self.model.trainable_variables)
                 model_lib.frozen_base(self.model).trainable = False
@@ -65,16 +68,14 @@ class Trainer:
         self._train_steps: dict[Source, Any] = {}  # traced on first use, per phase
         self._eval_steps: dict[Source, Any] = {}
 
-    def _fine_tune_learning_rate(self, distribution: distribute.Distribution,
-                                 steps_per_epoch: int):
-        """--fine_tune_learning_rate, scaled as --scale_learning_rate says, and decayed to 0
-        over the phase's steps by --fine_tune_schedule=cosine (the optimizer's own step count
-        drives it, so a resumed run continues the curve where it stopped)."""
-        rate = distribute.learning_rate_for(self.config.fine_tune_learning_rate, distribution,
-                                            self.config.scale_learning_rate)
-        if self.config.fine_tune_schedule == "cosine":
-            return keras.optimizers.schedules.CosineDecay(
-                rate, decay_steps=self.config.fine_tune_epochs * steps_per_epoch)
+    def _learning_rate(self, rate: float, schedule: str, phase_steps: int,
+                       distribution: distribute.Distribution):
+        """A phase's learning rate: `rate`, scaled as --scale_learning_rate says, constant or,
+        with schedule cosine, decayed to 0 over the phase's steps (the optimizer's own step
+        count drives it, so a resumed run continues the curve where it stopped)."""
+        rate = distribute.learning_rate_for(rate, distribution, self.config.scale_learning_rate)
+        if schedule == "cosine":
+            return keras.optimizers.schedules.CosineDecay(rate, decay_steps=phase_steps)
         return rate
 
     def _training_loss(self, num_classes: int):
@@ -86,8 +87,12 @@ class Trainer:
         return lambda labels, probabilities: smoothed(
             tf.one_hot(labels, num_classes), probabilities)
 
-    def _adam(self, learning_rate, distribution: distribute.Distribution):
-        optimizer = keras.optimizers.Adam(learning_rate)
+    def _adam(self, learning_rate, distribution: distribute.Distribution, ema: float = 0.0):
+        """Adam with --weight_decay (decoupled, as AdamW) and, when `ema`, a moving average of
+        the weights it trains (`end_epoch` writes it over them)."""
+        optimizer = keras.optimizers.Adam(learning_rate,
+                                          weight_decay=self.config.weight_decay or None,
+                                          use_ema=bool(ema), ema_momentum=ema or 0.99)
         if distribution.precision == "mixed_float16":
             return keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
@@ -170,7 +175,14 @@ class Trainer:
             step_fn(batch)
             progress.update(min(step, steps), values=self._results(
                 self.train_loss, self.train_accuracy))
+        self._end_epoch()
         return dict(self._results(self.train_loss, self.train_accuracy))
+
+    def _end_epoch(self) -> None:
+        """With --fine_tune_ema, a fine-tuning epoch ends with the moving average written over
+        the weights it trained: validation, the checkpoint and the export all see it."""
+        if self.fine_tuning and self.config.fine_tune_ema:
+            self.fine_tune_optimizer.finalize_variable_values(self.model.trainable_variables)
 
     def evaluate(self, dataset, source: Source) -> tuple[dict[str, float], np.ndarray]:
         """Mean loss and accuracy over the validation batches, and the probabilities [N, C] in

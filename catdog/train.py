@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -184,8 +185,10 @@ def _fit(config: Config, distribution: distribute.Distribution, run: RunDir,
                          config.fine_tune_learning_rate)
             trainer.start_fine_tuning()
         logging.info("Epoch %d/%d", epoch, config.total_epochs)
-        row = _train_epoch(trainer, inputs, epoch)
+        row, selection_answers = _train_epoch(trainer, inputs, epoch)
         _record_epoch(row, run, summary_writers)
+        run.append_selection_answers(epoch, selection_answers, splits.validation.paths,
+                                     splits.validation.labels)
         crash_point("train.epoch_recorded")
         history.append(row)
         progress.train_seconds.assign_add(row["seconds"])
@@ -276,9 +279,10 @@ def _gate(config: Config, candidate: export.Exports, layout: versions.Layout,
         config.keep_versions, config.batch_size, config.max_image_pixels))
 
 
-def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int) -> dict[str, Any]:
+def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int
+                 ) -> tuple[dict[str, Any], np.ndarray]:
     """Trains one epoch with its own data order and augmentation seed, then validates on the
-    selection photos; the epoch's row of metrics."""
+    selection photos; the epoch's row of metrics, and its probabilities on those photos."""
     config = trainer.config
     seed = model_lib.epoch_seed(config.seed, epoch)
     if trainer.augmenter.layers:
@@ -291,10 +295,11 @@ def _train_epoch(trainer: Trainer, inputs: EpochInputs, epoch: int) -> dict[str,
         metrics = trainer.train_epoch(batches.dataset, batches.source, steps, progress)
         seconds = time.perf_counter() - start
         validation = inputs.validation(trainer.base_frozen)
-        validation_metrics, _ = trainer.evaluate(validation.dataset, validation.source)
+        validation_metrics, probabilities = trainer.evaluate(validation.dataset,
+                                                             validation.source)
     metrics.update(validation_metrics)
     return {"epoch": epoch, "phase": "fine_tune" if trainer.fine_tuning else "head", **metrics,
-            "seconds": seconds, "images_per_second": count / seconds}
+            "seconds": seconds, "images_per_second": count / seconds}, probabilities
 
 
 def _record_epoch(row: dict[str, Any], run: RunDir,

@@ -161,6 +161,14 @@ def kill_and_resume(tmp_path: Path, flags: list[str], kill_at_epoch: int, epochs
         for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[metric] == pytest.approx(b[metric], abs=1e-4), (a["epoch"], metric)
     assert killed["best_epoch"] == whole["best_epoch"]
+    # Every epoch's answers on the selection photos are kept, the resumed run's as the whole's,
+    # and they are the answers behind each epoch's val_accuracy.
+    with np.load(tmp_path / "whole" / "selection_answers.npz") as a, \
+            np.load(tmp_path / "killed" / "selection_answers.npz") as b:
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-4)
+        accuracies = (b["probabilities"].argmax(-1) == b["labels"]).mean(-1)
+        assert list(accuracies) == pytest.approx([row["val_accuracy"]
+                                                  for row in killed["epochs"]], abs=1e-6)
     return whole, killed
 
 
@@ -176,7 +184,8 @@ def test_fine_tuning_resumes_mid_phase_and_matches_an_uninterrupted_run(dataset_
     _, resumed = kill_and_resume(tmp_path, [
         f"--data_dir={dataset_dir}", "--weights=none", "--image_size=32", "--batch_size=8",
         "--epochs=1", "--fine_tune_from=block5_conv1", "--fine_tune_epochs=2", "--flip=none",
-        "--zoom=0", "--cache_features", "--seed=4"], kill_at_epoch=3, epochs=3)
+        "--zoom=0", "--cache_features", "--seed=4", "--schedule=cosine", "--weight_decay=0.01",
+        "--fine_tune_ema=0.9", "--fine_tune_schedule=cosine"], kill_at_epoch=3, epochs=3)
     assert [row["phase"] for row in resumed["epochs"]] == ["head", "fine_tune", "fine_tune"]
 
 
