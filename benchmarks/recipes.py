@@ -58,7 +58,8 @@ _JUDGE_SEEDS = flags.DEFINE_list(
     "the evaluation photos; empty: --seeds.")
 _TEST_TIME_FLIP = flags.DEFINE_bool(
     "test_time_flip", False, "Also judge the chosen recipe's runs with evaluate "
-    "--test_time_flip (for information: the choice does not see it).")
+    "--test_time_flip on the evaluation photos (whether flips pay is seen on the selection "
+    "photos, always measured).")
 
 BASELINE = "best"
 # configs/best.flags before this search (2026-12-07), as flags on configs/seed.flags: the
@@ -78,7 +79,15 @@ RECIPES = {  # name: (what it is, the flags it adds to BEST_BEFORE)
     "steady-ft1e-4-wd": ("the same, weight decay 0.05 (AdamW) in both phases",
                          [*STEADY_HEAD, "--fine_tune_learning_rate=0.0001",
                           "--weight_decay=0.05"]),
+    "ft1e-4": ("fine-tuning cosine from 1e-4", ["--fine_tune_learning_rate=0.0001"]),
+    "ft1e-4-ema": ("fine-tuning cosine from 1e-4, weights averaged (EMA 0.99)",
+                   ["--fine_tune_learning_rate=0.0001", "--fine_tune_ema=0.99"]),
+    # Over the time budget (best.flags' wall time): what more fine-tuning would buy.
+    "ft-3ep": ("over budget: 3 fine-tuning epochs (+1)", ["--fine_tune_epochs=3"]),
+    "block3": ("over budget: fine-tune from block3_conv1 (on cached block2_pool)",
+               ["--fine_tune_from=block3_conv1"]),
 }
+OVER_BUDGET = ("ft-3ep", "block3")  # measured, never chosen
 
 
 def recipe_config(name: str, seed: int) -> Config:
@@ -141,6 +150,36 @@ def train_run(name: str, seed: int) -> dict:
             "precision": summary["distribution"]["precision"], "h5": str(result.exports.h5)}
 
 
+def selection_photos_folder() -> Path:
+    """The selection photos (the same in every run) as class folders of links, so that
+    catdog.evaluate can answer them: with and without test-time flips, to see whether flips
+    pay before the evaluation photos are looked at."""
+    folder = Path(_WORK_DIR.value) / "selection-photos"
+    if not folder.exists():
+        answers = next((Path(_WORK_DIR.value) / "runs").glob("*/selection_answers.npz"))
+        scratch = folder.with_name(folder.name + ".partial")
+        with np.load(answers) as kept:
+            for path in kept["paths"]:
+                link = scratch / Path(str(path)).parent.name / Path(str(path)).name
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(os.path.abspath(str(path)))
+        scratch.rename(folder)
+    return folder
+
+
+def flip_gain_on_selection(run: dict) -> dict:
+    """The run's export on the selection photos without and with test-time flips."""
+    figures = {}
+    for flip in (False, True):
+        output = Path(_WORK_DIR.value) / "evaluations" / (
+            f"{run['recipe']}-{run['seed']}-selection" + ("-flip" if flip else ""))
+        report = evaluate.evaluate(run["h5"], str(selection_photos_folder()), str(output),
+                                   max_explained=0, test_time_flip=flip)
+        figures["flip" if flip else "plain"] = report["accuracy"]
+        figures["flip_seconds" if flip else "plain_seconds"] = report["answer_seconds"]
+    return figures
+
+
 def judge_run(run: dict, test_time_flip: bool = False) -> dict:
     """The run's export on the evaluation photos, which chose nothing."""
     output = Path(_WORK_DIR.value) / "evaluations" / (
@@ -194,11 +233,19 @@ def main(argv):
             record.get("train", name, seed, lambda n=name, s=seed: train_run(n, s))
     runs = {name: [record.find("train", name, seed) for seed in seeds] for name in names}
     scores = {name: mean_and_se([run["cv_accuracy"] for run in runs[name]]) for name in names}
-    winner = max(names, key=lambda name: scores[name][0])
+    winner = max((name for name in names if name not in OVER_BUDGET),
+                 key=lambda name: scores[name][0])
 
     print(f"\n{time.strftime('%Y-%m-%d')}, {machine.cpu_description()}, TensorFlow "
           f"{tf.__version__}, weights {_WEIGHTS.value}, seeds {', '.join(map(str, seeds))}\n")
     print_search_table(names, runs, scores, winner)
+    flips = [record.get("selection-flip", winner, seed, lambda s=seed: flip_gain_on_selection(
+        record.find("train", winner, s))) for seed in seeds]
+    gain, gain_se = mean_and_se([f["flip"] - f["plain"] for f in flips])
+    print(f"\nTest-time flips on the selection photos ({winner}, {len(flips)} runs): "
+          f"{gain * 100:+.2f} ± {gain_se * 100:.2f} points (mean ± SE), for "
+          f"{statistics.mean(f['flip_seconds'] / f['plain_seconds'] for f in flips):.2f}× the "
+          "model time")
     judged = {}
     for name in dict.fromkeys([winner, BASELINE]):
         judged[name] = [record.get("judge", name, seed, lambda n=name, s=seed: judge_run(

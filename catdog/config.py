@@ -222,6 +222,11 @@ class Config:
         "float32's up to bfloat16's rounding and it is faster; the measurement goes into "
         "gate.json).",
         resumable=True)
+    test_time_flip: bool = _setting(
+        False, "export", "The exports answer each image with the mean of its answers and its "
+        "left-right mirror's (test-time augmentation), in every signature and wherever catdog "
+        "loads the .h5 (the export records it): about twice the model time per request. The "
+        "run's own val_accuracy is the model's without flips.", resumable=True)
     keep_versions: int = _setting(
         0, "export", "After publishing, keep only this many newest SavedModel versions in the "
         "served base path; 0 keeps all.", at_least=0, resumable=True)

@@ -42,6 +42,8 @@ BYTES_SUFFIX = "_bytes"
 # The .h5 file attribute holding the JSON list of class names.
 H5_CLASS_NAMES_ATTR = "catdog_class_names"
 H5_SOURCE_ATTR = "catdog_source"  # the same JSON record as SOURCE_FILE
+# The source record's key saying the export answers each image averaged with its mirror
+SOURCE_TEST_TIME_FLIP = "test_time_flip"
 
 # Defaults that the exporter, the server, the client and the deployment files agree on.
 DEFAULT_MODEL_NAME = "catdog"

@@ -59,9 +59,10 @@ def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Pat
     `base.name`), then prunes all but the newest `keep_versions` (0 keeps all); returns the new
     folder.
 
-    `source` describes the trained state being exported (run folder, epoch, data); when the
-    newest version already holds that state (a run killed after its export, started again), it
-    is returned instead of writing an identical new version."""
+    `source` describes the trained state being exported (run folder, epoch, data, and whether
+    its signatures answer with test-time flips); when the newest version already holds that
+    state (a run killed after its export, started again), it is returned instead of writing an
+    identical new version."""
     atomic.remove_leftovers(base)
     newest = versions.newest(base)
     if source and newest and _same_state(versions.source_of(newest), source):
@@ -72,7 +73,8 @@ def export_saved_model(model: keras.Model, class_names: Sequence[str], base: Pat
         with tempfile.TemporaryDirectory() as labels_dir:
             labels = signatures.write_labels(Path(labels_dir), class_names)
             try:
-                signatures.serving_archive(model, labels, max_image_pixels).write_out(
+                signatures.serving_archive(model, labels, max_image_pixels, bool(
+                    (source or {}).get(contract.SOURCE_TEST_TIME_FLIP))).write_out(
                     str(tmp), verbose=False)
             except tf.errors.OpError as error:  # TensorFlow's own writes (the variables)
                 cause = error.message.strip().splitlines()[0].split("; ")[-1]

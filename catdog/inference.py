@@ -97,6 +97,12 @@ def source_of(path: str | os.PathLike) -> dict:
         return {}
 
 
+def flips(path: str | os.PathLike) -> bool:
+    """Whether the export at `path` answers with test-time flips (--test_time_flip): its
+    SavedModel's signatures do it in the graph, and catdog does it for its .h5."""
+    return bool(source_of(path).get(contract.SOURCE_TEST_TIME_FLIP))
+
+
 def identity_of(path: str | os.PathLike) -> dict[str, str]:
     """What an export says about itself: its path, its version (a SavedModel version folder's
     number), the run and epoch it came from, the precision it computes in and its image size
@@ -148,21 +154,32 @@ def resolve_precision(requested: str, model_path: str | os.PathLike = "") -> str
 
 
 def keras_classifier(model: keras.Model, class_names: Sequence[str],
-                     precision: str = "float32") -> Classifier:
-    """A Keras model in memory as a Classifier (called with training=False)."""
-    forward = tf.function(lambda pixels: model(pixels, training=False))
-    return Classifier(lambda pixels: forward(tf.constant(pixels, tf.float32)).numpy(),
+                     precision: str = "float32", test_time_flip: bool = False) -> Classifier:
+    """A Keras model in memory as a Classifier (called with training=False); with
+    `test_time_flip`, answering as an export with --test_time_flip does (the mean of the
+    answers for the pixels and their left-right mirror)."""
+    def forward(pixels):
+        probabilities = tf.cast(model(pixels, training=False), tf.float32)
+        if test_time_flip:
+            mirrored = tf.cast(model(tf.reverse(pixels, [2]), training=False), tf.float32)
+            probabilities = (probabilities + mirrored) / 2
+        return probabilities
+
+    compiled = tf.function(forward)
+    return Classifier(lambda pixels: compiled(tf.constant(pixels, tf.float32)).numpy(),
                       list(class_names), model.input_shape[1], precision)
 
 
 def load_classifier(path: str | os.PathLike, precision: str = "float32") -> Classifier:
     """Loads the `.h5` file (computing under the Keras policy `precision`) or a SavedModel
     version folder (through its `predict_pixels` signature, in the precision it was exported
-    in); in float32 both give the same probabilities for the same pixels."""
+    in); in float32 both give the same probabilities for the same pixels, with test-time flips
+    when the export records them."""
     path = Path(path)
     if path.is_file() and path.suffix == ".h5":
         model, class_names = load_h5(path)
-        return keras_classifier(model_lib.in_policy(model, precision), class_names, precision)
+        return keras_classifier(model_lib.in_policy(model, precision), class_names, precision,
+                                test_time_flip=flips(path))
     signature = _load_saved_model(path).signatures[contract.PREDICT_PIXELS]
     image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
     return Classifier(

@@ -50,11 +50,12 @@ from catdog.images import image_example
 
 
 def serving_archive(model: keras.Model, labels_path: Path,
-                    max_image_pixels: int = images.MAX_IMAGE_PIXELS
-                    ) -> keras.export.ExportArchive:
+                    max_image_pixels: int = images.MAX_IMAGE_PIXELS,
+                    test_time_flip: bool = False) -> keras.export.ExportArchive:
     """An ExportArchive with the three signatures above; `labels_path` holds one name a line.
     An encoded image declaring more than `max_image_pixels` is refused (INVALID_ARGUMENT)
-    before it is decoded."""
+    before it is decoded. With `test_time_flip`, every signature answers with the mean of the
+    model's answers for the pixels and for their left-right mirror."""
     image_size = model.input_shape[1]
     num_classes = model.output_shape[-1]
     labels = tf.lookup.StaticHashTable(
@@ -70,8 +71,13 @@ def serving_archive(model: keras.Model, labels_path: Path,
                                     tf.float32),
             encoded_images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3]))
 
+    def probabilities_of(pixels):
+        return tf.cast(model(pixels, training=False), tf.float32)
+
     def predictions(pixels):
-        probabilities = tf.cast(model(pixels, training=False), tf.float32)
+        probabilities = probabilities_of(pixels)
+        if test_time_flip:
+            probabilities = (probabilities + probabilities_of(tf.reverse(pixels, [2]))) / 2
         class_ids = tf.argmax(probabilities, axis=-1)
         return {PROBABILITIES: probabilities, CLASS_IDS: class_ids,
                 CLASSES: labels.lookup(class_ids)}

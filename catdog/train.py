@@ -33,6 +33,7 @@ from absl import logging
 
 from catdog import (
     atomic,
+    contract,
     data,
     distribute,
     evaluation,
@@ -255,7 +256,8 @@ def _source(config: Config, best_epoch: int, finished_epochs: int,
             "data_dir": str(Path(config.data_dir).resolve()),
             "validation_split": config.validation_split,
             "evaluation_split": config.evaluation_split, "seed": config.seed,
-            "image_size": config.image_size}
+            "image_size": config.image_size,
+            **({contract.SOURCE_TEST_TIME_FLIP: True} if config.test_time_flip else {})}
 
 
 def _gate(config: Config, candidate: export.Exports, layout: versions.Layout,
@@ -267,7 +269,8 @@ def _gate(config: Config, candidate: export.Exports, layout: versions.Layout,
         return publish.already_published(candidate)
     if config.publish == "never" or not is_chief:
         return publish.kept(candidate)
-    reference = inference.keras_classifier(model, splits.class_names)
+    reference = inference.keras_classifier(model, splits.class_names,
+                                           test_time_flip=config.test_time_flip)
     photos = evaluation.run_photos(splits, config.data_dir)
     if config.gate_data_dir:
         photos = evaluation.folder_photos(

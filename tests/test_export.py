@@ -129,3 +129,35 @@ def test_two_runs_finishing_together_take_turns_at_the_export_folder(classifier,
     assert [e.saved_model.name for e in exported] == ["1"]
     (line,) = [r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage()]
     assert line.startswith(f"the export folder {layout.export_dir} is in use by process {pid} ")
+
+
+def test_a_test_time_flip_export_answers_the_mean_of_each_image_and_its_mirror(
+        classifier, pixels, tmp_path):
+    """--test_time_flip: every signature, and catdog's loading of either file, answers
+    (model(x) + model(x mirrored left-right)) / 2; the plain export answers model(x)."""
+    import tensorflow as tf
+
+    from catdog import inference
+    from catdog.images import image_example
+
+    source = {"run_dir": "r", "epoch": 1, "test_time_flip": True}
+    version = export.export_saved_model(classifier, CLASSES, tmp_path / "catdog", source=source)
+    h5 = export.export_h5(classifier, CLASSES, tmp_path / "catdog.h5", source)
+    plain = classifier(pixels).numpy()
+    expected = (plain + classifier(pixels[:, :, ::-1].copy()).numpy()) / 2
+    assert np.abs(expected - plain).max() > 1e-4  # the mirror changes the answers
+    signatures = tf.saved_model.load(str(version)).signatures
+    np.testing.assert_allclose(signatures["predict_pixels"](pixels=tf.constant(pixels))[
+        "probabilities"], expected, atol=1e-5)
+    encoded = [tf.io.encode_png(tf.cast(p, tf.uint8)).numpy() for p in pixels]
+    np.testing.assert_allclose(signatures["serving_default"](image_bytes=tf.constant(encoded))[
+        "probabilities"], expected, atol=1e-4)
+    examples = [image_example(e).SerializeToString() for e in encoded]
+    np.testing.assert_allclose(signatures["classify"](inputs=tf.constant(examples))["scores"],
+                               expected, atol=1e-4)
+    for path in (h5, version):
+        np.testing.assert_allclose(inference.load_classifier(path).predict(pixels), expected,
+                                   atol=1e-5)
+    plain_h5 = export.export_h5(classifier, CLASSES, tmp_path / "plain.h5")
+    np.testing.assert_allclose(inference.load_classifier(plain_h5).predict(pixels), plain,
+                               atol=1e-5)

@@ -54,6 +54,25 @@ def validation_pixels(dataset_dir: Path, image_size: int) -> np.ndarray:
 
 
 @pytest.mark.slow
+def test_a_test_time_flip_run_passes_its_gate_and_its_exports_flip(dataset_dir, tmp_path):
+    """--test_time_flip: infra validation compares the flipping graph with the in-process model
+    flipping too, so the candidate is published; both exports record it and answer so."""
+    from catdog import inference, publish
+
+    config = small_config(dataset_dir, tmp_path, epochs=1, test_time_flip=True,
+                          publish="always")
+    result = train.train(config)
+    assert result.decision.outcome == publish.PUBLISHED, result.decision.reason
+    pixels = validation_pixels(dataset_dir, config.image_size)
+    expected = (result.model(pixels, training=False).numpy()
+                + result.model(pixels[:, :, ::-1].copy(), training=False).numpy()) / 2
+    for path in (result.exports.h5, result.exports.saved_model):
+        assert inference.flips(path)
+        np.testing.assert_allclose(inference.load_classifier(path).predict(pixels), expected,
+                                   atol=1e-5)
+
+
+@pytest.mark.slow
 def test_training_exports_models_that_reload_in_a_fresh_process(dataset_dir, tmp_path):
     (dataset_dir / "train" / "cats" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     config = small_config(dataset_dir, tmp_path)
@@ -85,7 +104,8 @@ def test_training_exports_models_that_reload_in_a_fresh_process(dataset_dir, tmp
                                   "saved_model": str(result.exports.saved_model)}
     run_files = {p.name for p in (tmp_path / "run").iterdir()}
     assert run_files == {"checkpoints", "config.json", "logs", "metrics.csv", "summary.json",
-                         "tensorboard", "checked_images.json", ".lock"}
+                         "tensorboard", "checked_images.json", ".lock",
+                         "selection_answers.npz"}
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
     assert sorted(p.name for p in (tmp_path / "run" / "tensorboard").iterdir()) == [
         "train", "validation"]

@@ -21,7 +21,8 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 # Every op catdog's exporter writes into a signature (float32, bfloat16 and float16 exports of
-# the same graph hold the same set; tests/serving/test_graph_ops.py checks a fresh export).
+# the same graph hold the same set; tests/serving/test_graph_ops.py checks a fresh export;
+# ReverseV2 mirrors the images of a --test_time_flip export).
 SERVING_OPS = frozenset({
     "Abs", "AddV2", "All", "ArgMax", "Assert", "AssignVariableOp", "BiasAdd", "Cast", "Const",
     "Conv2D", "DecodeImage", "DecodeRaw", "DisableCopyOnRead", "Equal", "ExpandDims",
@@ -29,7 +30,7 @@ SERVING_OPS = frozenset({
     "Less", "LessEqual", "LogicalAnd", "LogicalOr", "LookupTableFindV2", "MatMul", "MaxPool",
     "Maximum", "Mean", "Minimum", "Mul", "NoOp", "Pack", "ParseExampleV2", "PartitionedCall",
     "Placeholder",
-    "Prod", "Range", "ReadVariableOp", "RealDiv", "Relu", "Reshape", "Round",
+    "Prod", "Range", "ReadVariableOp", "RealDiv", "Relu", "Reshape", "ReverseV2", "Round",
     "ScaleAndTranslate", "Select", "SelectV2", "Shape", "ShardedFilename", "Softmax",
     "Squeeze", "StatefulPartitionedCall", "StatelessIf", "StaticRegexFullMatch",
     "StridedSlice", "StringFormat", "StringJoin", "Sub", "Substr", "TensorListFromTensor",

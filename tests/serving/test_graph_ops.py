@@ -16,8 +16,13 @@ from catdog.serving.server import start_server
 from conftest import save_module, writes
 
 
-def test_catdogs_own_export_holds_only_ops_it_writes(exported):
+def test_catdogs_own_export_holds_only_ops_it_writes(exported, tmp_path):
+    from catdog import export
+
     assert graph_ops.op_problem(exported[2] / "1") is None
+    flipping = export.export_saved_model(exported[0], ["cats", "dogs"], tmp_path / "catdog",
+                                         source={"test_time_flip": True})
+    assert graph_ops.op_problem(flipping) is None
 
 
 @pytest.mark.parametrize("body, op, why", [
