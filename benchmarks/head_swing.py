@@ -10,7 +10,9 @@ and trains the seed's head on them as catdog does (Dense(512, relu) → Dense(2,
 float32, Adam, batch 16, 10 epochs), once per seed and variant, printing the validation accuracy
 of every epoch and the spread of the last five. Variants: float32; mixed_bfloat16 on features
 rounded to bfloat16 (what a CPU with native bfloat16 computes); a float32 head on bfloat16
-features; Adam at 3e-4 and 1e-4; batch normalisation of the features; a warm-up then cosine.
+features; Adam at 3e-4 and 1e-4; batch normalisation of the features; a warm-up then cosine;
+3e-4 on a cosine (--schedule=cosine); an exponential moving average of the weights written over
+them at each epoch's end (--ema), alone and with the cosine.
 bfloat16 is emulated on a CPU without it: slower, the same numbers.
 """
 
@@ -35,6 +37,10 @@ VARIANTS = {  # name: (policy, features rounded to bfloat16, learning rate, extr
     "Adam 1e-4": ("float32", False, 1e-4, ""),
     "batch-normalised features": ("float32", False, 1e-3, "batch_norm"),
     "warm-up 1 epoch, then cosine": ("float32", False, 1e-3, "warm_up"),
+    "Adam 3e-4 on a cosine (--learning_rate=0.0003 --schedule=cosine)":
+        ("float32", False, 3e-4, "cosine"),
+    "EMA 0.99 written over the weights each epoch (--ema=0.99)": ("float32", False, 1e-3, "ema"),
+    "Adam 3e-4 on a cosine, EMA 0.99": ("float32", False, 3e-4, "cosine_ema"),
 }
 
 
@@ -51,11 +57,16 @@ def head(policy: str, extra: str, learning_rate: float, steps: int) -> keras.Mod
     x = keras.layers.Dense(512, activation="relu", name="dense")(x)
     outputs = keras.layers.Dense(2, activation="softmax", dtype="float32", name="out")(x)
     model = keras.Model(inputs, outputs)
-    rate = (keras.optimizers.schedules.CosineDecay(0.0, steps * (EPOCHS - 1),
-                                                   warmup_target=learning_rate,
-                                                   warmup_steps=steps)
-            if extra == "warm_up" else learning_rate)
-    model.compile(optimizer=keras.optimizers.Adam(rate),
+    rate = learning_rate
+    if extra == "warm_up":
+        rate = keras.optimizers.schedules.CosineDecay(0.0, steps * (EPOCHS - 1),
+                                                      warmup_target=learning_rate,
+                                                      warmup_steps=steps)
+    elif extra.startswith("cosine"):  # as catdog's --schedule=cosine
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps * EPOCHS)
+    ema = extra.endswith("ema")  # as catdog's --ema: the average written over at epoch ends
+    model.compile(optimizer=keras.optimizers.Adam(rate, use_ema=ema, ema_momentum=0.99,
+                                                  ema_overwrite_frequency=steps if ema else None),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     keras.mixed_precision.set_global_policy("float32")
     return model

@@ -48,14 +48,14 @@ class Trainer:
             self.augmenter = model_lib.build_augmenter(config)
             self.optimizer = self._adam(self._learning_rate(
                 config.learning_rate, config.schedule, config.epochs * steps_per_epoch,
-                distribution), distribution)
+                distribution), distribution, ema=config.ema)
             self.optimizer.build(self.model.trainable_variables)
             self.fine_tune_optimizer = None
             if config.fine_tune_from:
                 self.fine_tune_optimizer = self._adam(self._learning_rate(
                     config.fine_tune_learning_rate, config.fine_tune_schedule,
                     config.fine_tune_epochs * steps_per_epoch, distribution), distribution,
-                    ema=config.fine_tune_ema)
+                    ema=config.ema)
                 model_lib.unfreeze_from(self.model, config.fine_tune_from)
                 self.fine_tune_optimizer.build(self.model.trainable_variables)
                 model_lib.frozen_base(self.model).trainable = False
@@ -179,10 +179,11 @@ class Trainer:
         return dict(self._results(self.train_loss, self.train_accuracy))
 
     def _end_epoch(self) -> None:
-        """With --fine_tune_ema, a fine-tuning epoch ends with the moving average written over
-        the weights it trained: validation, the checkpoint and the export all see it."""
-        if self.fine_tuning and self.config.fine_tune_ema:
-            self.fine_tune_optimizer.finalize_variable_values(self.model.trainable_variables)
+        """With --ema, an epoch ends with the moving average written over the weights it
+        trained: validation, the checkpoint and the export all see it."""
+        if self.config.ema:
+            optimizer = self.fine_tune_optimizer if self.fine_tuning else self.optimizer
+            optimizer.finalize_variable_values(self.model.trainable_variables)
 
     def evaluate(self, dataset, source: Source) -> tuple[dict[str, float], np.ndarray]:
         """Mean loss and accuracy over the validation batches, and the probabilities [N, C] in
