@@ -70,7 +70,7 @@ STEADY_HEAD = ["--learning_rate=0.0003", "--schedule=cosine"]
 RECIPES = {  # name: (what it is, the flags it adds to BEST_BEFORE)
     BASELINE: ("best.flags before: head at Adam 1e-3, fine-tune from block4_conv1 2 epochs "
                "cosine from 3e-5", []),
-    "ema": ("weights averaged in both phases (EMA 0.99, written over at each epoch's end)",
+    "ema": ("head weights averaged (EMA 0.99, written over at each head epoch's end)",
             ["--ema=0.99"]),
     "ema-ft1e-4": ("the same, fine-tuning cosine from 1e-4",
                    ["--ema=0.99", "--fine_tune_learning_rate=0.0001"]),
@@ -80,6 +80,9 @@ RECIPES = {  # name: (what it is, the flags it adds to BEST_BEFORE)
     "steady": ("head at 3e-4 on a cosine", STEADY_HEAD),
     "steady-ft1e-4": ("head at 3e-4 on a cosine, fine-tuning cosine from 1e-4",
                       [*STEADY_HEAD, "--fine_tune_learning_rate=0.0001"]),
+    "steady-ft1e-4-ema": ("the same, fine-tuning weights averaged (EMA 0.99)",
+                          [*STEADY_HEAD, "--fine_tune_learning_rate=0.0001",
+                           "--fine_tune_ema=0.99"]),
     # Over the time budget (best.flags' wall time): what more fine-tuning would buy.
     "ft-3ep": ("over budget: 3 fine-tuning epochs (+1)", ["--fine_tune_epochs=3"]),
     "block3": ("over budget: fine-tune from block3_conv1 (on cached block2_pool)",

@@ -150,11 +150,11 @@ class Config:
         "shrinks every trained weight by this × the learning rate. 0 disables.",
         at_least=0.0, at_most=1.0)
     ema: float = _setting(
-        0.0, "training", "Exponential moving average of the trained weights, with this momentum "
-        "per step (e.g. 0.99), in the head and fine-tuning phases (Keras' optimizer EMA): at "
-        "the end of each epoch the average is written over the weights, so the epoch is "
-        "validated, checkpointed and exported from it, and the next starts from it. Steadies "
-        "the head's validation curve. 0 disables.", at_least=0.0, at_most=0.9999)
+        0.0, "training", "Exponential moving average of the head's weights over the head epochs, "
+        "with this momentum per step (e.g. 0.99; Keras' optimizer EMA): at the end of each "
+        "epoch the average is written over the weights, so the epoch is validated, "
+        "checkpointed and exported from it, and the next starts from it. Steadies the head's "
+        "validation curve. 0 disables.", at_least=0.0, at_most=0.9999)
     flip: Flip = _setting("horizontal", "training", "RandomFlip mode in training.")
     rotation: float = _setting(0.0, "training", "RandomRotation factor, a fraction of a full "
                                "turn; 0 disables.", at_least=0.0, at_most=1.0)
@@ -171,6 +171,10 @@ class Config:
         "constant", "training", "Learning rate over the fine-tuning phase: constant, or cosine "
         "(decays from --fine_tune_learning_rate to 0 over its --fine_tune_epochs, step by "
         "step).")
+    fine_tune_ema: float = _setting(
+        0.0, "training", "--ema for the fine-tuning phase: the moving average of the weights it "
+        "trains, written over them at the end of each fine-tuning epoch. 0 disables.",
+        at_least=0.0, at_most=0.9999)
     label_smoothing: float = _setting(
         0.0, "training", "Train against smoothed targets, (1 - s) × one-hot + s / classes "
         "(Keras' label_smoothing); the validation loss stays the plain log loss. 0 disables.",

@@ -55,7 +55,7 @@ class Trainer:
                 self.fine_tune_optimizer = self._adam(self._learning_rate(
                     config.fine_tune_learning_rate, config.fine_tune_schedule,
                     config.fine_tune_epochs * steps_per_epoch, distribution), distribution,
-                    ema=config.ema)
+                    ema=config.fine_tune_ema)
                 model_lib.unfreeze_from(self.model, config.fine_tune_from)
                 self.fine_tune_optimizer.build(self.model.trainable_variables)
                 model_lib.frozen_base(self.model).trainable = False
@@ -179,10 +179,11 @@ class Trainer:
         return dict(self._results(self.train_loss, self.train_accuracy))
 
     def _end_epoch(self) -> None:
-        """With --ema, an epoch ends with the moving average written over the weights it
-        trained: validation, the checkpoint and the export all see it."""
-        if self.config.ema:
-            optimizer = self.fine_tune_optimizer if self.fine_tuning else self.optimizer
+        """With --ema (head epochs) or --fine_tune_ema, an epoch ends with the moving average
+        written over the weights it trained: validation, the checkpoint and the export all see
+        it."""
+        optimizer = self.fine_tune_optimizer if self.fine_tuning else self.optimizer
+        if self.config.fine_tune_ema if self.fine_tuning else self.config.ema:
             optimizer.finalize_variable_values(self.model.trainable_variables)
 
     def evaluate(self, dataset, source: Source) -> tuple[dict[str, float], np.ndarray]:

@@ -135,7 +135,8 @@ def _epoch_moves(ema: float, fine_tuning: bool) -> float:
     keras.utils.set_random_seed(0)
     config = Config(data_dir="unused", weights="none", image_size=32, batch_size=4,
                     flip="none", zoom=0.0, strategy="default", fine_tune_from="block5_conv1",
-                    learning_rate=1e-3, fine_tune_learning_rate=1e-3, ema=ema)
+                    learning_rate=1e-3, fine_tune_learning_rate=1e-3,
+                    **{"fine_tune_ema" if fine_tuning else "ema": ema})
     trainer = Trainer(config, 2, distribute.setup_distribution(config))
     pixels, _, labels = sample(trainer)
     if fine_tuning:
@@ -151,7 +152,8 @@ def _epoch_moves(ema: float, fine_tuning: bool) -> float:
 
 @pytest.mark.parametrize("fine_tuning", [False, True], ids=["head", "fine-tuning"])
 def test_an_epoch_with_ema_ends_on_the_average_of_its_weights(fine_tuning):
-    """With --ema near 1 the average of a short epoch stays near its first step's weights, so
+    """With --ema (head) or --fine_tune_ema near 1 the average of a short epoch stays near its
+    first step's weights, so
     the epoch ends far closer to where it started than plain Adam's last step (measured: 0.2
     of the distance when fine-tuning)."""
     assert _epoch_moves(0.999, fine_tuning) < 0.5 * _epoch_moves(0.0, fine_tuning)
