@@ -19,9 +19,16 @@ on every photo of --data_dir/train. Photos have three roles and the search keeps
   run once (accuracy with its 95% BCa interval over photos), and the two are compared by their
   mean over seeds ± 2 standard errors.
 
+- **Test-time flips** (--test_time_flip on the export) are weighed on the selection photos too:
+  the chosen recipe's runs answer them with and without flips (catdog.evaluate on a folder of
+  links to them), and the gain is printed with the model time it costs.
+- Recipes marked over budget (OVER_BUDGET: more work than best.flags did) are measured to show
+  what more time would buy, and never chosen.
+
 Runs share one feature pass per seed (--feature_cache_dir under --work_dir: the views are seeded,
 so each seed has its own), and a row's wall time leaves that pass out; the pass is its own
-column. Finished runs are recorded in <work_dir>/runs.jsonl, so an interrupted search started
+column, beside the VGG16 work of each recipe in TFLOP (the same in float32 and bfloat16, on any
+CPU). Finished runs are recorded in <work_dir>/runs.jsonl, so an interrupted search started
 again goes on where it stopped (an unfinished run resumes from its last epoch, as catdog does).
 """
 
@@ -35,7 +42,8 @@ import time
 import zlib
 from pathlib import Path
 
-import machine  # benchmarks/ is on sys.path when this file runs as a script
+import flops  # benchmarks/ is on sys.path when this file runs as a script
+import machine
 import numpy as np
 import seed_job
 import tensorflow as tf
@@ -77,6 +85,13 @@ RECIPES = {  # name: (what it is, the flags it adds to BEST_BEFORE)
     "ema-wd": ("EMA, and weight decay 0.05 (AdamW) in both phases",
                ["--ema=0.99", "--weight_decay=0.05"]),
     "ft1e-4": ("fine-tuning cosine from 1e-4", ["--fine_tune_learning_rate=0.0001"]),
+    # One epoch from block3_conv1 costs about what two from block4_conv1 do (1.8x the
+    # convolution FLOPs per epoch), on cached block2_pool activations.
+    "block3-1ep": ("1 fine-tuning epoch from block3_conv1", [
+        "--fine_tune_from=block3_conv1", "--fine_tune_epochs=1"]),
+    "block3-1ep-ft1e-4": ("1 fine-tuning epoch from block3_conv1, cosine from 1e-4", [
+        "--fine_tune_from=block3_conv1", "--fine_tune_epochs=1",
+        "--fine_tune_learning_rate=0.0001"]),
     "steady": ("head at 3e-4 on a cosine", STEADY_HEAD),
     "steady-ft1e-4": ("head at 3e-4 on a cosine, fine-tuning cosine from 1e-4",
                       [*STEADY_HEAD, "--fine_tune_learning_rate=0.0001"]),
@@ -266,8 +281,9 @@ def print_search_table(names, runs, scores, winner) -> None:
     print(f"| recipe | flags added to best.flags before | runs | selection accuracy, "
           f"{folds}-fold CV of the epoch choice ({photos} photos): mean ± SE over seeds | "
           f"in-sample (chose its epoch): mean | largest head swing | best epoch | "
-          f"wall time without the feature pass | feature pass | precision |")
-    print("|---|---|---:|---:|---:|---:|---|---:|---:|---|")
+          f"wall time without the feature pass | feature pass | VGG16 TFLOP (one run) | "
+          f"precision |")
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|")
     for name in names:
         mean, se = scores[name]
         what, extra = RECIPES[name]
@@ -281,7 +297,18 @@ def print_search_table(names, runs, scores, winner) -> None:
               f"{', '.join(str(r['best_epoch']) for r in rows)} of {rows[0]['epochs']} | "
               f"{statistics.mean(r['wall_seconds'] - r['feature_seconds'] for r in rows) / 60:.1f}"
               f" min | {max(r['feature_seconds'] for r in rows) / 60:.1f} min | "
-              f"{rows[0]['precision']} |")
+              f"{_tflop(name, rows[0])} | {rows[0]['precision']} |")
+
+
+def _tflop(name: str, run: dict) -> str:
+    """The VGG16 work of one run of the recipe (benchmarks/flops.py), from its summary: the same
+    on any CPU and in any precision, so it compares recipes' costs where wall times cannot."""
+    config = recipe_config(name, run["seed"])
+    summary = json.loads((Path(config.run_dir) / "summary.json").read_text())
+    job = flops.Job(summary["train_images"], summary["validation_images"], config.image_size,
+                    config.epochs, config.views, config.fine_tune_from,
+                    config.fine_tune_epochs, config.frozen_blocks_cached)
+    return f"{job.flops() / 1e12:.0f}"
 
 
 def print_judgement(winner: str, judged: dict, seeds: list[int]) -> None:
