@@ -135,7 +135,7 @@ def short_help(program: str, flag_values: flags.FlagValues,
 
 def flags_reference() -> str:
     """Every command's flags as Markdown tables, by group, with defaults and help: the text of
-    docs/flags.md (`python -m catdog --flags_reference`; tests/test_cli.py keeps them equal)."""
+    docs/flags.md (`python -m catdog --flags_reference`; tests/test_flags.py keeps them equal)."""
     from catdog.commands import COMMANDS
 
     lines = ["# Flags", "",
