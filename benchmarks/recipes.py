@@ -23,7 +23,9 @@ on every photo of --data_dir/train. Photos have three roles and the search keeps
   the chosen recipe's runs answer them with and without flips (catdog.evaluate on a folder of
   links to them), and the gain is printed with the model time it costs.
 - Recipes marked over budget (OVER_BUDGET: more work than best.flags did) are measured on the
-  first seed only, to show what more time would buy, and never chosen.
+  first seed only, to show what more time would buy, and never chosen. A recipe more than two
+  standard errors (binomial, over the selection photos) below the first seed's leader stops
+  at that one run, as successive halving would stop it.
 
 Runs share one feature pass per seed (--feature_cache_dir under --work_dir: the views are seeded,
 so each seed has its own), and a row's wall time leaves that pass out; the pass is its own
@@ -228,6 +230,18 @@ class Record:
         return found
 
 
+def contenders(names: list[str], record: Record, first_seed: int) -> list[str]:
+    """The recipes worth more seeds: within budget, and on the first seed within two standard
+    errors (of an accuracy on that many photos) of the best one there; the others stop at one
+    run, as successive halving would stop them."""
+    first = {name: record.find("train", name, first_seed) for name in names
+             if name not in OVER_BUDGET}
+    leader = max(run["cv_accuracy"] for run in first.values())
+    photos = next(iter(first.values()))["selection_photos"]
+    margin = 2 * math.sqrt(leader * (1 - leader) / photos)
+    return [name for name, run in first.items() if run["cv_accuracy"] >= leader - margin]
+
+
 def mean_and_se(values: list[float]) -> tuple[float, float]:
     spread = statistics.stdev(values) if len(values) > 1 else math.nan
     return statistics.mean(values), spread / math.sqrt(len(values))
@@ -245,9 +259,8 @@ def main(argv):
     Path(_WORK_DIR.value).mkdir(parents=True, exist_ok=True)
     record = Record(Path(_WORK_DIR.value) / "runs.jsonl")
     for seed in seeds:  # every recipe of a seed in turn: they share that seed's feature pass
-        for name in names:
-            if name not in OVER_BUDGET or seed == seeds[0]:  # those only show what time buys
-                record.get("train", name, seed, lambda n=name, s=seed: train_run(n, s))
+        for name in names if seed == seeds[0] else contenders(names, record, seeds[0]):
+            record.get("train", name, seed, lambda n=name, s=seed: train_run(n, s))
     runs = {name: [r for seed in seeds if (r := record.find("train", name, seed))]
             for name in names}
     scores = {name: mean_and_se([run["cv_accuracy"] for run in runs[name]]) for name in names}
