@@ -100,6 +100,13 @@ RECIPES = {  # name: (what it is, the flags it adds to BEST_BEFORE)
     "steady-ft1e-4-ema": ("the same, fine-tuning weights averaged (EMA 0.99)",
                           [*STEADY_HEAD, "--fine_tune_learning_rate=0.0001",
                            "--fine_tune_ema=0.99"]),
+    # A third fine-tuning epoch paid for with the second feature view: without augmentation
+    # the feature pass covers each image once, saving about what an epoch costs.
+    "noaug-3ep": ("no augmentation (one feature view), 3 fine-tuning epochs",
+                  ["--flip=none", "--zoom=0", "--fine_tune_epochs=3"]),
+    "noaug-3ep-ft1e-4": ("the same, fine-tuning cosine from 1e-4",
+                         ["--flip=none", "--zoom=0", "--fine_tune_epochs=3",
+                          "--fine_tune_learning_rate=0.0001"]),
     # Over the time budget (best.flags' wall time): what more fine-tuning would buy.
     "ft-3ep": ("over budget: 3 fine-tuning epochs (+1)", ["--fine_tune_epochs=3"]),
     "block3": ("over budget: fine-tune from block3_conv1 (on cached block2_pool)",
