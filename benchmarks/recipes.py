@@ -13,7 +13,9 @@ on every photo of --data_dir/train. Photos have three roles and the search keeps
   the search scores a recipe by k-fold cross-validation of the whole procedure, epoch choice
   included: for each of --folds folds of the selection photos (a fixed hash of the file name),
   the epoch is chosen on the other folds and judged on this one, so no photo judges a choice it
-  made. A recipe's figure is the mean of that over its seeds, with their spread.
+  made. A recipe's figure is the mean of that over its seeds, with their spread; the choice
+  takes the one-standard-error rule: of the recipes within one standard error of the best
+  mean, the one whose head curve swings least.
 - **Judging** uses the evaluation photos (the other half, the same in every run), which chose
   nothing: only the chosen recipe and the baseline (today's best.flags) are evaluated there, each
   run once (accuracy with its 95% BCa interval over photos), and the two are compared by their
@@ -237,6 +239,17 @@ class Record:
         return found
 
 
+def choose(names: list[str], runs: dict, scores: dict) -> str:
+    """The one-standard-error rule: of the recipes within budget whose mean is within one
+    standard error of the best mean, the one whose head curve swings least (issue 32 asks for
+    smooth curves), then the higher mean."""
+    within = [name for name in names if name not in OVER_BUDGET and len(runs[name]) > 1]
+    top = max(within, key=lambda name: scores[name][0])
+    near = [name for name in within if scores[name][0] >= scores[top][0] - scores[top][1]]
+    return min(near, key=lambda name: (max(r["head_swing"] for r in runs[name]),
+                                       -scores[name][0]))
+
+
 def contenders(names: list[str], record: Record, first_seed: int) -> list[str]:
     """The recipes worth more seeds: within budget, and on the first seed within two standard
     errors (of an accuracy on that many photos) of the best one there; the others stop at one
@@ -271,8 +284,7 @@ def main(argv):
     runs = {name: [r for seed in seeds if (r := record.find("train", name, seed))]
             for name in names}
     scores = {name: mean_and_se([run["cv_accuracy"] for run in runs[name]]) for name in names}
-    winner = max((name for name in names if name not in OVER_BUDGET),
-                 key=lambda name: scores[name][0])
+    winner = choose(names, runs, scores)
 
     print(f"\n{time.strftime('%Y-%m-%d')}, {machine.cpu_description()}, TensorFlow "
           f"{tf.__version__}, weights {_WEIGHTS.value}, seeds {', '.join(map(str, seeds))}\n")
