@@ -109,6 +109,9 @@ RECIPES = {  # name: (what it is, the flags it adds to BEST_BEFORE)
     "noaug-3ep-ft1e-4": ("the same, fine-tuning cosine from 1e-4",
                          ["--flip=none", "--zoom=0", "--fine_tune_epochs=3",
                           "--fine_tune_learning_rate=0.0001"]),
+    "noaug-3ep-ft1e-4-ema": ("the same, head weights averaged (EMA 0.99)",
+                             ["--flip=none", "--zoom=0", "--fine_tune_epochs=3",
+                              "--fine_tune_learning_rate=0.0001", "--ema=0.99"]),
     # Over the time budget (best.flags' wall time): what more fine-tuning would buy.
     "ft-3ep": ("over budget: 3 fine-tuning epochs (+1)", ["--fine_tune_epochs=3"]),
     "block3": ("over budget: fine-tune from block3_conv1 (on cached block2_pool)",
