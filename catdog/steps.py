@@ -89,7 +89,7 @@ class Trainer:
 
     def _adam(self, learning_rate, distribution: distribute.Distribution, ema: float = 0.0):
         """Adam with --weight_decay (decoupled, as AdamW) and, when `ema`, a moving average of
-        the weights it trains (`end_epoch` writes it over them)."""
+        the weights it trains (`_end_epoch` writes it over them)."""
         optimizer = keras.optimizers.Adam(learning_rate,
                                           weight_decay=self.config.weight_decay or None,
                                           use_ema=bool(ema), ema_momentum=ema or 0.99)
