@@ -201,14 +201,12 @@ def predict_files(classifier: inference.Classifier, files: data.ImageFiles, batc
     probabilities = [np.zeros((0, len(classifier.class_names)), np.float32)]
     if not len(files):
         return probabilities[0]
+    if test_time_flip:
+        classifier = inference.with_test_time_flip(classifier)
     decoded = data.decoded_images(files, classifier.image_size, max_pixels)
     with ProgressLine(len(files), "image") as progress:
         for pixels, _ in data.batches(decoded, batch_size):
-            pixels = pixels.numpy()
-            answers = classifier.predict(pixels)
-            if test_time_flip:
-                answers = (answers + classifier.predict(pixels[:, :, ::-1])) / 2
-            probabilities.append(answers)
+            probabilities.append(classifier.predict(pixels.numpy()))
             progress.add(len(pixels))
     return np.concatenate(probabilities)
 

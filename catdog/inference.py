@@ -154,20 +154,21 @@ def resolve_precision(requested: str, model_path: str | os.PathLike = "") -> str
 
 
 def keras_classifier(model: keras.Model, class_names: Sequence[str],
-                     precision: str = "float32", test_time_flip: bool = False) -> Classifier:
-    """A Keras model in memory as a Classifier (called with training=False); with
-    `test_time_flip`, answering as an export with --test_time_flip does (the mean of the
-    answers for the pixels and their left-right mirror)."""
-    def forward(pixels):
-        probabilities = tf.cast(model(pixels, training=False), tf.float32)
-        if test_time_flip:
-            mirrored = tf.cast(model(tf.reverse(pixels, [2]), training=False), tf.float32)
-            probabilities = (probabilities + mirrored) / 2
-        return probabilities
-
-    compiled = tf.function(forward)
-    return Classifier(lambda pixels: compiled(tf.constant(pixels, tf.float32)).numpy(),
+                     precision: str = "float32") -> Classifier:
+    """A Keras model in memory as a Classifier (called with training=False)."""
+    forward = tf.function(lambda pixels: model(pixels, training=False))
+    return Classifier(lambda pixels: forward(tf.constant(pixels, tf.float32)).numpy(),
                       list(class_names), model.input_shape[1], precision)
+
+
+def with_test_time_flip(classifier: Classifier) -> Classifier:
+    """The classifier answering each image with the mean of its answers for the image and for
+    its left-right mirror: what a --test_time_flip export's signatures compute, and what
+    `evaluate --test_time_flip` asks of any model (a second forward pass per image)."""
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        return (classifier.predict(pixels) + classifier.predict(pixels[:, :, ::-1])) / 2
+
+    return dataclasses.replace(classifier, predict=predict)
 
 
 def load_classifier(path: str | os.PathLike, precision: str = "float32") -> Classifier:
@@ -178,8 +179,9 @@ def load_classifier(path: str | os.PathLike, precision: str = "float32") -> Clas
     path = Path(path)
     if path.is_file() and path.suffix == ".h5":
         model, class_names = load_h5(path)
-        return keras_classifier(model_lib.in_policy(model, precision), class_names, precision,
-                                test_time_flip=flips(path))
+        classifier = keras_classifier(model_lib.in_policy(model, precision), class_names,
+                                      precision)
+        return with_test_time_flip(classifier) if flips(path) else classifier
     signature = _load_saved_model(path).signatures[contract.PREDICT_PIXELS]
     image_size = signature.structured_input_signature[1][contract.PIXELS].shape[1]
     return Classifier(

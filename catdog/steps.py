@@ -113,9 +113,14 @@ class Trainer:
                     Source.ACTIVATIONS: self.upper}
         return networks[source]
 
+    @property
+    def _phase_optimizer(self):
+        """The optimizer of the phase under way: the head's, or the fine-tuning one."""
+        return self.fine_tune_optimizer if self.fine_tuning else self.optimizer
+
     def _train_step_for(self, source: Source):
         if source not in self._train_steps:
-            optimizer = self.fine_tune_optimizer if self.fine_tuning else self.optimizer
+            optimizer = self._phase_optimizer
             # Only images are augmented here; features and activations come from views
             # augmented once, in the feature pass.
             self._train_steps[source] = self._train_step(
@@ -182,9 +187,8 @@ class Trainer:
         """With --ema (head epochs) or --fine_tune_ema, an epoch ends with the moving average
         written over the weights it trained: validation, the checkpoint and the export all see
         it."""
-        optimizer = self.fine_tune_optimizer if self.fine_tuning else self.optimizer
         if self.config.fine_tune_ema if self.fine_tuning else self.config.ema:
-            optimizer.finalize_variable_values(self.model.trainable_variables)
+            self._phase_optimizer.finalize_variable_values(self.model.trainable_variables)
 
     def evaluate(self, dataset, source: Source) -> tuple[dict[str, float], np.ndarray]:
         """Mean loss and accuracy over the validation batches, and the probabilities [N, C] in

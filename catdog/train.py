@@ -269,8 +269,9 @@ def _gate(config: Config, candidate: export.Exports, layout: versions.Layout,
         return publish.already_published(candidate)
     if config.publish == "never" or not is_chief:
         return publish.kept(candidate)
-    reference = inference.keras_classifier(model, splits.class_names,
-                                           test_time_flip=config.test_time_flip)
+    reference = inference.keras_classifier(model, splits.class_names)
+    if config.test_time_flip:  # answering as the export's signatures do
+        reference = inference.with_test_time_flip(reference)
     photos = evaluation.run_photos(splits, config.data_dir)
     if config.gate_data_dir:
         photos = evaluation.folder_photos(
