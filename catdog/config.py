@@ -179,6 +179,11 @@ class Config:
         0.0, "training", "Train against smoothed targets, (1 - s) × one-hot + s / classes "
         "(Keras' label_smoothing); the validation loss stays the plain log loss. 0 disables.",
         at_least=0.0, at_most=0.5)
+    mixup: float = _setting(
+        0.0, "training", "Mixup: each training example (image, cached features or cached "
+        "activations) is blended with another of its batch, weight w ~ Beta(a, a), and trained "
+        "against both labels weighted w and 1 - w; a is this value (e.g. 0.2), in both phases. "
+        "Validation is unmixed. 0 disables.", at_least=0.0, at_most=10.0)
     run_dir: str = _setting(
         "runs/catdog", "training", "Run folder: checkpoints/, logs/, tensorboard/, metrics.csv, "
         "summary.json. Starting again with the same run_dir resumes from its last finished "

@@ -22,6 +22,24 @@ from catdog.inputs import Source
 from catdog.terminal import ProgressLine
 
 
+def mixup(inputs: tf.Tensor, labels: tf.Tensor, alpha: float,
+          seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Mixup (Zhang et al., 2018) of one batch: example i becomes w_i · x_i + (1 - w_i) · x_j
+    for a partner j drawn from the same batch, w_i ~ Beta(alpha, alpha). Returns the blended
+    inputs, the partners' labels and the weights w [B]; the loss weighs label and partner
+    label by w and 1 - w. Stateless in `seed` (the run's seed and the optimizer's step), so a
+    resumed run blends as an uninterrupted one would."""
+    count = tf.shape(labels)[0]
+    first, second, order = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    draws = [tf.random.stateless_gamma([count], s, alpha) for s in (first, second)]
+    weights = tf.math.divide_no_nan(draws[0], draws[0] + draws[1])
+    partner = tf.argsort(tf.random.stateless_uniform([count], order))
+    shape = tf.concat([[count], tf.ones([tf.rank(inputs) - 1], tf.int32)], axis=0)
+    blend = tf.cast(tf.reshape(weights, shape), inputs.dtype)
+    blended = blend * inputs + (1 - blend) * tf.gather(inputs, partner)
+    return blended, tf.gather(labels, partner), weights
+
+
 class Trainer:
     """Builds the model under the strategy's scope and runs epochs of distributed steps."""
 
@@ -133,10 +151,13 @@ class Trainer:
         return self._eval_steps[source]
 
     def _train_step(self, network: keras.Model, optimizer, augment: bool):
-        def gradients(inputs, labels):
+        def gradients(inputs, labels, partners, weights):
             with tf.GradientTape() as tape:
                 probabilities = network(inputs, training=True)
                 per_example_loss = self.train_loss_fn(labels, probabilities)
+                if self.config.mixup:
+                    per_example_loss = weights * per_example_loss + (
+                        1 - weights) * self.train_loss_fn(partners, probabilities)
                 loss = optimizer.scale_loss(tf.nn.compute_average_loss(per_example_loss))
             return per_example_loss, probabilities, tape.gradient(
                 loss, network.trainable_variables)
@@ -148,10 +169,17 @@ class Trainer:
         def replica_step(inputs, labels):
             if augment and self.augmenter.layers:
                 inputs = self.augmenter(inputs, training=True)
-            per_example_loss, probabilities, grads = compiled(inputs, labels)
+            partners, weights = labels, tf.ones(tf.shape(labels), tf.float32)
+            if self.config.mixup:
+                replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+                inputs, partners, weights = mixup(inputs, labels, self.config.mixup, tf.stack(
+                    [self.config.seed, tf.cast(optimizer.iterations, tf.int32) * 64 + replica]))
+            per_example_loss, probabilities, grads = compiled(inputs, labels, partners, weights)
             optimizer.apply_gradients(zip(grads, network.trainable_variables))
             self.train_loss.update_state(per_example_loss)
-            self.train_accuracy.update_state(labels, probabilities)
+            # A blended example counts as the label that weighs more in it.
+            self.train_accuracy.update_state(tf.where(weights >= 0.5, labels, partners),
+                                             probabilities)
 
         return tf.function(lambda batch: self.strategy.run(replica_step, args=batch))
 

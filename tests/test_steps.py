@@ -8,7 +8,7 @@ import tensorflow as tf
 from catdog import distribute
 from catdog.config import Config
 from catdog.inputs import Source
-from catdog.steps import Trainer
+from catdog.steps import Trainer, mixup
 
 
 @pytest.fixture
@@ -157,3 +157,53 @@ def test_an_epoch_with_ema_ends_on_the_average_of_its_weights(fine_tuning):
     the epoch ends far closer to where it started than plain Adam's last step (measured: 0.2
     of the distance when fine-tuning)."""
     assert _epoch_moves(0.999, fine_tuning) < 0.5 * _epoch_moves(0.0, fine_tuning)
+
+
+def test_mixup_blends_each_example_with_a_partner_of_its_batch():
+    inputs = tf.constant(np.arange(8 * 3, dtype=np.float32).reshape(8, 3) ** 2)
+    labels = tf.constant([0, 1, 0, 1, 1, 0, 1, 0])
+    seed = tf.constant([7, 3])
+    blended, partners, weights = (t.numpy() for t in mixup(inputs, labels, 0.4, seed))
+    x, y = inputs.numpy(), labels.numpy()
+    assert ((weights >= 0) & (weights <= 1)).all() and not np.allclose(weights, weights[0])
+    used = []
+    for i in range(8):  # each row is w_i x_i + (1 - w_i) x_j for exactly one row j
+        fits = [j for j in range(8)
+                if np.allclose(blended[i], weights[i] * x[i] + (1 - weights[i]) * x[j])]
+        assert len(fits) == 1 and partners[i] == y[fits[0]]
+        used.append(fits[0])
+    assert sorted(used) == list(range(8))  # the partners are a reordering of the batch
+    again = [t.numpy() for t in mixup(inputs, labels, 0.4, seed)]
+    np.testing.assert_array_equal(again[0], blended)  # the same seed blends the same way
+    other = mixup(inputs, labels, 0.4, tf.constant([7, 4]))[2].numpy()
+    assert not np.allclose(other, weights)
+
+
+def test_mixup_weights_follow_beta_alpha_alpha():
+    """Beta(a, a) has mean 1/2 and variance 1 / (4 (2a + 1)): near 0 or 1 for a small a."""
+    for alpha in (0.2, 4.0):
+        weights = mixup(tf.zeros([20000, 1]), tf.zeros([20000], tf.int32), alpha,
+                        tf.constant([1, 2]))[2].numpy()
+        assert weights.mean() == pytest.approx(0.5, abs=0.01)
+        assert weights.var() == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.05)
+
+
+def test_a_mixup_step_trains_on_blended_inputs_against_both_labels():
+    keras.utils.set_random_seed(0)
+    config = Config(data_dir="unused", weights="none", image_size=32, batch_size=4,
+                    flip="none", zoom=0.0, strategy="default", mixup=0.4, seed=5)
+    trainer = Trainer(config, 2, distribute.setup_distribution(config))
+    features = np.random.default_rng(1).uniform(0, 4, (4, 512)).astype(np.float32)
+    labels = np.array([0, 1, 1, 0])
+    head_before = keras.models.clone_model(trainer.head)
+    head_before.set_weights(trainer.head.get_weights())
+    metrics = trainer.train_epoch(batches(trainer, features, labels), Source.FEATURES, 1,
+                                  keras.utils.Progbar(1, verbose=0))
+    # The first step blends with seed (5, 0); its loss is computed before the step.
+    blended, partners, weights = mixup(tf.constant(features), tf.constant(labels), 0.4,
+                                       tf.constant([5, 0]))
+    answers = head_before(blended, training=False)
+    log_loss = keras.losses.sparse_categorical_crossentropy
+    expected = np.mean(weights * log_loss(labels, answers)
+                       + (1 - weights) * log_loss(partners, answers))
+    assert metrics["loss"] == pytest.approx(float(expected), rel=1e-4)
