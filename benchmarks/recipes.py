@@ -125,6 +125,13 @@ RECIPES = {  # name: (what it is, the flags it adds to BEST_BEFORE)
                            [*NO_AUGMENTATION, *FROM_BLOCK4_CONV2, "--ema=0.99"]),
     "noaug-b4c2-3ep-mixup": ("the same, mixup 0.2 of the cached features and activations",
                              [*NO_AUGMENTATION, *FROM_BLOCK4_CONV2, "--mixup=0.2"]),
+    "noaug-b4c2-3ep-warmup": ("the same, fine-tuning rate warmed up over 0.3 epochs",
+                              [*NO_AUGMENTATION, *FROM_BLOCK4_CONV2,
+                               "--fine_tune_warmup_epochs=0.3"]),
+    "noaug-b4c2-3ep-warmup-2e-4": ("the same, warmed up to 2e-4",
+                                   [*NO_AUGMENTATION, *FROM_BLOCK4_CONV2,
+                                    "--fine_tune_warmup_epochs=0.3",
+                                    "--fine_tune_learning_rate=0.0002"]),
     "noaug-b4c3-5ep": ("no augmentation, 5 fine-tuning epochs from block4_conv3, cosine from "
                        "1e-4", [*NO_AUGMENTATION, "--fine_tune_from=block4_conv3",
                                 "--fine_tune_epochs=5", "--fine_tune_learning_rate=0.0001"]),

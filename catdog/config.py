@@ -171,6 +171,11 @@ class Config:
         "constant", "training", "Learning rate over the fine-tuning phase: constant, or cosine "
         "(decays from --fine_tune_learning_rate to 0 over its --fine_tune_epochs, step by "
         "step).")
+    fine_tune_warmup_epochs: float = _setting(
+        0.0, "training", "Warm the fine-tuning learning rate up linearly from 0 to "
+        "--fine_tune_learning_rate over this many epochs (a fraction is allowed, e.g. 0.3), then "
+        "follow --fine_tune_schedule: a fresh Adam's first steps on the unfrozen blocks move "
+        "them before its moment estimates settle. 0 disables.", at_least=0.0, at_most=100.0)
     fine_tune_ema: float = _setting(
         0.0, "training", "--ema for the fine-tuning phase: the moving average of the weights it "
         "trains, written over them at the end of each fine-tuning epoch. 0 disables.",

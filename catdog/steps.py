@@ -72,8 +72,9 @@ class Trainer:
             if config.fine_tune_from:
                 self.fine_tune_optimizer = self._adam(self._learning_rate(
                     config.fine_tune_learning_rate, config.fine_tune_schedule,
-                    config.fine_tune_epochs * steps_per_epoch, distribution), distribution,
-                    ema=config.fine_tune_ema)
+                    config.fine_tune_epochs * steps_per_epoch, distribution,
+                    warmup_steps=round(config.fine_tune_warmup_epochs * steps_per_epoch)),
+                    distribution, ema=config.fine_tune_ema)
                 model_lib.unfreeze_from(self.model, config.fine_tune_from)
                 self.fine_tune_optimizer.build(self.model.trainable_variables)
                 model_lib.frozen_base(self.model).trainable = False
@@ -87,14 +88,18 @@ class Trainer:
         self._eval_steps: dict[Source, Any] = {}
 
     def _learning_rate(self, rate: float, schedule: str, phase_steps: int,
-                       distribution: distribute.Distribution):
+                       distribution: distribute.Distribution, warmup_steps: int = 0):
         """A phase's learning rate: `rate`, scaled as --scale_learning_rate says, constant or,
-        with schedule cosine, decayed to 0 over the phase's steps (the optimizer's own step
-        count drives it, so a resumed run continues the curve where it stopped)."""
+        with schedule cosine, decayed to 0 by the phase's end; after `warmup_steps` rising
+        linearly from 0 to it, when given. The optimizer's own step count drives it, so a
+        resumed run continues the curve where it stopped."""
         rate = distribute.learning_rate_for(rate, distribution, self.config.scale_learning_rate)
-        if schedule == "cosine":
-            return keras.optimizers.schedules.CosineDecay(rate, decay_steps=phase_steps)
-        return rate
+        if schedule == "constant" and not warmup_steps:
+            return rate
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup_steps else rate, decay_steps=max(phase_steps - warmup_steps, 1),
+            alpha=0.0 if schedule == "cosine" else 1.0,  # alpha 1: constant after the warm-up
+            warmup_target=rate if warmup_steps else None, warmup_steps=warmup_steps)
 
     def _training_loss(self, num_classes: int):
         """Per-example training loss: the log loss, against --label_smoothing targets."""

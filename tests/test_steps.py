@@ -207,3 +207,20 @@ def test_a_mixup_step_trains_on_blended_inputs_against_both_labels():
     expected = np.mean(weights * log_loss(labels, answers)
                        + (1 - weights) * log_loss(partners, answers))
     assert metrics["loss"] == pytest.approx(float(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("schedule, after", [("cosine", [1e-4, 0.5e-4, 0.0]),
+                                             ("constant", [1e-4, 1e-4, 1e-4])])
+def test_a_fine_tuning_warm_up_rises_from_zero_then_follows_the_schedule(schedule, after):
+    config = Config(data_dir="unused", weights="none", image_size=32, flip="none", zoom=0.0,
+                    strategy="default", fine_tune_from="block5_conv1", fine_tune_epochs=3,
+                    fine_tune_learning_rate=1e-4, fine_tune_schedule=schedule,
+                    fine_tune_warmup_epochs=0.5)
+    trainer = Trainer(config, 2, distribute.setup_distribution(config), steps_per_epoch=4)
+    optimizer = trainer.fine_tune_optimizer
+    rates = []
+    # Warm-up: 2 steps (half an epoch of 4); then the schedule over the other 10 of 12.
+    for step in (0, 1, 2, 7, 12):
+        optimizer.iterations.assign(step)
+        rates.append(float(optimizer.learning_rate))
+    assert rates == pytest.approx([0.0, 0.5e-4, *after], abs=1e-9)

@@ -205,7 +205,8 @@ def test_fine_tuning_resumes_mid_phase_and_matches_an_uninterrupted_run(dataset_
         f"--data_dir={dataset_dir}", "--weights=none", "--image_size=32", "--batch_size=8",
         "--epochs=1", "--fine_tune_from=block5_conv1", "--fine_tune_epochs=2", "--flip=none",
         "--zoom=0", "--cache_features", "--seed=4", "--schedule=cosine", "--weight_decay=0.01",
-        "--ema=0.9", "--fine_tune_ema=0.9", "--fine_tune_schedule=cosine", "--mixup=0.4"],
+        "--ema=0.9", "--fine_tune_ema=0.9", "--fine_tune_schedule=cosine", "--mixup=0.4",
+        "--fine_tune_warmup_epochs=0.5"],
         kill_at_epoch=3, epochs=3)
     assert [row["phase"] for row in resumed["epochs"]] == ["head", "fine_tune", "fine_tune"]
 
