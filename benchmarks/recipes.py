@@ -125,16 +125,21 @@ RECIPES = {  # name: (what it is, the flags it adds to BEST_BEFORE)
                            [*NO_AUGMENTATION, *FROM_BLOCK4_CONV2, "--ema=0.99"]),
     "noaug-b4c2-3ep-mixup": ("the same, mixup 0.2 of the cached features and activations",
                              [*NO_AUGMENTATION, *FROM_BLOCK4_CONV2, "--mixup=0.2"]),
-    "noaug-b4c2-3ep-warmup": ("the same, fine-tuning rate warmed up over 0.3 epochs",
-                              [*NO_AUGMENTATION, *FROM_BLOCK4_CONV2,
-                               "--fine_tune_warmup_epochs=0.3"]),
-    "noaug-b4c2-3ep-warmup-2e-4": ("the same, warmed up to 2e-4",
-                                   [*NO_AUGMENTATION, *FROM_BLOCK4_CONV2,
-                                    "--fine_tune_warmup_epochs=0.3",
-                                    "--fine_tune_learning_rate=0.0002"]),
+    "noaug-b4c2-3ep-ema-warmup": ("the same with the head averaged, the fine-tuning rate "
+                                  "warmed up over 0.3 epochs",
+                                  [*NO_AUGMENTATION, *FROM_BLOCK4_CONV2, "--ema=0.99",
+                                   "--fine_tune_warmup_epochs=0.3"]),
+    "noaug-b4c2-3ep-ema-warmup-2e-4": ("the same, warmed up to 2e-4",
+                                       [*NO_AUGMENTATION, *FROM_BLOCK4_CONV2, "--ema=0.99",
+                                        "--fine_tune_warmup_epochs=0.3",
+                                        "--fine_tune_learning_rate=0.0002"]),
     "noaug-b4c3-5ep": ("no augmentation, 5 fine-tuning epochs from block4_conv3, cosine from "
                        "1e-4", [*NO_AUGMENTATION, "--fine_tune_from=block4_conv3",
                                 "--fine_tune_epochs=5", "--fine_tune_learning_rate=0.0001"]),
+    "noaug-b4c3-5ep-ema": ("the same, head weights averaged (EMA 0.99)",
+                           [*NO_AUGMENTATION, "--fine_tune_from=block4_conv3",
+                            "--fine_tune_epochs=5", "--fine_tune_learning_rate=0.0001",
+                            "--ema=0.99"]),
     "noaug-b5-12ep": ("no augmentation, 12 fine-tuning epochs from block5_conv1, cosine from "
                       "1e-4", [*NO_AUGMENTATION, "--fine_tune_from=block5_conv1",
                                "--fine_tune_epochs=12", "--fine_tune_learning_rate=0.0001"]),
@@ -330,6 +335,7 @@ def main(argv):
         judged[name] = [record.get("judge", name, seed, lambda n=name, s=seed: judge_run(
             record.get("train", n, s, lambda: train_run(n, s)))) for seed in judge_seeds]
     print_judgement(winner, judged, judge_seeds)
+    print_curves([record.find("train", name, seed) for name in judged for seed in judge_seeds])
     if _TEST_TIME_FLIP.value:
         flipped = [record.get("judge-flip", winner, seed, lambda s=seed: judge_run(
             record.find("train", winner, s), test_time_flip=True)) for seed in judge_seeds]
@@ -379,6 +385,18 @@ def vgg16_tflop(name: str, run: dict) -> float:
 def within_budget(name: str, runs: dict) -> bool:
     """No more VGG16 work than the baseline's (its first runs' summaries tell the photos)."""
     return vgg16_tflop(name, runs[name][0]) <= vgg16_tflop(BASELINE, runs[BASELINE][0]) + 1e-9
+
+
+def print_curves(runs: list[dict]) -> None:
+    """Each judged run's selection accuracy epoch by epoch (how smooth the curves are)."""
+    print("\n| recipe | seed | selection accuracy by epoch: head, then fine-tuning | "
+          "largest fall |")
+    print("|---|---:|---|---:|")
+    for run in runs:
+        epochs = len(run["curve"]) - recipe_config(run["recipe"], run["seed"]).fine_tune_epochs
+        head, tuned = run["curve"][:epochs], run["curve"][epochs:]
+        print(f"| {run['recipe']} | {run['seed']} | {' '.join(f'{a:.3f}' for a in head)} · "
+              f"{' '.join(f'{a:.3f}' for a in tuned)} | {largest_fall(run):.3f} |")
 
 
 def print_judgement(winner: str, judged: dict, seeds: list[int]) -> None:

@@ -66,23 +66,20 @@ def cells(run: dict) -> str:
 
 def main(argv):
     del argv
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="catdog-wall-time-") as scratch:
-        work = Path(_WORK_DIR.value or scratch)
-        for precision in _PRECISIONS.value:
-            for round_ in range(_ROUNDS.value):
-                runs = {name: run_job(name, precision, work / f"{precision}-{round_}-{i}")
-                        for i, name in enumerate(JOBS)}
-                rows.append((precision, runs))
     print(f"{time.strftime('%Y-%m-%d')}, {machine.cpu_description()}; one process per job, "
           "fresh folders, old then new\n")
     print("| precision | job | wall s | feature pass s | epochs s | export + gate s | start-up "
           "and the rest s | selection accuracy (chose the epoch) | new / old wall |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for precision, runs in rows:
-        old, new = runs["best.flags before"], runs["best.flags"]
-        print(f"| {precision} | best.flags before | {cells(old)} | |")
-        print(f"| {precision} | best.flags | {cells(new)} | **{new['wall'] / old['wall']:.2f}** |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    with tempfile.TemporaryDirectory(prefix="catdog-wall-time-") as scratch:
+        work = Path(_WORK_DIR.value or scratch)
+        for precision in _PRECISIONS.value:
+            for round_ in range(_ROUNDS.value):
+                old, new = (run_job(name, precision, work / f"{precision}-{round_}-{i}")
+                            for i, name in enumerate(JOBS))
+                print(f"| {precision} | best.flags before | {cells(old)} | |")
+                print(f"| {precision} | best.flags | {cells(new)} | "
+                      f"**{new['wall'] / old['wall']:.2f}** |", flush=True)
 
 
 if __name__ == "__main__":
