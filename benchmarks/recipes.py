@@ -277,7 +277,10 @@ def choose(names: list[str], runs: dict, scores: dict) -> str:
     smooth curves), then the higher mean."""
     within = [name for name in names if within_budget(name, runs) and len(runs[name]) > 1]
     top = max(within, key=lambda name: scores[name][0])
-    near = [name for name in within if scores[name][0] >= scores[top][0] - scores[top][1]]
+    # Accuracies are counts of photos over the same photos: an exact tie at the edge is in
+    # (1e-9 absorbs floating point, far below one photo's 0.002).
+    near = [name for name in within
+            if scores[name][0] >= scores[top][0] - scores[top][1] - 1e-9]
     return min(near, key=lambda name: (max(largest_fall(r) for r in runs[name]),
                                        -scores[name][0]))
 
@@ -357,7 +360,7 @@ def print_search_table(names, runs, scores, winner) -> None:
         mean, se = scores[name]
         what, extra = RECIPES[name]
         rows = runs[name]
-        cell = f"{mean:.4f} ± {se:.4f}"
+        cell = f"{mean:.4f} ± {se:.4f}" if len(rows) > 1 else f"{mean:.4f} (one run)"
         label = f"**{name}**" if name == winner else name
         print(f"| {label}: {what} | `{' '.join(extra) or '(none)'}` | {len(rows)} | "
               f"{'**' + cell + '**' if name == winner else cell} | "
