@@ -40,6 +40,19 @@ def mixup(inputs: tf.Tensor, labels: tf.Tensor, alpha: float,
     return blended, tf.gather(labels, partner), weights
 
 
+def learning_rate_schedule(rate: float, schedule: str, phase_steps: int,
+                           warmup_steps: int = 0) -> float | keras.optimizers.schedules.CosineDecay:
+    """A phase's learning rate: `rate`, constant or, with schedule cosine, decayed to 0 by the
+    phase's end; after `warmup_steps` rising linearly from 0 to it, when given. The optimizer's
+    own step count drives it, so a resumed run continues the curve where it stopped."""
+    if schedule == "constant" and not warmup_steps:
+        return rate
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup_steps else rate, decay_steps=max(phase_steps - warmup_steps, 1),
+        alpha=0.0 if schedule == "cosine" else 1.0,  # alpha 1: constant after the warm-up
+        warmup_target=rate if warmup_steps else None, warmup_steps=warmup_steps)
+
+
 class Trainer:
     """Builds the model under the strategy's scope and runs epochs of distributed steps."""
 
@@ -89,17 +102,9 @@ class Trainer:
 
     def _learning_rate(self, rate: float, schedule: str, phase_steps: int,
                        distribution: distribute.Distribution, warmup_steps: int = 0):
-        """A phase's learning rate: `rate`, scaled as --scale_learning_rate says, constant or,
-        with schedule cosine, decayed to 0 by the phase's end; after `warmup_steps` rising
-        linearly from 0 to it, when given. The optimizer's own step count drives it, so a
-        resumed run continues the curve where it stopped."""
+        """A phase's `learning_rate_schedule`, its rate scaled as --scale_learning_rate says."""
         rate = distribute.learning_rate_for(rate, distribution, self.config.scale_learning_rate)
-        if schedule == "constant" and not warmup_steps:
-            return rate
-        return keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup_steps else rate, decay_steps=max(phase_steps - warmup_steps, 1),
-            alpha=0.0 if schedule == "cosine" else 1.0,  # alpha 1: constant after the warm-up
-            warmup_target=rate if warmup_steps else None, warmup_steps=warmup_steps)
+        return learning_rate_schedule(rate, schedule, phase_steps, warmup_steps)
 
     def _training_loss(self, num_classes: int):
         """Per-example training loss: the log loss, against --label_smoothing targets."""
@@ -176,6 +181,7 @@ class Trainer:
                 inputs = self.augmenter(inputs, training=True)
             partners, weights = labels, tf.ones(tf.shape(labels), tf.float32)
             if self.config.mixup:
+                # A seed per (run seed, step, replica): 64 replicas at most draw apart.
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
                 inputs, partners, weights = mixup(inputs, labels, self.config.mixup, tf.stack(
                     [self.config.seed, tf.cast(optimizer.iterations, tf.int32) * 64 + replica]))
