@@ -179,7 +179,7 @@ class Trainer:
         def replica_step(inputs, labels):
             if augment and self.augmenter.layers:
                 inputs = self.augmenter(inputs, training=True)
-            partners, weights = labels, tf.ones(tf.shape(labels), tf.float32)
+            partners = weights = None  # mixup's partner labels and blend weights
             if self.config.mixup:
                 # A seed per (run seed, step, replica): 64 replicas at most draw apart.
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
@@ -188,9 +188,9 @@ class Trainer:
             per_example_loss, probabilities, grads = compiled(inputs, labels, partners, weights)
             optimizer.apply_gradients(zip(grads, network.trainable_variables))
             self.train_loss.update_state(per_example_loss)
-            # A blended example counts as the label that weighs more in it.
-            self.train_accuracy.update_state(tf.where(weights >= 0.5, labels, partners),
-                                             probabilities)
+            if self.config.mixup:  # a blended example counts as the label weighing more in it
+                labels = tf.where(weights >= 0.5, labels, partners)
+            self.train_accuracy.update_state(labels, probabilities)
 
         return tf.function(lambda batch: self.strategy.run(replica_step, args=batch))
 
