@@ -19,6 +19,8 @@ BATCH_USAGE = ("--model=PATH --input=FOLDER_OR_GLOB --output=PREFIX [--flag=valu
                "[-- BEAM_PIPELINE_OPTIONS]")
 CLIENT_USAGE = "--server=URL [--model=NAME] [--flag=value ...] IMAGE_OR_FOLDER..."
 DATA_USAGE = "check [DIR] | download | prepare [--flag=...]"
+DATA_SERVICE_USAGE = ("dispatcher|worker --host=0.0.0.0 [--port=N] [--flag=value ...] (a worker "
+                      "also --dispatcher=host:port)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,5 +66,5 @@ COMMANDS = {
     "data": Command("check, download or prepare images", "catdog.flags", "define_data_flags",
                     DATA_USAGE, "DATA_VERB_FLAGS", list_others=False),
     "data_service": Command("a tf.data service dispatcher or worker", "catdog.flags",
-                            "define_data_service_flags"),
+                            "define_data_service_flags", DATA_SERVICE_USAGE),
 }

@@ -41,20 +41,7 @@ PROTOCOL = "grpc"
 
 
 WORKER_TIMEOUT_SECONDS = 10
-EVERY_INTERFACE = "0.0.0.0"  # the only address TensorFlow's data service listens on
 JOURNAL_PARTS = ("tf_data_dispatcher_journal", "datasets")  # what TensorFlow writes in work_dir
-
-
-def check_host(host: str) -> None:
-    """Refuses any --host but the one TensorFlow's servers really listen on (module docstring):
-    a server reachable from everywhere must be asked for by name."""
-    if host != EVERY_INTERFACE:
-        raise CatdogError(
-            f"--host={host}: TensorFlow's data service listens on every interface "
-            f"({EVERY_INTERFACE}) and cannot be bound to one address; it has no authentication "
-            "and runs any dataset graph a client sends. Run it where only your trainers can "
-            "reach it (a private network; deploy/data-service.yaml's NetworkPolicy) and pass "
-            f"--host={EVERY_INTERFACE} to say so")
 
 
 def private_folder(path: str | Path) -> Path:
@@ -122,10 +109,16 @@ def dispatcher_answers(service: str, seconds: float = 2.0) -> bool:
         return False
 
 
-def serve_until_stopped(server) -> None:
-    """Blocks until SIGTERM or Ctrl-C, then stops `server`."""
+def stop_on_sigterm() -> threading.Event:
+    """An event that SIGTERM sets. Installed before a server says it is ready, so a SIGTERM sent
+    on reading that line stops it cleanly instead of killing it."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop
+
+
+def serve_until_stopped(server, stop: threading.Event) -> None:
+    """Blocks until `stop` is set or Ctrl-C, then stops `server`."""
     try:
         stop.wait()
     except KeyboardInterrupt:
@@ -139,8 +132,7 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     role = argv[1:]
     work_dir = None
-    if role in (["dispatcher"], ["worker"]):
-        check_host(f.host)
+    stop = stop_on_sigterm()
     if role == ["dispatcher"]:
         # --port=0 picks a new port each time, so there is no address to restart at
         work_dir = f.work_dir or (default_work_dir(f.port) if f.port else None)
@@ -156,9 +148,10 @@ def main(argv: Sequence[str]) -> None:
         server = start_worker(f.dispatcher, f.port, f.worker_address)
         print(f"tf.data service worker on port {f.port or '(any)'} for {f.dispatcher}", flush=True)
     else:
-        raise CatdogError("usage: python -m catdog.data_service dispatcher|worker [--port=N] "
-                          "[--dispatcher=host:port]")
-    serve_until_stopped(server)
+        from catdog.commands import DATA_SERVICE_USAGE
+
+        raise CatdogError(f"usage: python -m catdog.data_service {DATA_SERVICE_USAGE}")
+    serve_until_stopped(server, stop)
     if work_dir:  # a clean end: its jobs are over, and the journal holds their graphs
         remove_journal(work_dir)
     sys.exit(0)

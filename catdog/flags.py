@@ -53,14 +53,27 @@ def define_max_image_pixels(flag_values: flags.FlagValues) -> None:
     fields.define_flag(config_lib.Config, "max_image_pixels", flag_values)
 
 
+EVERY_INTERFACE = "0.0.0.0"  # the only address TensorFlow's data service listens on
+
+
 def define_data_service_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Flags of `python -m catdog.data_service dispatcher|worker`."""
+    """Flags of `python -m catdog.data_service dispatcher|worker`. Any --host but the one
+    TensorFlow's servers really listen on is refused as the flags are parsed, before TensorFlow
+    loads (catdog/data_service.py says why): a server reachable from everywhere must be asked
+    for by name."""
     fv = flag_values
     flags.DEFINE_string("host", "127.0.0.1",
                         "Where the server may be reached. TensorFlow's data service listens on "
                         "every interface and cannot bind one address, and it has no "
                         "authentication: it starts only with --host=0.0.0.0, which says only "
                         "trainers can reach this machine's port.", flag_values=fv)
+    flags.register_validator(
+        "host", lambda host: host == EVERY_INTERFACE, flag_values=fv, message=(
+            f"TensorFlow's data service listens on every interface ({EVERY_INTERFACE}) and "
+            "cannot be bound to one address; it has no authentication and runs any dataset "
+            "graph a client sends. Run it where only your trainers can reach it (a private "
+            "network; deploy/data-service.yaml's NetworkPolicy) and pass "
+            f"--host={EVERY_INTERFACE} to say so"))
     flags.DEFINE_integer("port", 0, "Port to listen on; 0 picks a free one.", lower_bound=0,
                          upper_bound=65535, flag_values=fv)
     flags.DEFINE_string("dispatcher", "", "worker: the dispatcher's host:port.", flag_values=fv)

@@ -220,9 +220,9 @@ def test_default_flags_start_no_server_and_say_why(role):
     result = run_catdog("data_service", role, f"--port={port}", "--dispatcher=localhost:1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert line.startswith("error: --host=127.0.0.1: TensorFlow's data service listens on every "
-                           "interface (0.0.0.0) and cannot be bound to one address; it has no "
-                           "authentication and runs any dataset graph a client sends.")
+    assert line.startswith("error: flag --host=127.0.0.1: TensorFlow's data service listens on "
+                           "every interface (0.0.0.0) and cannot be bound to one address; it has "
+                           "no authentication and runs any dataset graph a client sends.")
     assert not data_service.dispatcher_answers(f"localhost:{port}", seconds=0.5)
 
 
