@@ -202,6 +202,20 @@ def exported(tmp_path_factory):
     return model, exports.h5, exports.saved_model.parent
 
 
+def garble_warmup(version: Path) -> None:
+    """A warm-up record whose request asks for a signature the model does not have."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    from catdog import contract
+
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(
+        request=predict_pb2.PredictRequest()))
+    log.predict_log.request.model_spec.signature_name = "no_such_signature"
+    with tf.io.TFRecordWriter(str(version / contract.WARMUP_FILE)) as writer:
+        writer.write(log.SerializeToString())
+
+
 def copy_version(exported, base: Path, keep_versions: int = 0) -> Path:
     """`exported`'s SavedModel as `base`'s next version, as an export writes it (appearing whole,
     by one rename) but copied rather than exported again; `keep_versions` prunes all but the

@@ -108,6 +108,11 @@ class ServerOptions:
         "(file I/O, Python, custom ops): a version that does is refused at load with one line "
         "naming the op. Turn off (--noverify_graph_ops) to serve your own non-catdog models; "
         "TF Serving has no such check.")
+    enable_model_warmup: bool = fields.setting(
+        True, "Replay each version's assets.extra/tf_serving_warmup_requests when it loads, as "
+        "TF Serving's flag does: TensorFlow's lazy initialisation happens before the version "
+        "serves, not in its first requests, and a warm-up request that fails fails the load. "
+        "--noenable_model_warmup loads faster and skips that check.")
     grpc_max_threads: int = fields.setting(
         16, "Threads serving gRPC requests at once.", at_least=1)
 

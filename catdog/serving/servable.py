@@ -42,7 +42,8 @@ class Servable:
 
     def __init__(self, name: str, version: int, path: Path,
                  batcher_options: BatchingOptions | None = None, timeout_ms: int = 0,
-                 method_name_check: bool = False, verify_graph_ops: bool = False):
+                 method_name_check: bool = False, verify_graph_ops: bool = False,
+                 enable_model_warmup: bool = True):
         self.name, self.version, self.path = name, version, Path(path)
         if verify_graph_ops:  # before anything of the graph runs (catdog.serve's default)
             problem = graph_ops.op_problem(path)
@@ -56,6 +57,7 @@ class Servable:
         self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(
             meta_graph.signature_def)
         self.method_name_check = method_name_check  # --enable_signature_method_name_check
+        self.enable_model_warmup = enable_model_warmup
         self.timeout_ms = 0  # no timeout while warming up (TF Serving's warm-up has none)
         self._request_timeout_ms = timeout_ms
         self._callables: dict[tuple, object] = {}
@@ -220,11 +222,12 @@ class Servable:
             result.regressions.add(value=float(value))
         return result
 
-    def warm_up(self) -> int:
-        """Replays assets.extra/tf_serving_warmup_requests as TF Serving does; returns the count.
-        Requests after it get the server's --rest_api_timeout_in_ms."""
+    def warm_up(self) -> int | None:
+        """Replays assets.extra/tf_serving_warmup_requests as TF Serving does; returns the count,
+        or None with --noenable_model_warmup. Requests after it get the server's
+        --rest_api_timeout_in_ms."""
         try:
-            return self._replay_warmup()
+            return self._replay_warmup() if self.enable_model_warmup else None
         finally:
             self.timeout_ms = self._request_timeout_ms
 

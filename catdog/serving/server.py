@@ -99,7 +99,8 @@ def _servable_options(options: ServerOptions) -> dict:
                               f"{error}") from None
     return {"batcher_options": batching, "timeout_ms": options.rest_api_timeout_in_ms,
             "method_name_check": options.enable_signature_method_name_check,
-            "verify_graph_ops": options.verify_graph_ops}
+            "verify_graph_ops": options.verify_graph_ops,
+            "enable_model_warmup": options.enable_model_warmup}
 
 
 def _monitoring_path(options: ServerOptions) -> str | None:

@@ -203,8 +203,10 @@ class ModelManager:
             replaced = self._loaded.get(version)  # the same number from the old base path
             self._loaded[version] = servable
         self._monitor.set(self.name, version, _Status.AVAILABLE, owner=self)
-        logging.info("serving %s version %d from %s (warmed up with %d requests; %s)",
-                     self.name, version, path, warmed, _trained_by(path))
+        warm_up = ("warm-up off (--noenable_model_warmup)" if warmed is None
+                   else f"warmed up with {warmed} requests")
+        logging.info("serving %s version %d from %s (%s; %s)",
+                     self.name, version, path, warm_up, _trained_by(path))
         if replaced is not None:
             self._in_background(replaced.close)
 

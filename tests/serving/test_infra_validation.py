@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from catdog import contract
 from catdog.serving import infra_validation
 from catdog.serving.servable import Servable
 
-from conftest import CLASSES, SERVED_IMAGE_SIZE, expected_probabilities
+from conftest import CLASSES, SERVED_IMAGE_SIZE, expected_probabilities, garble_warmup
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +90,6 @@ def flip_a_byte(path: Path) -> None:
     content = bytearray(path.read_bytes())
     content[len(content) // 2] ^= 0xFF
     path.write_bytes(bytes(content))
-
-
-def garble_warmup(version: Path) -> None:
-    """A warm-up record whose request asks for a signature the model does not have."""
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(
-        request=predict_pb2.PredictRequest()))
-    log.predict_log.request.model_spec.signature_name = "no_such_signature"
-    with tf.io.TFRecordWriter(str(version / contract.WARMUP_FILE)) as writer:
-        writer.write(log.SerializeToString())
 
 
 def link_the_labels_to_a_secret(version: Path) -> None:

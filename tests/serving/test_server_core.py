@@ -19,13 +19,18 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from catdog.errors import CatdogError
+from catdog.serving import server as server_lib
 from catdog.serving.client import Client
 from catdog.serving.options import ServerOptions
-from catdog.serving.server import start_server
 from catdog.serving.status import ServingError
 
-from conftest import CLASSES, TINY_PNG, copy_version
+from conftest import CLASSES, TINY_PNG, copy_version, garble_warmup
 from tfserving_models import TWO_VERSIONS, rest, verify_predict
+
+# Warm-up replays six requests at every load, about a second each time here. These tests are
+# about versions, labels and reloads, so their servers load without it; the one below about
+# warm-up turns it on.
+start_server = functools.partial(server_lib.start_server, enable_model_warmup=False)
 
 
 def test_a_new_version_is_picked_up(add_version, tmp_path, jpegs):
@@ -97,6 +102,20 @@ def add_version(exported):
 
 def _served(server, name: str = "catdog") -> list[int]:
     return sorted(server.core.manager(name).loaded_versions())
+
+
+def test_a_version_whose_warm_up_fails_is_not_served_unless_warm_up_is_off(add_version, tmp_path):
+    """TF Serving's --enable_model_warmup: on by default, a version's warm-up requests run
+    before it serves, and one that fails fails the load; off, they are not run."""
+    base = tmp_path / "catdog"
+    garble_warmup(add_version(base))
+    with pytest.raises(CatdogError, match=r"^--model_base_path=.*no_such_signature"):
+        server_lib.start_server("catdog", base, port=0, rest_api_port=None)
+    server = start_server("catdog", base, port=0, rest_api_port=None)
+    try:
+        assert _served(server) == [1]
+    finally:
+        server.stop()
 
 
 def test_a_half_copied_version_is_served_once_complete(add_version, tmp_path):
