@@ -2,6 +2,7 @@
 users, each weight stored once, and the .h5 loadable by plain Keras."""
 
 import os
+import shutil
 import time
 
 import keras
@@ -22,9 +23,12 @@ def test_versions_count_up_and_no_temporary_folder_remains(classifier, tmp_path)
     assert sorted(p.name for p in base.iterdir()) == ["8", "9", "notes"]
 
 
-def test_failed_export_leaves_earlier_exports_untouched(classifier, tmp_path, monkeypatch):
-    exports = export.export_all(classifier, CLASSES, tmp_path, "catdog")
-    before = exports.h5.read_bytes()
+def test_failed_export_leaves_earlier_exports_untouched(classifier, exported, tmp_path,
+                                                        monkeypatch):
+    _, h5, saved_model = exported  # an earlier run's exports, as export_all lays them out
+    shutil.copy(h5, tmp_path / "catdog.h5")
+    shutil.copytree(saved_model, tmp_path / "catdog")
+    before = (tmp_path / "catdog.h5").read_bytes()
 
     def save_half_then_fail(path, **kwargs):
         path.write_bytes(b"half")
@@ -38,10 +42,10 @@ def test_failed_export_leaves_earlier_exports_untouched(classifier, tmp_path, mo
     archive_class = type(keras.export.ExportArchive())  # its __new__ picks a backend class
     monkeypatch.setattr(archive_class, "write_out", write_half_then_fail)
     with pytest.raises(CatdogError, match="cannot write .*catdog.h5: disk full"):
-        export.export_h5(classifier, CLASSES, exports.h5)
+        export.export_h5(classifier, CLASSES, tmp_path / "catdog.h5")
     with pytest.raises(CatdogError, match="cannot write .*catdog/2: disk full"):
         export.export_saved_model(classifier, CLASSES, tmp_path / "catdog")
-    assert exports.h5.read_bytes() == before
+    assert (tmp_path / "catdog.h5").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catdog", "catdog.h5"]
     assert sorted(p.name for p in (tmp_path / "catdog").iterdir()) == ["1"]
 

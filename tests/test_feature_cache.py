@@ -3,6 +3,7 @@ and a keyed disk cache that is reused and never stale."""
 
 import dataclasses
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -235,18 +236,28 @@ def _damage_file(path, how: str) -> None:
         path.write_bytes(content[:128] + np.random.default_rng(0).bytes(len(content) - 128))
 
 
+@pytest.fixture(scope="module")
+def clean_entry(dataset_dir_module, tmp_path_factory):
+    """A feature cache holding one whole entry, computed once for the module: (config, cache
+    folder, its features)."""
+    root = tmp_path_factory.mktemp("clean")
+    config = fine_tuning(dataset_dir_module, root, feature_cache_dir=str(root / "cache"))
+    return config, root / "cache", _entry_features(dataset_dir_module, config)
+
+
 @pytest.mark.parametrize("name, how", [
     ("activations.npy", "truncated"), ("activations.npy", "emptied"),
     ("activations.npy", "same size, garbage"), ("features.npz", "truncated"),
     ("features.npz", "bit flipped"), ("sha256.json", "emptied")])
-def test_a_damaged_entry_is_one_warning_naming_it_and_is_computed_again(dataset_dir, tmp_path,
-                                                                       caplog, name, how):
-    config = fine_tuning(dataset_dir, tmp_path, feature_cache_dir=str(tmp_path / "cache"))
-    clean = _entry_features(dataset_dir, config)
+def test_a_damaged_entry_is_one_warning_naming_it_and_is_computed_again(
+        clean_entry, dataset_dir_module, tmp_path, caplog, name, how):
+    config, clean_cache, clean = clean_entry
+    shutil.copytree(clean_cache, tmp_path / "cache")
+    config = dataclasses.replace(config, feature_cache_dir=str(tmp_path / "cache"))
     (entry,) = (tmp_path / "cache").glob("train-*")
     _damage_file(entry / name, how)
     caplog.clear()
-    again = _entry_features(dataset_dir, config)
+    again = _entry_features(dataset_dir_module, config)
     warnings = [r.getMessage() for r in caplog.records  # catdog's (absl's), not TensorFlow's
                 if r.levelname == "WARNING" and r.name == "absl"]
     assert warnings == [f"feature cache entry {entry} is damaged ("
@@ -255,7 +266,7 @@ def test_a_damaged_entry_is_one_warning_naming_it_and_is_computed_again(dataset_
     np.testing.assert_allclose(again.views, clean.views, atol=1e-6)
     np.testing.assert_allclose(again.activations, clean.activations, atol=1e-6)
     caplog.clear()
-    _entry_features(dataset_dir, config)  # whole again: read without a word
+    _entry_features(dataset_dir_module, config)  # whole again: read without a word
     assert not [r for r in caplog.records if r.levelname == "WARNING" and r.name == "absl"]
 
 
