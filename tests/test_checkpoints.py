@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from catdog import train
+from catdog import distribute, train
+from catdog.checkpoints import Checkpoints, Progress
 from catdog.errors import CatdogError
+from catdog.run_dir import RunDir
+from catdog.steps import Trainer
 
 from conftest import fast_config, leftovers, run_catdog
 
@@ -35,21 +38,41 @@ def _damage(path: Path, how: str) -> None:
         path.write_bytes(bytes(flipped))
 
 
+def _newest_checkpoint_file(root: Path, part: str) -> Path:
+    """The data or index file of the finished run's newest checkpoint (epoch 3)."""
+    checkpoints = root / "run" / "checkpoints"
+    return (next(checkpoints.glob("ckpt-3.data-*")) if part == "data"
+            else checkpoints / "ckpt-3.index")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("part", ["data", "index"])
-@pytest.mark.parametrize("how", ["truncated", "zeroed", "deleted", "bit-flipped"])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(
-        finished_run, dataset_dir_module, tmp_path, part, how, caplog):
+def test_a_run_whose_newest_checkpoint_is_damaged_goes_on_from_the_one_before(
+        finished_run, dataset_dir_module, tmp_path, caplog):
     root = tmp_path / "copy"
     shutil.copytree(finished_run, root)
-    checkpoints = root / "run" / "checkpoints"
-    newest = (next(checkpoints.glob("ckpt-3.data-*")) if part == "data"
-              else checkpoints / "ckpt-3.index")
-    _damage(newest, how)
+    _damage(_newest_checkpoint_file(root, "data"), "truncated")
     result = train.train(fast_config(dataset_dir_module, root, epochs=4))
     assert [row["epoch"] for row in result.summary["epochs"]] == [1, 2, 3, 4]
     assert "cannot be restored" in caplog.text and "ckpt-3" in caplog.text
     assert not leftovers(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("part", ["data", "index"])
+@pytest.mark.parametrize("how", ["truncated", "zeroed", "deleted", "bit-flipped"])
+def test_each_damage_to_the_newest_checkpoint_falls_back_to_the_one_before(
+        finished_run, dataset_dir_module, tmp_path, part, how, caplog):
+    """What a resuming run restores (the test above: the run then goes on from there)."""
+    root = tmp_path / "copy"
+    shutil.copytree(finished_run, root)
+    _damage(_newest_checkpoint_file(root, part), how)
+    config = fast_config(dataset_dir_module, root, epochs=4)
+    trainer = Trainer(config, 2, distribute.setup_distribution(config))
+    checkpoints = Checkpoints(RunDir(config.run_dir), trainer.model, trainer.optimizers(),
+                              Progress())
+    assert checkpoints.restore_last() == 2
+    (warning,) = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
+    assert "ckpt-3" in warning
 
 
 @pytest.mark.slow
