@@ -118,9 +118,13 @@ def stop_on_sigterm() -> threading.Event:
 
 
 def serve_until_stopped(server, stop: threading.Event) -> None:
-    """Blocks until `stop` is set or Ctrl-C, then stops `server`."""
+    """Blocks until `stop` is set or Ctrl-C, then stops `server`. Waits in short steps: a
+    signal that the kernel delivers to one of TensorFlow's threads does not wake a main thread
+    blocked in one long wait, so its Python handler would never run (grpc's
+    wait_for_termination waits the same way)."""
     try:
-        stop.wait()
+        while not stop.wait(0.1):
+            pass
     except KeyboardInterrupt:
         pass
     server.stop()
