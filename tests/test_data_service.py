@@ -25,7 +25,9 @@ def service():
     dispatcher = data_service.start_dispatcher(0)
     workers = [data_service.start_worker(dispatcher.target) for _ in range(2)]
     yield dispatcher.target
-    for server in [*workers, dispatcher]:
+    # The dispatcher first: a worker stopped while its dispatcher lived sometimes took 5-20 s
+    # to stop (2 runs in 4 here); after it, at most 2 s (1 in 6).
+    for server in [dispatcher, *workers]:
         server.stop()
 
 
